@@ -1,0 +1,287 @@
+//! The HTTP client for `/v1/rest/mgmt` and `/v2/rest/query`: headers, token, timeouts,
+//! retries, and parsing into a [`DataSet`].
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::credentials::TokenCredential;
+use backon::Retryable;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{Method, Url};
+use serde_json::json;
+
+use super::commands::{Command, CommandKind};
+use super::endpoint::ClusterEndpoint;
+use super::error::KustoError;
+use super::response::{parse_v1, parse_v2, DataSet};
+use super::retry::{parse_retry_after, RetryPolicy};
+use super::token::TokenCache;
+use super::value::format_timespan;
+
+/// Kusto's own defaults: 4 minutes for queries, 10 for commands.
+const QUERY_SERVER_TIMEOUT: Duration = Duration::from_secs(4 * 60);
+const MGMT_SERVER_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Room for the answer to travel after the server gives up.
+const CLIENT_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
+
+/// A meaningful `x-ms-client-request-id`: `KC.<step>;<job>;<block>;<attempt>;<uuid>`, so a
+/// request in Kusto's logs points back at the copy step that sent it. Retries of one call
+/// send the same id with `;r<n>` appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRequestId(String);
+
+impl ClientRequestId {
+    pub fn new(step: &str, job: &str, block: &str, attempt: u32) -> ClientRequestId {
+        ClientRequestId(format!(
+            "KC.{};{};{};{};{}",
+            header_safe(step),
+            header_safe(job),
+            header_safe(block),
+            attempt,
+            uuid::Uuid::new_v4()
+        ))
+    }
+
+    /// For calls outside a block (planning, cleanup, status).
+    pub fn for_step(step: &str) -> ClientRequestId {
+        ClientRequestId(format!("KC.{};{}", header_safe(step), uuid::Uuid::new_v4()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn for_try(&self, try_number: u32) -> String {
+        if try_number <= 1 {
+            self.0.clone()
+        } else {
+            format!("{};r{}", self.0, try_number - 1)
+        }
+    }
+}
+
+fn header_safe(part: &str) -> String {
+    part.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .take(100)
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// `x-ms-app`.
+    pub app_name: String,
+    /// `x-ms-client-version`.
+    pub client_version: String,
+    pub retry: RetryPolicy,
+    /// Ingest endpoint, when not `https://ingest-<host>`.
+    pub ingest_url: Option<String>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            app_name: "kusto-copy".to_string(),
+            client_version: format!("Kusto.Copy.Rust:{}", env!("CARGO_PKG_VERSION")),
+            retry: RetryPolicy::default(),
+            ingest_url: None,
+        }
+    }
+}
+
+/// A client for one cluster. Cheap to clone; clones share the connection pool and tokens.
+#[derive(Clone)]
+pub struct KustoClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    endpoint: ClusterEndpoint,
+    tokens: TokenCache,
+    options: ClientOptions,
+}
+
+impl std::fmt::Debug for KustoClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KustoClient")
+            .field("engine", &self.inner.endpoint.engine().as_str())
+            .field("ingest", &self.inner.endpoint.ingest().as_str())
+            .finish()
+    }
+}
+
+/// One HTTP request, ready to send as many times as needed.
+pub(crate) struct Request<'a> {
+    pub method: Method,
+    pub url: Url,
+    pub scope: String,
+    pub body: Option<Vec<u8>>,
+    pub timeout: Duration,
+    pub repeatable: bool,
+    pub request_id: &'a ClientRequestId,
+    /// Safe to log.
+    pub what: &'a str,
+}
+
+/// A successful answer.
+pub(crate) struct Answer {
+    pub body: Vec<u8>,
+    pub activity_id: Option<String>,
+}
+
+impl KustoClient {
+    pub fn new(
+        cluster_url: &str,
+        credential: Arc<dyn TokenCredential>,
+        options: ClientOptions,
+    ) -> Result<KustoClient, KustoError> {
+        let endpoint = ClusterEndpoint::parse(cluster_url, options.ingest_url.as_deref())?;
+        let http = reqwest::Client::builder()
+            .gzip(true)
+            .connect_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| KustoError::invalid_input(format!("HTTP client: {e}")))?;
+        Ok(KustoClient {
+            inner: Arc::new(Inner {
+                http,
+                endpoint,
+                tokens: TokenCache::new(credential),
+                options,
+            }),
+        })
+    }
+
+    pub fn endpoint(&self) -> &ClusterEndpoint {
+        &self.inner.endpoint
+    }
+
+    /// Runs a query (`/v2/rest/query`) or management command (`/v1/rest/mgmt`) in a
+    /// database. Transient failures are retried per the policy; a command that may have run
+    /// already and is not repeatable is returned to the caller instead of being sent again.
+    pub async fn execute(
+        &self,
+        database: &str,
+        command: &Command,
+        request_id: &ClientRequestId,
+    ) -> Result<DataSet, KustoError> {
+        let (path, default_timeout) = match command.kind() {
+            CommandKind::Query => ("/v2/rest/query", QUERY_SERVER_TIMEOUT),
+            CommandKind::Management => ("/v1/rest/mgmt", MGMT_SERVER_TIMEOUT),
+        };
+        let server_timeout = command.server_timeout().unwrap_or(default_timeout);
+        let body = json!({
+            "db": database,
+            "csl": command.expose_text(),
+            "properties": {
+                "Options": { "servertimeout": format_timespan(server_timeout) },
+                "Parameters": {},
+            },
+        });
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| KustoError::invalid_input(format!("request body: {e}")))?;
+        let request = Request {
+            method: Method::POST,
+            url: self.inner.endpoint.engine_path(path),
+            scope: self.inner.endpoint.engine_scope(),
+            body: Some(body),
+            timeout: server_timeout + CLIENT_TIMEOUT_MARGIN,
+            repeatable: command.is_repeatable(),
+            request_id,
+            what: command.redacted(),
+        };
+        let kind = command.kind();
+        self.send(&request, |answer| {
+            let parsed = match kind {
+                CommandKind::Query => parse_v2(&answer.body),
+                CommandKind::Management => parse_v1(&answer.body),
+            };
+            parsed.map_err(|e| e.with_activity_id(answer.activity_id.clone()))
+        })
+        .await
+    }
+
+    /// Sends with retries; `parse` turns a 2xx answer into the result (its errors, such as a
+    /// v2 error inside a 200, are retried by the same rules).
+    pub(crate) async fn send<T>(
+        &self,
+        request: &Request<'_>,
+        parse: impl Fn(Answer) -> Result<T, KustoError>,
+    ) -> Result<T, KustoError> {
+        let tries = AtomicU32::new(0);
+        let policy = &self.inner.options.retry;
+        let once = || async {
+            let n = tries.fetch_add(1, Ordering::Relaxed) + 1;
+            let id = request.request_id.for_try(n);
+            let answer = self.send_once(request, &id).await?;
+            parse(answer).map_err(|e| e.with_client_request_id(&id))
+        };
+        once.retry(policy.backoff())
+            .sleep(tokio::time::sleep)
+            .when(|e: &KustoError| RetryPolicy::should_retry(e, request.repeatable))
+            .adjust(|e: &KustoError, d| policy.next_delay(e, d))
+            .notify(|e: &KustoError, wait| {
+                tracing::warn!(
+                    what = request.what,
+                    error = %e,
+                    wait_ms = wait.as_millis() as u64,
+                    "Kusto request failed; retrying"
+                );
+            })
+            .await
+    }
+
+    async fn send_once(&self, request: &Request<'_>, request_id: &str) -> Result<Answer, KustoError> {
+        let fail = |e: KustoError| e.with_client_request_id(request_id);
+        let bearer = self.inner.tokens.bearer(&request.scope).await.map_err(fail)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        let mut auth = HeaderValue::from_str(&bearer)
+            .map_err(|_| fail(KustoError::invalid_input("token is not a valid header value")))?;
+        auth.set_sensitive(true);
+        headers.insert(AUTHORIZATION, auth);
+        let header = |v: &str| {
+            HeaderValue::from_str(v)
+                .map_err(|_| fail(KustoError::invalid_input(format!("bad header value {v:?}"))))
+        };
+        headers.insert("x-ms-client-request-id", header(request_id)?);
+        headers.insert("x-ms-app", header(&self.inner.options.app_name)?);
+        headers.insert("x-ms-client-version", header(&self.inner.options.client_version)?);
+        let mut builder = self
+            .inner
+            .http
+            .request(request.method.clone(), request.url.clone())
+            .headers(headers)
+            .timeout(request.timeout);
+        if let Some(body) = &request.body {
+            builder = builder
+                .header(CONTENT_TYPE, "application/json; charset=utf-8")
+                .body(body.clone());
+        }
+        tracing::debug!(what = request.what, request_id, url = %request.url, "Kusto request");
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| fail(KustoError::from_transport(&e)))?;
+        let status = response.status().as_u16();
+        let activity_id = response
+            .headers()
+            .get("x-ms-activity-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let retry_after = parse_retry_after(response.headers());
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| fail(KustoError::from_transport(&e)).with_activity_id(activity_id.clone()))?
+            .to_vec();
+        if !(200..300).contains(&status) {
+            let mut err = KustoError::from_http(status, &body);
+            err.retry_after = retry_after;
+            // The header names this very answer; an id inside the body may be a sub-activity.
+            return Err(fail(err.with_activity_id(activity_id)));
+        }
+        Ok(Answer { body, activity_id })
+    }
+}

@@ -1,0 +1,513 @@
+//! Typed builders for every query and management command the copy sends. Each returns a
+//! [`Command`]: the text for Kusto, a redacted text for logs, the endpoint, and whether the
+//! client may repeat it on its own after an ambiguous failure.
+
+use std::fmt;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::error::KustoError;
+use super::quote::{datetime_literal, obfuscated_literal, string_literal, Ident, UserQuery};
+use super::secret::SecretUrl;
+use super::value::format_datetime;
+
+/// Which REST endpoint runs the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    /// `/v2/rest/query`.
+    Query,
+    /// `/v1/rest/mgmt`.
+    Management,
+}
+
+/// A query or command ready to send.
+#[derive(Clone)]
+pub struct Command {
+    kind: CommandKind,
+    text: String,
+    redacted: String,
+    /// Safe to send twice: reads, and writes whose repeat is harmless (`ifexists`, drops).
+    /// Others are only retried by the client when the service surely did not run them.
+    repeatable: bool,
+    server_timeout: Option<Duration>,
+}
+
+impl Command {
+    fn new(kind: CommandKind, text: Text, repeatable: bool) -> Command {
+        Command {
+            kind,
+            text: text.sent,
+            redacted: text.logged,
+            repeatable,
+            server_timeout: None,
+        }
+    }
+
+    /// Raises (or lowers) Kusto's `servertimeout` for this request.
+    pub fn with_server_timeout(mut self, timeout: Duration) -> Command {
+        self.server_timeout = Some(timeout);
+        self
+    }
+
+    pub fn kind(&self) -> CommandKind {
+        self.kind
+    }
+
+    /// The text to send. It may hold `h'...'` secrets: never log it; log [`Command::redacted`].
+    pub fn expose_text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    pub fn is_repeatable(&self) -> bool {
+        self.repeatable
+    }
+
+    pub fn server_timeout(&self) -> Option<Duration> {
+        self.server_timeout
+    }
+}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Command")
+            .field("kind", &self.kind)
+            .field("text", &self.redacted)
+            .field("repeatable", &self.repeatable)
+            .field("server_timeout", &self.server_timeout)
+            .finish()
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+/// Command text built twice in step: once as sent, once as logged.
+#[derive(Default)]
+struct Text {
+    sent: String,
+    logged: String,
+}
+
+impl Text {
+    fn push(&mut self, s: &str) -> &mut Self {
+        self.sent.push_str(s);
+        self.logged.push_str(s);
+        self
+    }
+
+    fn secret(&mut self, url: &SecretUrl) -> Result<&mut Self, KustoError> {
+        self.sent.push_str(&obfuscated_literal(url.expose())?);
+        self.logged.push_str(&obfuscated_literal(&url.redacted())?);
+        Ok(self)
+    }
+}
+
+fn text(s: impl AsRef<str>) -> Text {
+    let mut t = Text::default();
+    t.push(s.as_ref());
+    t
+}
+
+/// The rows a copy iteration reads: those ingested after `from` (exclusive; `None` for the
+/// first iteration) and up to `to` (inclusive), as database cursors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorWindow {
+    pub from: Option<String>,
+    pub to: String,
+}
+
+impl CursorWindow {
+    fn filter(&self) -> Result<String, KustoError> {
+        let upper = format!("cursor_before_or_at({})", string_literal(&self.to)?);
+        Ok(match &self.from {
+            Some(from) => format!("| where cursor_after({}) and {upper}", string_literal(from)?),
+            None => format!("| where {upper}"),
+        })
+    }
+}
+
+/// A half-open range of ingestion times `[from, to)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestionRange {
+    pub from: OffsetDateTime,
+    pub to: OffsetDateTime,
+}
+
+impl IngestionRange {
+    fn filter(&self) -> String {
+        format!(
+            "| where ingestion_time() >= {} and ingestion_time() < {}",
+            datetime_literal(self.from),
+            datetime_literal(self.to)
+        )
+    }
+}
+
+/// The source rows of a block or a plan: table, cursor window, optional ingestion-time range,
+/// then the user's query, each on its own line.
+fn source_rows(
+    table: &Ident,
+    window: &CursorWindow,
+    range: Option<&IngestionRange>,
+    user_query: Option<&UserQuery>,
+) -> Result<String, KustoError> {
+    let mut q = format!("{}\n{}", table.quoted(), window.filter()?);
+    if let Some(range) = range {
+        q.push('\n');
+        q.push_str(&range.filter());
+    }
+    if let Some(user) = user_query {
+        q.push('\n');
+        q.push_str(user.as_str());
+    }
+    // The newline ends any comment the user query may close with.
+    q.push('\n');
+    Ok(q)
+}
+
+/// `print Cursor=cursor_current()`: the upper bound of a new iteration.
+pub fn cursor_current() -> Command {
+    Command::new(CommandKind::Query, text("print Cursor=cursor_current()"), true)
+}
+
+/// Row counts of a cursor window by ingestion-time bin and source extent, after the user
+/// query. Columns: `IngestionTimeBin` (null for rows without ingestion time, which must be
+/// reported), `ExtentId`, `RowCount`, `MinIngestionTime`, `MaxIngestionTime`.
+///
+/// Ingestion time and extent id are captured before the user query, so a query that
+/// projects columns cannot turn them into nulls; one that drops them fails loudly.
+pub fn row_counts_by_ingestion_bin(
+    table: &Ident,
+    window: &CursorWindow,
+    user_query: Option<&UserQuery>,
+    bin: Duration,
+) -> Result<Command, KustoError> {
+    if bin.is_zero() {
+        return Err(KustoError::invalid_input("bin size must be positive"));
+    }
+    let mut q = format!(
+        "{}\n{}\n| extend ['kc_ingestion_time'] = ingestion_time(), ['kc_extent_id'] = extent_id()\n",
+        table.quoted(),
+        window.filter()?
+    );
+    if let Some(user) = user_query {
+        q.push_str(user.as_str());
+        q.push('\n');
+    }
+    q.push_str(&format!(
+        "| summarize RowCount = count(), MinIngestionTime = min(['kc_ingestion_time']), \
+         MaxIngestionTime = max(['kc_ingestion_time']) \
+         by IngestionTimeBin = bin(['kc_ingestion_time'], {}), ExtentId = tostring(['kc_extent_id'])\n\
+         | order by IngestionTimeBin asc",
+        timespan_literal(bin)
+    ));
+    Ok(Command::new(CommandKind::Query, text(q), true))
+}
+
+fn timespan_literal(d: Duration) -> String {
+    // Whole seconds are plenty for bins; `time(...)` accepts `Ns` style literals.
+    format!("{}s", d.as_secs().max(1))
+}
+
+/// `.show table T extents [where tags has 'tag']`: extent ids, row counts, creation times and
+/// tags. `has` is a term match, so callers compare tags exactly on the returned rows.
+pub fn show_extents(table: &Ident, tag: Option<&str>) -> Result<Command, KustoError> {
+    let mut t = format!(".show table {} extents", table.quoted());
+    if let Some(tag) = tag {
+        t.push_str(&format!(" where tags has {}", string_literal(tag)?));
+    }
+    Ok(Command::new(CommandKind::Management, text(t), true))
+}
+
+/// Exact row count of the rows carrying an extent tag (the ingest check of a block).
+pub fn count_rows_with_tag(table: &Ident, tag: &str) -> Result<Command, KustoError> {
+    let q = format!(
+        "{}\n| where set_has_element(extent_tags(), {})\n| count",
+        table.quoted(),
+        string_literal(tag)?
+    );
+    Ok(Command::new(CommandKind::Query, text(q), true))
+}
+
+/// What one `.export async` writes.
+#[derive(Debug, Clone)]
+pub struct ExportRequest<'a> {
+    pub table: &'a Ident,
+    pub window: &'a CursorWindow,
+    pub range: Option<&'a IngestionRange>,
+    pub user_query: Option<&'a UserQuery>,
+    /// Folder URL(s) with a write SAS.
+    pub destinations: &'a [SecretUrl],
+    pub name_prefix: &'a str,
+}
+
+/// `.export async compressed to parquet (h'...') with (...) <| <rows>`; answers an
+/// OperationId. Not repeatable: a second one would write a second copy of the block.
+pub fn export_parquet(req: &ExportRequest<'_>) -> Result<Command, KustoError> {
+    if req.destinations.is_empty() {
+        return Err(KustoError::invalid_input("export needs a destination"));
+    }
+    let mut t = text(".export async compressed to parquet (");
+    for (i, dest) in req.destinations.iter().enumerate() {
+        if i > 0 {
+            t.push(", ");
+        }
+        t.secret(dest)?;
+    }
+    t.push(&format!(
+        ") with (namePrefix={}, persistDetails=true, distribution='per_node', \
+         parquetDatetimePrecision='microsecond') <|\n",
+        string_literal(req.name_prefix)?
+    ));
+    t.push(&source_rows(req.table, req.window, req.range, req.user_query)?);
+    Ok(Command::new(CommandKind::Management, t, false))
+}
+
+fn guid_list(ids: &[Uuid]) -> String {
+    ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// `.show operations (id, ...)`: state of async operations.
+pub fn show_operations(ids: &[Uuid]) -> Result<Command, KustoError> {
+    if ids.is_empty() {
+        return Err(KustoError::invalid_input("no operation ids"));
+    }
+    Ok(Command::new(
+        CommandKind::Management,
+        text(format!(".show operations ({})", guid_list(ids))),
+        true,
+    ))
+}
+
+/// `.show operation <id> details`: for an export, the blobs it wrote (Path, NumRecords).
+pub fn show_operation_details(id: Uuid) -> Command {
+    Command::new(
+        CommandKind::Management,
+        text(format!(".show operation {id} details")),
+        true,
+    )
+}
+
+/// `.show capacity`: columns Resource, Total, Consumed, Remaining (and Origin).
+pub fn show_capacity() -> Command {
+    Command::new(CommandKind::Management, text(".show capacity"), true)
+}
+
+/// `.show tables`.
+pub fn show_tables() -> Command {
+    Command::new(CommandKind::Management, text(".show tables"), true)
+}
+
+/// `.create table New based-on Template ifnotexists [with (folder='...')]`: a staging table
+/// with the template's schema and policies (not its update policy).
+pub fn create_table_based_on(
+    new_table: &Ident,
+    template: &Ident,
+    folder: Option<&str>,
+) -> Result<Command, KustoError> {
+    let mut t = format!(
+        ".create table {} based-on {} ifnotexists",
+        new_table.quoted(),
+        template.quoted()
+    );
+    if let Some(folder) = folder {
+        t.push_str(&format!(" with (folder={})", string_literal(folder)?));
+    }
+    Ok(Command::new(CommandKind::Management, text(t), true))
+}
+
+/// Turns merges and rebuilds off, so each tagged extent keeps its rows countable by tag.
+pub fn disable_merges(table: &Ident) -> Result<Command, KustoError> {
+    let policy = r#"{"AllowRebuild": false, "AllowMerge": false}"#;
+    Ok(Command::new(
+        CommandKind::Management,
+        text(format!(
+            ".alter table {} policy merge {}",
+            table.quoted(),
+            string_literal(policy)?
+        )),
+        true,
+    ))
+}
+
+/// `.delete table T policy partitioning`: partitioning would rewrite the tagged extents.
+pub fn delete_partitioning_policy(table: &Ident) -> Command {
+    Command::new(
+        CommandKind::Management,
+        text(format!(".delete table {} policy partitioning", table.quoted())),
+        true,
+    )
+}
+
+/// `.delete table T policy extent_tags_retention`: tags must outlive the copy.
+pub fn delete_extent_tags_retention_policy(table: &Ident) -> Command {
+    Command::new(
+        CommandKind::Management,
+        text(format!(".delete table {} policy extent_tags_retention", table.quoted())),
+        true,
+    )
+}
+
+/// `.move extents to table Dest with (setNewIngestionTime=true) <| .show table Src extents
+/// where tags has 'tag'`: moves exactly the extents of one block, all or nothing.
+pub fn move_extents_with_tag(
+    from: &Ident,
+    to: &Ident,
+    tag: &str,
+    run_async: bool,
+) -> Result<Command, KustoError> {
+    let t = format!(
+        ".move {}extents to table {} with (setNewIngestionTime=true) <|\n.show table {} extents where tags has {}",
+        if run_async { "async " } else { "" },
+        to.quoted(),
+        from.quoted(),
+        string_literal(tag)?
+    );
+    Ok(Command::new(CommandKind::Management, text(t), false))
+}
+
+/// `.move extents from table Src to table Dest with (setNewIngestionTime=true) (id, ...)`.
+pub fn move_extents(
+    from: &Ident,
+    to: &Ident,
+    extent_ids: &[Uuid],
+    run_async: bool,
+) -> Result<Command, KustoError> {
+    if extent_ids.is_empty() {
+        return Err(KustoError::invalid_input("no extents to move"));
+    }
+    let t = format!(
+        ".move {}extents from table {} to table {} with (setNewIngestionTime=true) ({})",
+        if run_async { "async " } else { "" },
+        from.quoted(),
+        to.quoted(),
+        guid_list(extent_ids)
+    );
+    Ok(Command::new(CommandKind::Management, text(t), false))
+}
+
+/// `.drop table T extent tags ('tag', ...) [with (extentCreatedOnFrom=..., extentCreatedOnTo=...)]`.
+/// The creation-time range narrows the extents Kusto scans.
+pub fn drop_extent_tags(
+    table: &Ident,
+    tags: &[&str],
+    created_on: Option<(OffsetDateTime, OffsetDateTime)>,
+) -> Result<Command, KustoError> {
+    if tags.is_empty() {
+        return Err(KustoError::invalid_input("no tags to drop"));
+    }
+    let list = tags
+        .iter()
+        .map(|t| string_literal(t))
+        .collect::<Result<Vec<_>, _>>()?
+        .join(", ");
+    let mut t = format!(".drop table {} extent tags ({list})", table.quoted());
+    if let Some((from, to)) = created_on {
+        t.push_str(&format!(
+            " with (extentCreatedOnFrom={}, extentCreatedOnTo={})",
+            datetime_literal(from),
+            datetime_literal(to)
+        ));
+    }
+    Ok(Command::new(CommandKind::Management, text(t), true))
+}
+
+/// `.drop extents <| .show table T extents where tags has 'tag'`: removes a stray ingestion.
+pub fn drop_extents_with_tag(table: &Ident, tag: &str) -> Result<Command, KustoError> {
+    let t = format!(
+        ".drop extents <|\n.show table {} extents where tags has {}",
+        table.quoted(),
+        string_literal(tag)?
+    );
+    Ok(Command::new(CommandKind::Management, text(t), true))
+}
+
+/// `.drop extents (id, ...) from T`.
+pub fn drop_extents(table: &Ident, extent_ids: &[Uuid]) -> Result<Command, KustoError> {
+    if extent_ids.is_empty() {
+        return Err(KustoError::invalid_input("no extents to drop"));
+    }
+    Ok(Command::new(
+        CommandKind::Management,
+        text(format!(
+            ".drop extents ({}) from {}",
+            guid_list(extent_ids),
+            table.quoted()
+        )),
+        true,
+    ))
+}
+
+/// `.drop table T ifexists`.
+pub fn drop_table(table: &Ident) -> Command {
+    Command::new(
+        CommandKind::Management,
+        text(format!(".drop table {} ifexists", table.quoted())),
+        true,
+    )
+}
+
+/// Properties of a direct `.ingest` (and of a queued ingestion, see `ingest.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestProperties {
+    pub format: String,
+    pub creation_time: Option<OffsetDateTime>,
+    pub tags: Vec<String>,
+    /// Skip the ingestion when an extent already has one of these `ingest-by:` tags.
+    pub ingest_if_not_exists: Vec<String>,
+}
+
+impl IngestProperties {
+    pub fn parquet() -> IngestProperties {
+        IngestProperties {
+            format: "parquet".to_string(),
+            creation_time: None,
+            tags: Vec::new(),
+            ingest_if_not_exists: Vec::new(),
+        }
+    }
+}
+
+/// `.ingest async into table T (h'blob', ...) with (format=..., creationTime=..., tags=...)`:
+/// the route without the ingest endpoint, tracked through `.show operations`.
+pub fn ingest_async(
+    table: &Ident,
+    blobs: &[SecretUrl],
+    props: &IngestProperties,
+) -> Result<Command, KustoError> {
+    if blobs.is_empty() {
+        return Err(KustoError::invalid_input("no blobs to ingest"));
+    }
+    let mut t = text(&format!(".ingest async into table {} (", table.quoted()));
+    for (i, blob) in blobs.iter().enumerate() {
+        if i > 0 {
+            t.push(", ");
+        }
+        t.secret(blob)?;
+    }
+    let mut with = vec![format!("format={}", string_literal(&props.format)?)];
+    if let Some(ct) = props.creation_time {
+        with.push(format!("creationTime={}", string_literal(&format_datetime(ct))?));
+    }
+    if !props.tags.is_empty() {
+        let json = serde_json::to_string(&props.tags)
+            .map_err(|e| KustoError::invalid_input(e.to_string()))?;
+        with.push(format!("tags={}", string_literal(&json)?));
+    }
+    if !props.ingest_if_not_exists.is_empty() {
+        let json = serde_json::to_string(&props.ingest_if_not_exists)
+            .map_err(|e| KustoError::invalid_input(e.to_string()))?;
+        with.push(format!("ingestIfNotExists={}", string_literal(&json)?));
+    }
+    t.push(&format!(") with ({})", with.join(", ")));
+    Ok(Command::new(CommandKind::Management, t, false))
+}
