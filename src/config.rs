@@ -1,0 +1,272 @@
+//! App settings, read once at start-up.
+//!
+//! Every setting has a documented name (see the README's "Configuration" table). A missing
+//! or malformed one is reported as one [`ConfigError`] naming the setting, before the server
+//! starts, rather than as a panic in the middle of an invocation later.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use url::Url;
+
+/// Names of the settings, in one place so errors, docs and tests agree.
+pub mod names {
+    pub const PORT: &str = "FUNCTIONS_CUSTOMHANDLER_PORT";
+    pub const BLOB_ENDPOINT: &str = "KC_BLOB_ENDPOINT";
+    pub const QUEUE_ENDPOINT: &str = "KC_QUEUE_ENDPOINT";
+    /// Set by identity-based host storage; used when KC_BLOB_ENDPOINT/KC_QUEUE_ENDPOINT are not.
+    pub const HOST_STORAGE_ACCOUNT: &str = "AzureWebJobsStorage__accountName";
+    pub const CHECKPOINT_CONTAINER: &str = "KC_CHECKPOINT_CONTAINER";
+    pub const REQUESTS_QUEUE: &str = "KC_REQUESTS_QUEUE";
+    pub const STEPS_QUEUE: &str = "KC_STEPS_QUEUE";
+    pub const CREDENTIAL: &str = "KC_CREDENTIAL";
+    pub const IDENTITY_CLIENT_ID: &str = "KC_IDENTITY_CLIENT_ID";
+    pub const CA_CERT: &str = "KC_CA_CERT";
+    pub const LOG_FORMAT: &str = "KC_LOG_FORMAT";
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("setting {name}: {problem}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(name: &'static str, problem: impl Into<String>) -> Self {
+        Self { name, problem: problem.into() }
+    }
+}
+
+/// Which credential signs requests to Storage and Kusto.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// The Function App's managed identity; `client_id` selects a user-assigned one.
+    ManagedIdentity { client_id: Option<String> },
+    /// Azure CLI / Azure Developer CLI on a developer's machine.
+    DeveloperTools,
+    /// Unsigned tokens accepted only by local emulators (Azurite `--oauth basic`, kusto-sim).
+    Emulator,
+}
+
+/// Where the handler keeps its state and sends its messages.
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    pub blob_endpoint: Url,
+    pub queue_endpoint: Url,
+    pub checkpoint_container: String,
+    pub requests_queue: String,
+    pub steps_queue: String,
+    /// Extra CA certificate (PEM) to trust, for a local emulator's self-signed certificate.
+    pub ca_cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub storage: StorageSettings,
+    pub credential: CredentialKind,
+}
+
+/// Reads settings from a name → value map (the process environment in production, a literal
+/// map in tests, so tests never mutate the process environment).
+pub fn from_map(env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+    let get = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+
+    let account = get(names::HOST_STORAGE_ACCOUNT);
+    let blob_endpoint = endpoint(get(names::BLOB_ENDPOINT), names::BLOB_ENDPOINT, account, "blob")?;
+    let queue_endpoint =
+        endpoint(get(names::QUEUE_ENDPOINT), names::QUEUE_ENDPOINT, account, "queue")?;
+
+    let checkpoint_container = get(names::CHECKPOINT_CONTAINER).unwrap_or("kc-checkpoints");
+    validate_container_name(checkpoint_container)
+        .map_err(|p| ConfigError::new(names::CHECKPOINT_CONTAINER, p))?;
+    let requests_queue = get(names::REQUESTS_QUEUE).unwrap_or("kc-requests");
+    validate_queue_name(requests_queue).map_err(|p| ConfigError::new(names::REQUESTS_QUEUE, p))?;
+    let steps_queue = get(names::STEPS_QUEUE).unwrap_or("kc-steps");
+    validate_queue_name(steps_queue).map_err(|p| ConfigError::new(names::STEPS_QUEUE, p))?;
+
+    let client_id = get(names::IDENTITY_CLIENT_ID).map(str::to_owned);
+    let credential = match get(names::CREDENTIAL) {
+        None | Some("managed-identity") => CredentialKind::ManagedIdentity { client_id },
+        Some("developer") => CredentialKind::DeveloperTools,
+        Some("emulator") => CredentialKind::Emulator,
+        Some(other) => {
+            return Err(ConfigError::new(
+                names::CREDENTIAL,
+                format!("'{other}' is not one of managed-identity, developer, emulator"),
+            ))
+        }
+    };
+    if credential == CredentialKind::Emulator {
+        // Unsigned tokens must never be pointed at a real account by mistake.
+        for (name, url) in [(names::BLOB_ENDPOINT, &blob_endpoint), (names::QUEUE_ENDPOINT, &queue_endpoint)] {
+            if !is_loopback(url) {
+                return Err(ConfigError::new(
+                    name,
+                    format!("{url} is not a loopback address, and {}=emulator only talks to local emulators", names::CREDENTIAL),
+                ));
+            }
+        }
+    }
+    let ca_cert = get(names::CA_CERT).map(PathBuf::from);
+    if let Some(path) = &ca_cert {
+        if !path.is_file() {
+            return Err(ConfigError::new(names::CA_CERT, format!("{} is not a readable file", path.display())));
+        }
+    }
+
+    Ok(Settings {
+        storage: StorageSettings {
+            blob_endpoint,
+            queue_endpoint,
+            checkpoint_container: checkpoint_container.to_owned(),
+            requests_queue: requests_queue.to_owned(),
+            steps_queue: steps_queue.to_owned(),
+            ca_cert,
+        },
+        credential,
+    })
+}
+
+/// Reads settings from the process environment.
+pub fn from_env() -> Result<Settings, ConfigError> {
+    from_map(&std::env::vars().collect())
+}
+
+/// The port the Functions host chose for us.
+pub fn port_from_map(env: &HashMap<String, String>) -> Result<u16, ConfigError> {
+    let raw = env
+        .get(names::PORT)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ConfigError::new(names::PORT, "is not set; the Functions host sets it, or set it yourself to run `kc serve` locally"))?;
+    match raw.parse::<u16>() {
+        Ok(0) | Err(_) => Err(ConfigError::new(names::PORT, format!("'{raw}' is not a TCP port (1-65535)"))),
+        Ok(port) => Ok(port),
+    }
+}
+
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
+fn endpoint(
+    explicit: Option<&str>,
+    name: &'static str,
+    account: Option<&str>,
+    service: &str,
+) -> Result<Url, ConfigError> {
+    let raw = match (explicit, account) {
+        (Some(raw), _) => raw.to_owned(),
+        (None, Some(account)) => format!("https://{account}.{service}.core.windows.net"),
+        (None, None) => {
+            return Err(ConfigError::new(
+                name,
+                format!("is not set, and neither is {} to derive it from", names::HOST_STORAGE_ACCOUNT),
+            ))
+        }
+    };
+    let url = Url::parse(&raw).map_err(|e| ConfigError::new(name, format!("'{raw}' is not a URL: {e}")))?;
+    if url.scheme() != "https" {
+        // The storage clients refuse to send a bearer token over http.
+        return Err(ConfigError::new(name, format!("'{raw}' must use https")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::new(name, "must not carry a query string (no SAS or keys: the app uses its identity)"));
+    }
+    Ok(normalize_service_url(url))
+}
+
+/// Azurite answers a bare 400 to a service URL with a trailing slash, so we never keep one.
+pub fn normalize_service_url(mut url: Url) -> Url {
+    let trimmed = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&trimmed);
+    url
+}
+
+/// Blob container naming rules: 3-63 chars, lowercase letters, digits, single hyphens.
+pub fn validate_container_name(name: &str) -> Result<(), String> {
+    validate_storage_name(name, "container")
+}
+
+/// Queue names follow the same rules as container names.
+pub fn validate_queue_name(name: &str) -> Result<(), String> {
+    validate_storage_name(name, "queue")
+}
+
+fn validate_storage_name(name: &str, what: &str) -> Result<(), String> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok_shape = (3..=63).contains(&name.len())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if ok_chars && ok_shape {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' is not a valid {what} name (3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn derives_endpoints_from_the_host_storage_account() {
+        let s = from_map(&map(&[(names::HOST_STORAGE_ACCOUNT, "acct")])).unwrap();
+        assert_eq!(s.storage.blob_endpoint.as_str(), "https://acct.blob.core.windows.net/");
+        assert_eq!(s.storage.queue_endpoint.as_str(), "https://acct.queue.core.windows.net/");
+        assert_eq!(s.storage.steps_queue, "kc-steps");
+        assert_eq!(s.credential, CredentialKind::ManagedIdentity { client_id: None });
+    }
+
+    #[test]
+    fn explicit_endpoints_lose_their_trailing_slash() {
+        let s = from_map(&map(&[
+            (names::BLOB_ENDPOINT, "https://127.0.0.1:1234/devstoreaccount1/"),
+            (names::QUEUE_ENDPOINT, "https://127.0.0.1:1235/devstoreaccount1"),
+            (names::CREDENTIAL, "emulator"),
+        ]))
+        .unwrap();
+        assert_eq!(s.storage.blob_endpoint.as_str(), "https://127.0.0.1:1234/devstoreaccount1");
+        assert_eq!(s.credential, CredentialKind::Emulator);
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+            (vec![], names::BLOB_ENDPOINT),
+            (vec![(names::BLOB_ENDPOINT, "http://x"), (names::QUEUE_ENDPOINT, "https://y")], names::BLOB_ENDPOINT),
+            (vec![(names::HOST_STORAGE_ACCOUNT, "a"), (names::STEPS_QUEUE, "Bad_Name")], names::STEPS_QUEUE),
+            (vec![(names::HOST_STORAGE_ACCOUNT, "a"), (names::CHECKPOINT_CONTAINER, "x")], names::CHECKPOINT_CONTAINER),
+            (vec![(names::HOST_STORAGE_ACCOUNT, "a"), (names::CREDENTIAL, "password")], names::CREDENTIAL),
+            (vec![(names::HOST_STORAGE_ACCOUNT, "a"), (names::CREDENTIAL, "emulator")], names::BLOB_ENDPOINT),
+            (vec![(names::HOST_STORAGE_ACCOUNT, "a"), (names::CA_CERT, "/nonexistent.pem")], names::CA_CERT),
+            (vec![(names::BLOB_ENDPOINT, "https://a.blob.core.windows.net?sig=x"), (names::QUEUE_ENDPOINT, "https://y")], names::BLOB_ENDPOINT),
+        ];
+        for (pairs, expected) in cases {
+            let err = from_map(&map(&pairs)).unwrap_err();
+            assert_eq!(err.name, expected, "{pairs:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn port_must_be_a_port() {
+        assert_eq!(port_from_map(&map(&[(names::PORT, "7071")])), Ok(7071));
+        for bad in ["", "0", "70000", "abc"] {
+            let err = port_from_map(&map(&[(names::PORT, bad)])).unwrap_err();
+            assert_eq!(err.name, names::PORT);
+        }
+        assert!(port_from_map(&map(&[])).unwrap_err().to_string().contains("is not set"));
+    }
+}

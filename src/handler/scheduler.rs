@@ -1,0 +1,26 @@
+//! `scheduler`: the timer. Starts due iterations of continuous jobs and re-emits lost work.
+
+use super::invocation::{timer_info, InvocationResult};
+use super::{bindings, emit, AppState, HandlerError};
+use crate::engine::{EngineError, Tick};
+use serde_json::json;
+
+pub async fn run(state: &AppState, invocation: &super::Invocation) -> Result<InvocationResult, HandlerError> {
+    let timer = timer_info(invocation.binding(bindings::TIMER).map_err(HandlerError::BadPayload)?)
+        .map_err(HandlerError::BadPayload)?;
+    let tick = Tick {
+        now: invocation.utc_now().unwrap_or_else(time::OffsetDateTime::now_utc),
+        past_due: timer.is_past_due,
+    };
+    let mut result = InvocationResult::default();
+    // A timer invocation is not retried by the host, so a failure here only waits for the next
+    // tick; say so in the answer.
+    let outgoing = state.engine.tick(&tick).await.map_err(|e| match e {
+        EngineError::Transient(m) => HandlerError::Transient(format!("{m}; the next tick will try again")),
+        EngineError::Permanent(m) => HandlerError::Failed(m),
+    })?;
+    let count = outgoing.len();
+    emit(state, outgoing, &mut result).await?;
+    result.return_value = json!({"pastDue": tick.past_due, "messages": count});
+    Ok(result)
+}

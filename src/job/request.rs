@@ -1,0 +1,318 @@
+//! A copy request as a person writes it (a queue message, or `kc copy`'s options), and its
+//! validation into a [`JobSpec`].
+//!
+//! Two shapes are accepted, the same as the original kusto-copy's CLI options and YAML file:
+//! - one table: `source`, `destination`, `stagingDirectory`, optional `query`;
+//! - a job of several activities: `activities: [{activityName, source: {clusterUri,
+//!   databaseName, tableName}, destination: {...}, kqlQuery}]` with
+//!   `stagingStorageDirectories`.
+//!
+//! Unknown fields are refused: a misspelt `copymode` silently ignored would copy the wrong
+//! thing.
+
+use super::uri::{self, DestinationRef, StagingRef, TableRef};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+pub const DEFAULT_EXPORT_COUNT: u32 = 20;
+pub const MAX_EXPORT_COUNT: u32 = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum CopyMode {
+    /// Copy what is in the table now, once.
+    #[default]
+    BackfillOnly,
+    /// Copy what is there now, then keep copying what arrives.
+    BackfillAndNew,
+    /// Copy only what arrives from now on.
+    NewOnly,
+}
+
+impl CopyMode {
+    pub fn is_continuous(self) -> bool {
+        !matches!(self, CopyMode::BackfillOnly)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CopyRequest {
+    pub job_id: Option<String>,
+    pub source: Option<String>,
+    pub destination: Option<String>,
+    pub staging_directory: Option<String>,
+    pub query: Option<String>,
+    pub activities: Option<Vec<ActivityRequest>>,
+    pub staging_storage_directories: Option<Vec<String>>,
+    pub copy_mode: Option<CopyMode>,
+    pub iteration_period: Option<String>,
+    pub export_count: Option<u32>,
+    pub managed_identity_client_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ActivityRequest {
+    pub activity_name: Option<String>,
+    pub source: TablePartsRequest,
+    pub destination: TablePartsRequest,
+    pub kql_query: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TablePartsRequest {
+    pub cluster_uri: String,
+    pub database_name: String,
+    pub table_name: Option<String>,
+}
+
+/// A validated job: everything the engine needs, normalised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSpec {
+    pub activities: Vec<Activity>,
+    pub staging: Vec<StagingRef>,
+    pub copy_mode: CopyMode,
+    /// Seconds between iterations of a continuous job.
+    pub iteration_period_secs: Option<u64>,
+    pub export_count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Activity {
+    pub name: String,
+    pub source: TableRef,
+    pub destination: TableRef,
+    /// A pipeline tail applied to the source table, starting with `|`.
+    pub query: Option<String>,
+}
+
+/// Why a request was refused, in words a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection(pub String);
+
+/// Parses the message text of a request.
+pub fn parse(text: &str) -> Result<CopyRequest, Rejection> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Rejection(format!("the request is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(Rejection("the request must be a JSON object, like {\"source\": ..., \"destination\": ..., \"stagingDirectory\": ...}".into()));
+    }
+    serde_json::from_value(value).map_err(|e| Rejection(format!("the request does not fit the schema: {e}")))
+}
+
+impl CopyRequest {
+    pub fn validate(&self) -> Result<JobSpec, Rejection> {
+        let reject = |s: String| Rejection(s);
+        let single = self.source.is_some() || self.destination.is_some() || self.query.is_some();
+        let activities = match (&self.activities, single) {
+            (Some(_), true) => {
+                return Err(reject("give either source/destination/query or activities, not both".into()))
+            }
+            (Some(list), false) => {
+                if list.is_empty() {
+                    return Err(reject("activities is empty: name at least one table to copy".into()));
+                }
+                list.iter().enumerate().map(|(i, a)| a.validate(i)).collect::<Result<Vec<_>, _>>().map_err(reject)?
+            }
+            (None, _) => {
+                let source = self.source.as_deref().ok_or_else(|| {
+                    reject("source is required: the table to copy, like https://mycluster.westeurope.kusto.windows.net/MyDatabase/MyTable".into())
+                })?;
+                let destination = self.destination.as_deref().ok_or_else(|| {
+                    reject("destination is required: a database or table URI, like https://other.westeurope.kusto.windows.net/MyDatabase".into())
+                })?;
+                let source = uri::parse_table_uri("source", source).map_err(reject)?;
+                let destination = uri::parse_destination_uri("destination", destination).map_err(reject)?;
+                vec![Activity {
+                    name: "default".into(),
+                    destination: resolve_destination(destination, &source),
+                    query: validate_query("query", self.query.as_deref()).map_err(reject)?,
+                    source,
+                }]
+            }
+        };
+        let mut names: Vec<&str> = activities.iter().map(|a| a.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(reject(format!("activity name '{}' is used twice; names must be unique", w[0])));
+        }
+
+        let staging_texts: Vec<&String> = match (&self.staging_directory, &self.staging_storage_directories) {
+            (Some(one), None) => vec![one],
+            (None, Some(many)) => many.iter().collect(),
+            (Some(_), Some(_)) => {
+                return Err(reject("give stagingDirectory or stagingStorageDirectories, not both".into()))
+            }
+            (None, None) => {
+                return Err(reject("stagingDirectory is required: a blob container (and folder) for staging and tracking, like https://myaccount.blob.core.windows.net/staging/kc".into()))
+            }
+        };
+        if staging_texts.is_empty() {
+            return Err(reject("stagingStorageDirectories is empty: give at least one".into()));
+        }
+        let staging = staging_texts
+            .iter()
+            .map(|t| uri::parse_staging_uri("stagingDirectory", t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(reject)?;
+
+        let copy_mode = self.copy_mode.unwrap_or_default();
+        let iteration_period_secs = match &self.iteration_period {
+            None => None,
+            Some(_) if !copy_mode.is_continuous() => {
+                return Err(reject("iterationPeriod applies only to copyMode BackfillAndNew or NewOnly; BackfillOnly copies once".into()))
+            }
+            Some(text) => {
+                let period = parse_period(text).map_err(|e| reject(format!("iterationPeriod: {e}")))?;
+                if period < Duration::from_secs(1) || period > Duration::from_secs(30 * 24 * 3600) {
+                    return Err(reject(format!("iterationPeriod '{text}' must be between 1 second and 30 days")));
+                }
+                Some(period.as_secs())
+            }
+        };
+        let export_count = self.export_count.unwrap_or(DEFAULT_EXPORT_COUNT);
+        if !(1..=MAX_EXPORT_COUNT).contains(&export_count) {
+            return Err(reject(format!("exportCount {export_count} must be between 1 and {MAX_EXPORT_COUNT}")));
+        }
+        Ok(JobSpec { activities, staging, copy_mode, iteration_period_secs, export_count })
+    }
+}
+
+impl ActivityRequest {
+    fn validate(&self, index: usize) -> Result<Activity, String> {
+        let name = self.activity_name.clone().unwrap_or_else(|| format!("activity-{}", index + 1));
+        uri::validate_entity_name(&format!("activities[{index}].activityName"), "activity", &name)?;
+        let field = |part: &str| format!("activities[{index}].{part}");
+        let source_table = self
+            .source
+            .table_name
+            .as_deref()
+            .ok_or_else(|| format!("{} is required", field("source.tableName")))?;
+        let source = uri::parse_table_uri(
+            &field("source"),
+            &format!("{}/{}/{}", self.source.cluster_uri.trim_end_matches('/'), encode(&self.source.database_name), encode(source_table)),
+        )?;
+        let destination_text = match &self.destination.table_name {
+            Some(t) => format!("{}/{}/{}", self.destination.cluster_uri.trim_end_matches('/'), encode(&self.destination.database_name), encode(t)),
+            None => format!("{}/{}", self.destination.cluster_uri.trim_end_matches('/'), encode(&self.destination.database_name)),
+        };
+        let destination = uri::parse_destination_uri(&field("destination"), &destination_text)?;
+        Ok(Activity {
+            name,
+            destination: resolve_destination(destination, &source),
+            query: validate_query(&field("kqlQuery"), self.kql_query.as_deref())?,
+            source,
+        })
+    }
+}
+
+fn encode(segment: &str) -> String {
+    segment.replace('%', "%25").replace(' ', "%20").replace('/', "%2F").replace('?', "%3F").replace('#', "%23")
+}
+
+fn resolve_destination(d: DestinationRef, source: &TableRef) -> TableRef {
+    TableRef { cluster: d.cluster, database: d.database, table: d.table.unwrap_or_else(|| source.table.clone()) }
+}
+
+/// A query is a pipeline tail applied to the source table (`| where ... | project ...`).
+fn validate_query(field: &str, query: Option<&str>) -> Result<Option<String>, String> {
+    let Some(q) = query.map(str::trim).filter(|q| !q.is_empty()) else { return Ok(None) };
+    if q.starts_with('.') {
+        return Err(format!("{field}: a management command cannot be a copy query; give a pipeline like \"| where Level == 'Error'\""));
+    }
+    if !q.starts_with('|') {
+        return Err(format!("{field}: '{q}' must start with '|': it is applied to the source table, like \"| where Level == 'Error' | project Timestamp, Message\""));
+    }
+    Ok(Some(q.to_owned()))
+}
+
+/// Accepts .NET TimeSpan text (`[d.]hh:mm[:ss]`, what the original tool takes) and the short
+/// forms `90s`, `15m`, `2h`, `1d`.
+pub fn parse_period(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let bad = || format!("'{text}' is not a period; write hh:mm:ss (like 00:15:00) or 15m, 2h, 1d");
+    if let Some(unit) = t.chars().last().filter(|c| c.is_ascii_alphabetic()) {
+        let n: u64 = t[..t.len() - 1].parse().map_err(|_| bad())?;
+        let secs = match unit {
+            's' => n,
+            'm' => n * 60,
+            'h' => n * 3600,
+            'd' => n * 86400,
+            _ => return Err(bad()),
+        };
+        return Ok(Duration::from_secs(secs));
+    }
+    let (days, clock) = match t.split_once('.') {
+        Some((d, rest)) if rest.contains(':') => (d.parse::<u64>().map_err(|_| bad())?, rest),
+        _ => (0, t),
+    };
+    let parts: Vec<u64> = clock.split(':').map(|p| p.parse::<u64>().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    let (h, m, s) = match parts.as_slice() {
+        [h, m] => (*h, *m, 0),
+        [h, m, s] => (*h, *m, *s),
+        _ => return Err(bad()),
+    };
+    if h > 23 || m > 59 || s > 59 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(days * 86400 + h * 3600 + m * 60 + s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods() {
+        assert_eq!(parse_period("00:15:00").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_period("1.02:00:00").unwrap(), Duration::from_secs(93600));
+        assert_eq!(parse_period("0:05").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_period("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_period("2h").unwrap(), Duration::from_secs(7200));
+        for bad in ["", "5 minutes", "25:00:00", "1x", "::"] {
+            assert!(parse_period(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn minimal() -> String {
+        r#"{"source":"https://a.kusto.windows.net/db/T","destination":"https://b.kusto.windows.net/db2","stagingDirectory":"https://s.blob.core.windows.net/staging/kc"}"#.into()
+    }
+
+    #[test]
+    fn one_table_request() {
+        let spec = parse(&minimal()).unwrap().validate().unwrap();
+        assert_eq!(spec.activities.len(), 1);
+        assert_eq!(spec.activities[0].destination.table, "T", "destination table defaults to the source's");
+        assert_eq!(spec.export_count, DEFAULT_EXPORT_COUNT);
+        assert_eq!(spec.copy_mode, CopyMode::BackfillOnly);
+    }
+
+    #[test]
+    fn activities_request_like_the_original_yaml() {
+        let text = r#"{
+          "activities": [
+            {"activityName": "storms", "source": {"clusterUri": "https://a.kusto.windows.net", "databaseName": "db", "tableName": "Storms"},
+             "destination": {"clusterUri": "https://trd-x.z1.kusto.fabric.microsoft.com", "databaseName": "eh"}, "kqlQuery": "| where State == 'TX'"},
+            {"source": {"clusterUri": "https://a.kusto.windows.net", "databaseName": "db2", "tableName": "Logs"},
+             "destination": {"clusterUri": "https://b.kusto.windows.net", "databaseName": "d", "tableName": "LogsCopy"}}
+          ],
+          "stagingStorageDirectories": ["https://s.blob.core.windows.net/staging"],
+          "copyMode": "BackfillAndNew", "iterationPeriod": "00:10:00", "exportCount": 8
+        }"#;
+        let spec = parse(text).unwrap().validate().unwrap();
+        assert_eq!(spec.activities[0].name, "storms");
+        assert_eq!(spec.activities[1].name, "activity-2");
+        assert_eq!(spec.activities[1].destination.table, "LogsCopy");
+        assert_eq!(spec.iteration_period_secs, Some(600));
+        assert_eq!(spec.export_count, 8);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = minimal().replace("\"source\"", "\"copymode\":\"x\",\"source\"");
+        assert!(parse(&text).unwrap_err().0.contains("unknown field `copymode`"));
+    }
+}

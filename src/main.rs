@@ -1,0 +1,102 @@
+//! `kc`: parses arguments, starts tracing, and calls the library.
+
+use clap::{Parser, Subcommand};
+use kusto_copy::{config, engine, handler};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "kc", version, about = "Exact, resumable, age-preserving copies of Kusto tables")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run as the Azure Functions custom handler (the host sets FUNCTIONS_CUSTOMHANDLER_PORT).
+    Serve,
+    /// Check a copy request (JSON, as dropped on the kc-requests queue) without running it.
+    Validate {
+        /// Path to the request file, or - for standard input.
+        file: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve => serve(),
+        Command::Validate { file } => validate(&file),
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,azure_core=warn,azure_storage_blob=warn,azure_storage_queue=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve() -> ExitCode {
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    // Under the host, logs are JSON lines the host captures; KC_LOG_FORMAT=text overrides.
+    let json = match env.get(config::names::LOG_FORMAT).map(String::as_str) {
+        Some("text") => false,
+        Some("json") => true,
+        _ => env.contains_key("FUNCTIONS_WORKER_RUNTIME") || env.contains_key("WEBSITE_SITE_NAME"),
+    };
+    init_tracing(json);
+    let port = match config::port_from_map(&env) {
+        Ok(p) => p,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let settings = match config::from_map(&env) {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(async move {
+        let state = match handler::AppState::from_settings(&settings, Arc::new(engine::NoEngine)) {
+            Ok(s) => s,
+            Err(e) => return fail(&e),
+        };
+        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => l,
+            Err(e) => return fail(&format!("cannot listen on 127.0.0.1:{port}: {e}")),
+        };
+        tracing::info!(port, "kc serve listening");
+        match handler::serve(listener, state).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("server error: {e}")),
+        }
+    })
+}
+
+fn validate(file: &str) -> ExitCode {
+    let text = if file == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => return fail(&format!("cannot read {file}: {e}")),
+    };
+    match kusto_copy::job::request::parse(&text).and_then(|r| r.validate()) {
+        Ok(spec) => {
+            println!("{}", serde_json::to_string_pretty(&spec).expect("specs serialize"));
+            ExitCode::SUCCESS
+        }
+        Err(rejection) => fail(&rejection.0),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("kc: {message}");
+    ExitCode::from(2)
+}
