@@ -5,7 +5,7 @@ use std::time::Duration;
 use backon::ExponentialBuilder;
 use reqwest::header::HeaderMap;
 
-use super::error::KustoError;
+use super::error::{ErrorKind, KustoError};
 
 /// Exponential backoff with jitter and a cap, for transient failures only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,10 +45,14 @@ impl RetryPolicy {
             .with_jitter()
     }
 
-    /// Whether to send again. A request that may have run already is only repeated when
-    /// repeating it is harmless.
+    /// Whether to send again in-process. A request that may have run already is only
+    /// repeated when repeating it is harmless. Errors reported inside a 200 are not repeated
+    /// here even when Kusto calls them transient (limits, partial failures): the query ran,
+    /// and running it again at once would most likely meet the same limit.
     pub fn should_retry(error: &KustoError, repeatable: bool) -> bool {
-        error.is_transient() && (repeatable || !error.may_have_executed())
+        error.kind != ErrorKind::Query
+            && error.is_transient()
+            && (repeatable || !error.may_have_executed())
     }
 
     /// The wait before the next try: the backoff's, or longer if the service asked for it;
@@ -83,7 +87,6 @@ pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kusto::error::ErrorKind;
 
     #[test]
     fn retry_after_is_honoured_but_bounded() {
