@@ -6,10 +6,10 @@
 //!   caller read. There is no blind overwrite: every change of state is conditional.
 //! - Losing either race is the normal outcome [`Written::Conflict`], not an error: the caller
 //!   re-reads and decides whether the winner already did its work.
-//! - A conditional write that reports a conflict although the stored bytes are exactly the
-//!   bytes we wrote counts as done: the transport may have retried our own successful write
-//!   (Azure then answers 409/412 to the retry). Records that must tell writers apart (claims,
-//!   leases) therefore carry the writer's id in their bytes.
+//! - A write retried after an attempt that may have landed (timeout, reset, 5xx), and then
+//!   refused as a conflict, counts as done if the stored bytes are exactly ours: the refusal
+//!   was of our own earlier write. Records that must tell writers apart (claims, leases)
+//!   carry the writer's id in their bytes, so two writers never write identical bytes.
 //! - Errors are [`StorageError`]s that say whether waiting can help.
 //!
 //! Two implementations: [`BlobCheckpointStore`] (Azure Blob Storage / Azurite) and
@@ -25,6 +25,10 @@ use futures::TryStreamExt;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
+
+/// Attempts of one conditional write before a transient failure is handed to the caller.
+const PUT_ATTEMPTS: u32 = 4;
 
 /// An opaque version of a stored record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -174,34 +178,48 @@ impl BlobCheckpointStore {
 
     async fn put(&self, key: &str, value: &[u8], condition: Condition<'_>) -> Result<Written, StorageError> {
         let what = format!("write checkpoint {key}");
-        for attempt in 0..2 {
+        // Set once an attempt failed in a way that may have hidden a landed write (a timeout,
+        // a reset, a 5xx): a conflict after that may be our own write, and is settled by
+        // comparing bytes. A conflict on a clean first attempt is always another writer's.
+        let mut maybe_landed = false;
+        let mut created_container = false;
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1..=PUT_ATTEMPTS {
             let options = match condition {
                 Condition::Absent => BlockBlobClientUploadOptions { if_none_match: Some(Etag::from("*")), ..Default::default() },
                 Condition::Matches(etag) => BlockBlobClientUploadOptions { if_match: Some(Etag::from(etag.0.as_str())), ..Default::default() },
             };
             let blob = self.container.blob_client(key).block_blob_client();
-            let result = blob.upload(RequestContent::from(value.to_vec()), Some(options)).await;
-            match result {
+            let failure = match blob.upload(RequestContent::from(value.to_vec()), Some(options)).await {
                 Ok(done) => {
                     let etag = done.etag.map(|e| ETag(e.to_string())).unwrap_or_else(|| ETag(String::new()));
                     return Ok(Written::Done(etag));
                 }
-                Err(err) => match classify(&what, err) {
-                    Failure::Conflict => return self.settle_conflict(key, value).await,
-                    // The container is created on first use, so a fresh account needs no setup.
-                    Failure::NotFound if attempt == 0 && matches!(condition, Condition::Absent) => {
-                        self.ensure_container().await?;
-                    }
-                    // Replacing a record that vanished: someone deleted it, another writer won.
-                    Failure::NotFound => return Ok(Written::Conflict),
-                    Failure::Error(e) => return Err(e),
-                },
+                Err(err) => classify(&what, err),
+            };
+            match failure {
+                Failure::Conflict if maybe_landed => return self.settle_conflict(key, value).await,
+                Failure::Conflict => return Ok(Written::Conflict),
+                // The container is created on first use, so a fresh account needs no setup.
+                Failure::NotFound if !created_container && matches!(condition, Condition::Absent) => {
+                    self.ensure_container().await?;
+                    created_container = true;
+                }
+                // Replacing a record that vanished: someone deleted it; another writer won.
+                Failure::NotFound => return Ok(Written::Conflict),
+                Failure::Error(e) if e.is_transient() && attempt < PUT_ATTEMPTS => {
+                    maybe_landed = true;
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Failure::Error(e) => return Err(e),
             }
         }
-        Err(StorageError::Permanent { what, detail: "container could not be created".into() })
+        Err(StorageError::Transient { what, detail: format!("gave up after {PUT_ATTEMPTS} attempts") })
     }
 
-    /// A conflict is ours if the stored bytes are exactly what we wrote (see module docs).
+    /// After an attempt that may have landed: the conflict is ours if the stored bytes are
+    /// exactly what we wrote (see module docs).
     async fn settle_conflict(&self, key: &str, value: &[u8]) -> Result<Written, StorageError> {
         match self.read(key).await? {
             Some(stored) if stored.value == value => Ok(Written::Done(stored.etag)),

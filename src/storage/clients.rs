@@ -117,6 +117,18 @@ impl StorageClients {
             .map_err(|source| ClientSetupError::Client { url: url.to_string(), source })
     }
 
+    /// A container client whose requests the SDK never retries on its own: for conditional
+    /// writes, where a blind retry of a write that did land comes back as a conflict. The
+    /// checkpoint store retries those itself, knowing when an attempt may have landed.
+    pub fn container_without_retries(&self, name: &str) -> Result<BlobContainerClient, ClientSetupError> {
+        let url = join(&self.blob_endpoint, name);
+        let mut client_options = self.options.clone();
+        client_options.retry = RetryOptions::none();
+        let options = BlobContainerClientOptions { client_options, ..Default::default() };
+        BlobContainerClient::new(url.clone(), self.credential.clone(), Some(options))
+            .map_err(|source| ClientSetupError::Client { url: url.to_string(), source })
+    }
+
     pub fn queue(&self, name: &str) -> Result<QueueClient, ClientSetupError> {
         let url = join(&self.queue_endpoint, name);
         let options = QueueClientOptions { client_options: self.options.clone(), ..Default::default() };
