@@ -130,7 +130,7 @@ fn v2_several_tables_every_type_and_null() {
     assert_eq!(r0[0], KustoValue::Bool(true));
     assert_eq!(r0[1], KustoValue::Int(7));
     assert_eq!(r0[2], KustoValue::Long(i64::MAX));
-    assert_eq!(r0[3], KustoValue::Real(3.14));
+    assert_eq!(r0[3], KustoValue::Real(0.001));
     assert_eq!(r0[4], KustoValue::Decimal("0.1000000000000000000000000001".into()));
     assert_eq!(r0[5], KustoValue::String("héllo 'w' \"x\"".into()));
     assert_eq!(r0[6], KustoValue::DateTime(datetime!(2016-06-06 15:35:00 UTC)));

@@ -487,7 +487,7 @@ pub fn ingest_async(
     if blobs.is_empty() {
         return Err(KustoError::invalid_input("no blobs to ingest"));
     }
-    let mut t = text(&format!(".ingest async into table {} (", table.quoted()));
+    let mut t = text(format!(".ingest async into table {} (", table.quoted()));
     for (i, blob) in blobs.iter().enumerate() {
         if i > 0 {
             t.push(", ");
