@@ -1,0 +1,182 @@
+//! Management commands: parse, then run against the cluster state.
+//!
+//! Synchronous commands run under the state lock and answer their result table. Async
+//! commands answer an `OperationId` at once and do their work when their configured duration
+//! has passed, recording the outcome in the operations log.
+
+pub mod data;
+pub mod parse;
+pub mod schema;
+pub mod show;
+
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
+
+use crate::faults::{CommandKind, Fault};
+use crate::kql::eval::{Frame, Row};
+use crate::model::cluster::{cols, ClusterState};
+use crate::model::value::{ScalarType, Value};
+use crate::wire::error::KustoError;
+use parse::{parse_command, Command};
+
+pub type Shared = Arc<Mutex<ClusterState>>;
+
+pub fn lock(state: &Shared) -> std::sync::MutexGuard<'_, ClusterState> {
+    // A panic in another request must not wedge the simulator.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Builds a result table from rows of values.
+pub fn frame(spec: &[(&str, ScalarType)], rows: Vec<Vec<Value>>) -> Frame {
+    Frame { columns: cols(spec), rows: rows.into_iter().map(|values| Row { values, meta: None }).collect(), has_meta: false }
+}
+
+pub fn execute_command(state: &Shared, db: &str, csl: &str) -> Result<Frame, KustoError> {
+    let cmd = parse_command(csl)?;
+    let kind = CommandKind::of(csl);
+    run(state, db, cmd, kind)
+}
+
+fn run(state: &Shared, db: &str, cmd: Command, kind: CommandKind) -> Result<Frame, KustoError> {
+    match cmd {
+        Command::ShowTables
+        | Command::ShowDatabases
+        | Command::ShowTableDetails(_)
+        | Command::ShowTableSchema(_)
+        | Command::ShowTableExtents { .. }
+        | Command::ShowTablePolicy { .. }
+        | Command::ShowCluster
+        | Command::ShowCapacity
+        | Command::ShowOperations(_)
+        | Command::ShowOperationDetails(_) => show::run(&mut lock(state), db, cmd),
+        Command::CreateTable { .. }
+        | Command::CreateTableBasedOn { .. }
+        | Command::DropTable { .. }
+        | Command::AlterPolicy { .. }
+        | Command::DeletePolicy { .. } => schema::run(&mut lock(state), db, cmd),
+        Command::ExecuteScript { props, commands } => {
+            let continue_on_errors = props.get("continueonerrors").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            let mut rows = Vec::new();
+            let mut failed = false;
+            for text in commands {
+                let command_type = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                let (result, reason) = if failed && !continue_on_errors {
+                    ("Skipped".to_string(), String::new())
+                } else {
+                    match execute_command(state, db, &text) {
+                        Ok(_) => ("Completed".to_string(), String::new()),
+                        Err(e) => {
+                            failed = true;
+                            ("Failed".to_string(), e.detail)
+                        }
+                    }
+                };
+                rows.push(vec![
+                    Value::Guid(Uuid::new_v4()),
+                    Value::String(command_type),
+                    Value::String(redact(&text)),
+                    Value::String(result),
+                    Value::String(reason),
+                ]);
+            }
+            Ok(frame(
+                &[
+                    ("OperationId", ScalarType::Guid),
+                    ("CommandType", ScalarType::String),
+                    ("CommandText", ScalarType::String),
+                    ("Result", ScalarType::String),
+                    ("Reason", ScalarType::String),
+                ],
+                rows,
+            ))
+        }
+        Command::Export { .. } => Err(KustoError::bad_request(
+            "kusto-sim: .export to storage is not implemented in this build (see the README's limits)",
+        )),
+        Command::Ingest { .. } => Err(KustoError::bad_request(
+            "kusto-sim: .ingest from storage is not implemented in this build (see the README's limits); use .ingest inline or .set-or-append",
+        )),
+        other => data::run(state, db, other, kind),
+    }
+}
+
+/// Runs `work` now (sync) or later as an operation (async), applying the operation-level
+/// faults drawn for this command.
+pub fn run_maybe_async(
+    state: &Shared,
+    db: &str,
+    operation: &str,
+    kind: CommandKind,
+    is_async: bool,
+    work: impl FnOnce(&mut ClusterState, &[Fault]) -> Result<Frame, KustoError> + Send + 'static,
+) -> Result<Frame, KustoError> {
+    let mut s = lock(state);
+    let faults = s.faults.take(kind, false);
+    if !is_async {
+        return work(&mut s, &faults);
+    }
+    let now = s.now();
+    let id = s.operations.start(operation, db, now);
+    let mut delay = s.config.async_duration;
+    for f in &faults {
+        if let Fault::Slow(d) = f {
+            delay += *d;
+        }
+    }
+    drop(s);
+    let state = state.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let mut s = lock(&state);
+        let outcome = work(&mut s, &faults);
+        let now = s.now();
+        s.operations.finish(id, now, outcome.map_err(|e| (e.detail, !e.permanent)));
+        if faults.contains(&Fault::ExpireOperation) {
+            s.operations.remove(id);
+        }
+    });
+    Ok(frame(&[("OperationId", ScalarType::Guid)], vec![vec![Value::Guid(id)]]))
+}
+
+/// Hides the secrets of `h'...'` literals (SAS tokens) in text that may be shown or logged.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let prev_ident = i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        if (c == b'h' || c == b'H') && !prev_ident && matches!(bytes.get(i + 1), Some(b'\'') | Some(b'"')) {
+            let quote = bytes[i + 1];
+            if let Some(end) = text[i + 2..].find(quote as char) {
+                let inner = &text[i + 2..i + 2 + end];
+                let shown = inner.split('?').next().unwrap_or("");
+                out.push_str(&format!("h{q}{shown}?***{q}", q = quote as char));
+                i += end + 3;
+                continue;
+            }
+        }
+        out.push(c as char);
+        i += 1;
+    }
+    // Only ASCII was pushed byte-wise above; fall back to a lossless copy if the text was not ASCII.
+    if text.is_ascii() {
+        out
+    } else {
+        text.split("h'").next().unwrap_or("").to_string() + " [redacted]"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_sas_tokens() {
+        let r = redact(".ingest into table T (h'https://a/b/c.parquet?sv=1&sig=SECRET') with (x='y')");
+        assert!(!r.contains("SECRET"), "{r}");
+        assert!(r.contains("https://a/b/c.parquet?***"), "{r}");
+        assert!(r.contains("with (x='y')"));
+    }
+}

@@ -1,0 +1,190 @@
+//! Faults on demand: scripted ("the next 2 exports are throttled") or random with a seed
+//! ("10 % of queries answer 503"), per command kind. The plan is pure data plus a small
+//! deterministic generator, so a failing test replays exactly.
+
+use std::time::Duration;
+
+/// What a request is, for choosing which faults apply to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommandKind {
+    Query,
+    Show,
+    Export,
+    Ingest,
+    QueuedIngest,
+    Move,
+    DropExtents,
+    DropTags,
+    Schema,
+    Other,
+}
+
+impl CommandKind {
+    /// Classifies a request text (a query or a `.command`).
+    pub fn of(csl: &str) -> CommandKind {
+        let t = csl.trim_start();
+        if !t.starts_with('.') {
+            return CommandKind::Query;
+        }
+        let words: Vec<String> =
+            t[1..].split_whitespace().take(6).map(|w| w.to_ascii_lowercase()).collect();
+        let has = |w: &str| words.iter().any(|x| x == w);
+        match words.first().map(String::as_str) {
+            Some("show") => CommandKind::Show,
+            Some("export") => CommandKind::Export,
+            Some("ingest") | Some("set-or-append") | Some("append") | Some("set") | Some("set-or-replace") => {
+                CommandKind::Ingest
+            }
+            Some("move") => CommandKind::Move,
+            Some("drop") if has("tags") => CommandKind::DropTags,
+            Some("drop") if has("extents") || has("extent") => CommandKind::DropExtents,
+            Some("create") | Some("create-merge") | Some("drop") | Some("alter") | Some("alter-merge")
+            | Some("delete") | Some("execute") => CommandKind::Schema,
+            _ => CommandKind::Other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// 429 before the request runs.
+    Throttle,
+    /// A 5xx (e.g. 500, 503, 520) before the request runs.
+    ServerError(u16),
+    /// The connection is dropped without an answer, before the request runs.
+    ConnectionDrop,
+    /// The request runs, then the connection drops: the caller cannot know it succeeded.
+    DropAfterExecution,
+    /// An export writes part of its files, then its operation fails.
+    ExportPartialFailure,
+    /// An ingestion's operation fails without adding data.
+    IngestionFailure,
+    /// An ingestion adds its data twice (two extents), as a duplicated queue message would.
+    DuplicateIngestion,
+    /// An async operation takes this much longer.
+    Slow(Duration),
+    /// The operation record disappears as soon as the operation ends.
+    ExpireOperation,
+    /// After the command, the table's mergeable extents merge into one with a new id.
+    MergeExtents,
+}
+
+impl Fault {
+    /// Faults the HTTP layer applies (before or right after the command runs); the others
+    /// are applied by the command itself.
+    pub fn is_request_level(&self) -> bool {
+        matches!(self, Fault::Throttle | Fault::ServerError(_) | Fault::ConnectionDrop | Fault::DropAfterExecution)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Scripted {
+    kind: Option<CommandKind>,
+    fault: Fault,
+    remaining: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Random {
+    kind: Option<CommandKind>,
+    fault: Fault,
+    probability: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FaultPlan {
+    scripted: Vec<Scripted>,
+    random: Vec<Random>,
+    rng: u64,
+}
+
+impl FaultPlan {
+    /// The next `times` requests of `kind` (any kind when `None`) get `fault`.
+    pub fn script(&mut self, kind: Option<CommandKind>, fault: Fault, times: u32) {
+        self.scripted.push(Scripted { kind, fault, remaining: times });
+    }
+
+    /// Each request of `kind` gets `fault` with this probability, drawn from the seeded generator.
+    pub fn random(&mut self, seed: u64, kind: Option<CommandKind>, fault: Fault, probability: f64) {
+        self.rng = seed ^ 0x9E37_79B9_7F4A_7C15;
+        self.random.push(Random { kind, fault, probability });
+    }
+
+    pub fn clear(&mut self) {
+        self.scripted.clear();
+        self.random.clear();
+    }
+
+    /// Takes the faults that apply to one request of `kind` at one stage.
+    pub fn take(&mut self, kind: CommandKind, request_level: bool) -> Vec<Fault> {
+        let mut out = Vec::new();
+        for s in self.scripted.iter_mut() {
+            if s.remaining > 0 && s.kind.is_none_or(|k| k == kind) && s.fault.is_request_level() == request_level {
+                s.remaining -= 1;
+                out.push(s.fault.clone());
+            }
+        }
+        self.scripted.retain(|s| s.remaining > 0);
+        let candidates: Vec<(Fault, f64)> = self
+            .random
+            .iter()
+            .filter(|r| r.kind.is_none_or(|k| k == kind) && r.fault.is_request_level() == request_level)
+            .map(|r| (r.fault.clone(), r.probability))
+            .collect();
+        for (fault, p) in candidates {
+            if self.next_unit() < p {
+                out.push(fault);
+            }
+        }
+        out
+    }
+
+    /// splitmix64: tiny, deterministic, good enough for fault dice.
+    fn next_unit(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_commands() {
+        assert_eq!(CommandKind::of("T | take 1"), CommandKind::Query);
+        assert_eq!(CommandKind::of(".export async to parquet (h'x') <| T"), CommandKind::Export);
+        assert_eq!(CommandKind::of(".drop table T extent tags ('a')"), CommandKind::DropTags);
+        assert_eq!(CommandKind::of(".drop extents <| .show table T extents"), CommandKind::DropExtents);
+        assert_eq!(CommandKind::of(".drop table T"), CommandKind::Schema);
+        assert_eq!(CommandKind::of(".show operations"), CommandKind::Show);
+    }
+
+    #[test]
+    fn scripted_faults_fire_the_given_number_of_times() {
+        let mut p = FaultPlan::default();
+        p.script(Some(CommandKind::Export), Fault::Throttle, 2);
+        assert!(p.take(CommandKind::Query, true).is_empty());
+        assert_eq!(p.take(CommandKind::Export, true), vec![Fault::Throttle]);
+        assert!(p.take(CommandKind::Export, false).is_empty());
+        assert_eq!(p.take(CommandKind::Export, true), vec![Fault::Throttle]);
+        assert!(p.take(CommandKind::Export, true).is_empty());
+    }
+
+    #[test]
+    fn random_faults_replay_with_the_same_seed() {
+        let roll = |seed| {
+            let mut p = FaultPlan::default();
+            p.random(seed, None, Fault::ServerError(503), 0.3);
+            (0..200).map(|_| !p.take(CommandKind::Query, true).is_empty()).collect::<Vec<_>>()
+        };
+        assert_eq!(roll(7), roll(7));
+        assert_ne!(roll(7), roll(8));
+        let hits = roll(7).iter().filter(|h| **h).count();
+        assert!((30..90).contains(&hits), "{hits}");
+    }
+}

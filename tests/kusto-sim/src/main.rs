@@ -1,0 +1,56 @@
+//! `kusto-sim`: starts named simulated clusters and prints their URLs as one JSON line.
+//!
+//! ```text
+//! kusto-sim [--cluster NAME]... [--database NAME] [--async-ms N] [--export-capacity N]
+//! kusto-sim token <cluster-url>      # prints a bearer token that cluster accepts
+//! ```
+
+use std::time::Duration;
+
+use kusto_sim::{ClusterConfig, Simulator};
+
+fn usage() -> ! {
+    eprintln!("usage: kusto-sim [--cluster NAME]... [--database NAME] [--async-ms N] [--export-capacity N]\n       kusto-sim token <cluster-url>");
+    std::process::exit(2)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("token") {
+        let Some(url) = args.get(1) else { usage() };
+        println!("{}", kusto_sim::auth::mint_token(url));
+        return;
+    }
+    let mut names = Vec::new();
+    let mut config = ClusterConfig::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().unwrap_or_else(|| usage());
+        match a.as_str() {
+            "--cluster" => names.push(value()),
+            "--database" => config.default_database = value(),
+            "--async-ms" => config.async_duration = Duration::from_millis(value().parse().unwrap_or_else(|_| usage())),
+            "--export-capacity" => config.export_capacity = value().parse().unwrap_or_else(|_| usage()),
+            _ => usage(),
+        }
+    }
+    if names.is_empty() {
+        names.push("local".into());
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let sim = match Simulator::start(&refs, config.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kusto-sim: cannot listen: {e}");
+            std::process::exit(1)
+        }
+    };
+    let clusters: Vec<_> = sim
+        .clusters
+        .iter()
+        .map(|c| serde_json::json!({"name": c.name(), "url": c.url(), "database": config.default_database}))
+        .collect();
+    println!("{}", serde_json::json!({ "clusters": clusters }));
+    let _ = tokio::signal::ctrl_c().await;
+}

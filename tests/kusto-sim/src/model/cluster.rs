@@ -1,0 +1,212 @@
+//! One simulated cluster's state: databases, the ingestion clock behind cursors, the
+//! operations log, capacity settings and the fault plan.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::table::{Column, Database, Extent, Table};
+use super::value::{ticks_from_offset_datetime, Value, TICKS_PER_SECOND};
+use crate::faults::FaultPlan;
+use crate::kql::eval::{Catalog, Frame, Row, RowMeta};
+use crate::kql::functions::ticks_to_cursor;
+use crate::kql::KqlError;
+use crate::ops::OperationLog;
+use crate::wire::error::KustoError;
+
+/// Knobs that make the simulator slow, small or forgetful on purpose.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// How long an async operation (export, ingest, move) stays InProgress.
+    pub async_duration: Duration,
+    /// The `DataExport` capacity: concurrent exports beyond it are throttled.
+    pub export_capacity: usize,
+    /// How long operation records stay in `.show operations` (about 6 h on real clusters).
+    pub operation_retention: Duration,
+    /// The database created at start, so a fresh cluster is usable at once.
+    pub default_database: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            async_duration: Duration::from_millis(200),
+            export_capacity: 2,
+            operation_retention: Duration::from_secs(6 * 3600),
+            default_database: "db".into(),
+        }
+    }
+}
+
+pub struct ClusterState {
+    pub name: String,
+    pub uri: String,
+    pub databases: BTreeMap<String, Database>,
+    pub operations: OperationLog,
+    pub config: ClusterConfig,
+    pub faults: FaultPlan,
+    /// The last ingestion time handed out: ingestion times only grow, so cursors are exact.
+    pub last_ingestion: i64,
+    /// Shifts the cluster's clock (tests use it to age operation records).
+    pub clock_offset: i64,
+    pub started_on: i64,
+}
+
+impl ClusterState {
+    pub fn new(name: &str, uri: &str, config: ClusterConfig) -> ClusterState {
+        let mut databases = BTreeMap::new();
+        databases.insert(config.default_database.clone(), Database::new(config.default_database.clone()));
+        let now = ticks_from_offset_datetime(time::OffsetDateTime::now_utc());
+        ClusterState {
+            name: name.into(),
+            uri: uri.into(),
+            databases,
+            operations: OperationLog::default(),
+            config,
+            faults: FaultPlan::default(),
+            last_ingestion: 0,
+            clock_offset: 0,
+            started_on: now,
+        }
+    }
+
+    pub fn now(&self) -> i64 {
+        ticks_from_offset_datetime(time::OffsetDateTime::now_utc()) + self.clock_offset
+    }
+
+    /// A fresh ingestion time, strictly after every earlier one.
+    pub fn next_ingestion_time(&mut self) -> i64 {
+        let t = self.now().max(self.last_ingestion + 1);
+        self.last_ingestion = t;
+        t
+    }
+
+    pub fn cursor_current(&self) -> String {
+        ticks_to_cursor(self.last_ingestion)
+    }
+
+    pub fn retention_ticks(&self) -> i64 {
+        self.config.operation_retention.as_secs() as i64 * TICKS_PER_SECOND
+    }
+
+    pub fn database(&self, db: &str) -> Result<&Database, KustoError> {
+        self.databases.get(db).ok_or_else(|| KustoError::not_found("Database", db))
+    }
+
+    pub fn database_mut(&mut self, db: &str) -> Result<&mut Database, KustoError> {
+        self.databases.get_mut(db).ok_or_else(|| KustoError::not_found("Database", db))
+    }
+
+    pub fn table(&self, db: &str, table: &str) -> Result<&Table, KustoError> {
+        self.database(db)?.tables.get(table).ok_or_else(|| KustoError::not_found("Table", table))
+    }
+
+    pub fn table_mut(&mut self, db: &str, table: &str) -> Result<&mut Table, KustoError> {
+        self.database_mut(db)?.tables.get_mut(table).ok_or_else(|| KustoError::not_found("Table", table))
+    }
+
+    /// Appends rows as one new extent, as an ingestion does. Returns the extent id.
+    /// `ingestion_time` is taken from the clock unless the table's IngestionTime policy is off.
+    pub fn ingest_extent(
+        &mut self,
+        db: &str,
+        table: &str,
+        rows: Vec<Vec<Value>>,
+        creation_time: Option<i64>,
+        tags: Vec<String>,
+    ) -> Result<Uuid, KustoError> {
+        let enabled = self.table(db, table)?.ingestion_time_enabled();
+        let ingestion = if enabled { Some(self.next_ingestion_time()) } else { None };
+        let now = self.now();
+        let created = creation_time.unwrap_or(now);
+        let extent = Extent {
+            id: Uuid::new_v4(),
+            ingestion_times: vec![ingestion; rows.len()],
+            rows,
+            min_created_on: created,
+            max_created_on: created,
+            tags,
+        };
+        let id = extent.id;
+        self.table_mut(db, table)?.extents.push(extent);
+        Ok(id)
+    }
+
+    /// Merges a table's extents that may merge (same tags; merge policy allows it) into one
+    /// extent with a new id, as the background merge does: extent ids are not stable.
+    pub fn merge_extents(&mut self, db: &str, table: &str) -> Result<(), KustoError> {
+        let t = self.table_mut(db, table)?;
+        if !t.merges_allowed() {
+            return Ok(());
+        }
+        let mut groups: BTreeMap<Vec<String>, Vec<Extent>> = BTreeMap::new();
+        for e in t.extents.drain(..) {
+            let mut key = e.tags.clone();
+            key.sort();
+            groups.entry(key).or_default().push(e);
+        }
+        for (_, group) in groups {
+            if group.len() == 1 {
+                t.extents.extend(group);
+                continue;
+            }
+            let mut merged = Extent {
+                id: Uuid::new_v4(),
+                rows: Vec::new(),
+                ingestion_times: Vec::new(),
+                min_created_on: group.iter().map(|e| e.min_created_on).min().unwrap_or(0),
+                max_created_on: group.iter().map(|e| e.max_created_on).max().unwrap_or(0),
+                tags: group[0].tags.clone(),
+            };
+            for e in group {
+                merged.rows.extend(e.rows);
+                merged.ingestion_times.extend(e.ingestion_times);
+            }
+            t.extents.push(merged);
+        }
+        Ok(())
+    }
+
+    /// A catalog view for queries against one database.
+    pub fn catalog<'a>(&'a self, db: &'a str) -> ClusterCatalog<'a> {
+        ClusterCatalog { state: self, default_db: db }
+    }
+}
+
+/// Turns a table into a query frame, rows carrying their ingestion time and extent id.
+pub fn table_frame(t: &Table) -> Frame {
+    let rows = t
+        .extents
+        .iter()
+        .flat_map(|e| {
+            e.rows.iter().zip(&e.ingestion_times).map(move |(r, it)| Row {
+                values: r.clone(),
+                meta: Some(RowMeta { ingestion_time: *it, extent_id: e.id }),
+            })
+        })
+        .collect();
+    Frame { columns: t.columns.clone(), rows, has_meta: true }
+}
+
+pub struct ClusterCatalog<'a> {
+    state: &'a ClusterState,
+    default_db: &'a str,
+}
+
+impl Catalog for ClusterCatalog<'_> {
+    fn table(&self, database: Option<&str>, name: &str) -> Result<Option<Frame>, KqlError> {
+        let db_name = database.unwrap_or(self.default_db);
+        let Some(db) = self.state.databases.get(db_name) else {
+            return Err(KqlError::semantic(format!(
+                "SEM0100: 'database' operator: Failed to resolve database expression named '{db_name}'"
+            )));
+        };
+        Ok(db.tables.get(name).map(table_frame))
+    }
+}
+
+/// Columns helper for command answers.
+pub fn cols(spec: &[(&str, super::value::ScalarType)]) -> Vec<Column> {
+    spec.iter().map(|(n, t)| Column::new(*n, *t)).collect()
+}

@@ -1,0 +1,174 @@
+//! The HTTP face of one cluster: `/v1/rest/mgmt`, `/v1/rest/query`, `/v2/rest/query`.
+//! Every request is authenticated, then may meet an injected fault, then runs.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+
+use crate::auth::check_bearer;
+use crate::commands::{execute_command, lock, redact, Shared};
+use crate::faults::{CommandKind, Fault};
+use crate::kql::eval::{run_query, Env, Frame};
+use crate::wire::error::KustoError;
+use crate::wire::{v1, v2, RequestIds};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Endpoint {
+    Mgmt,
+    QueryV1,
+    QueryV2,
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/rest/mgmt", post(mgmt))
+        .route("/v1/rest/query", post(query_v1))
+        .route("/v2/rest/query", post(query_v2))
+        .with_state(state)
+}
+
+async fn mgmt(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
+    handle(s, headers, body, Endpoint::Mgmt).await
+}
+
+async fn query_v1(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
+    handle(s, headers, body, Endpoint::QueryV1).await
+}
+
+async fn query_v2(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
+    handle(s, headers, body, Endpoint::QueryV2).await
+}
+
+/// The request body: `{"db", "csl", "properties"}`.
+struct Request {
+    db: Option<String>,
+    csl: String,
+}
+
+fn parse_body(body: &str) -> Result<Request, KustoError> {
+    let json: serde_json::Value = serde_json::from_str(body)
+        .map_err(|e| KustoError::bad_request(format!("The request body is not valid JSON: {e}")))?;
+    let csl = json
+        .get("csl")
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| KustoError::bad_request("The request body has no 'csl' string"))?
+        .to_string();
+    let db = json.get("db").and_then(|d| d.as_str()).filter(|d| !d.is_empty()).map(str::to_string);
+    Ok(Request { db, csl })
+}
+
+async fn handle(state: Shared, headers: HeaderMap, body: String, endpoint: Endpoint) -> Response {
+    let ids = RequestIds {
+        client_request_id: headers
+            .get("x-ms-client-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("KSIM;{}", uuid::Uuid::new_v4())),
+        activity_id: uuid::Uuid::new_v4().to_string(),
+    };
+    let (name, uri, now_unix) = {
+        let s = lock(&state);
+        (s.name.clone(), s.uri.clone(), time::OffsetDateTime::now_utc().unix_timestamp())
+    };
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if let Err(e) = check_bearer(auth, &uri, now_unix) {
+        tracing::info!(cluster = %name, status = 401, "refused a request: {}", e.detail);
+        return error_response(&e, &ids);
+    }
+    let req = match parse_body(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(&e, &ids),
+    };
+    let kind = CommandKind::of(&req.csl);
+    let faults = lock(&state).faults.take(kind, true);
+    for f in &faults {
+        match f {
+            Fault::Throttle => {
+                return error_response(
+                    &KustoError::throttled(format!(
+                        "The request was aborted due to throttling (injected fault). Retrying after some backoff might succeed. CommandKind: {kind:?}"
+                    )),
+                    &ids,
+                )
+            }
+            Fault::ServerError(code) => {
+                return error_response(&KustoError::transient(*code, format!("Service temporarily unavailable (injected fault {code})")), &ids)
+            }
+            Fault::ConnectionDrop => return dropped_connection(),
+            _ => {}
+        }
+    }
+    let drop_after = faults.contains(&Fault::DropAfterExecution);
+    let db = req.db.unwrap_or_else(|| lock(&state).config.default_database.clone());
+    let is_command = req.csl.trim_start().starts_with('.');
+    let result: Result<Frame, KustoError> = match (endpoint, is_command) {
+        (Endpoint::Mgmt, true) => execute_command(&state, &db, req.csl.trim()),
+        (Endpoint::Mgmt, false) | (Endpoint::QueryV1, false) | (Endpoint::QueryV2, false) => run_kql(&state, &db, &req.csl),
+        (_, true) => Err(KustoError::bad_request(
+            "Management commands must be sent to /v1/rest/mgmt, not to the query endpoint",
+        )),
+    };
+    tracing::info!(
+        cluster = %name,
+        kind = ?kind,
+        ok = result.is_ok(),
+        csl = %redact(&req.csl).chars().take(200).collect::<String>(),
+        "request"
+    );
+    if drop_after {
+        return dropped_connection();
+    }
+    match result {
+        Ok(frame) => {
+            let body = match endpoint {
+                Endpoint::QueryV2 => v2::query_response(&frame, &ids),
+                Endpoint::QueryV1 => v1::query_response(&frame, &ids.client_request_id),
+                Endpoint::Mgmt if is_command => v1::command_response(&frame),
+                Endpoint::Mgmt => v1::query_response(&frame, &ids.client_request_id),
+            };
+            json_response(StatusCode::OK, body, &ids)
+        }
+        Err(e) => error_response(&e, &ids),
+    }
+}
+
+fn run_kql(state: &Shared, db: &str, csl: &str) -> Result<Frame, KustoError> {
+    let s = lock(state);
+    s.database(db)?;
+    let catalog = s.catalog(db);
+    let env = Env { catalog: &catalog, now: s.now(), cursor_current: s.cursor_current() };
+    Ok(run_query(csl, &env)?)
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value, ids: &RequestIds) -> Response {
+    let mut resp = (status, body.to_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
+    if let Ok(v) = HeaderValue::from_str(&ids.activity_id) {
+        h.insert("x-ms-activity-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&ids.client_request_id) {
+        h.insert("x-ms-client-request-id", v);
+    }
+    resp
+}
+
+pub fn error_response(e: &KustoError, ids: &RequestIds) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, e.body(&ids.client_request_id, &ids.activity_id), ids)
+}
+
+/// An answer whose body fails mid-way: the client sees the connection break.
+fn dropped_connection() -> Response {
+    let stream = futures::stream::once(async {
+        Err::<String, std::io::Error>(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected connection drop"))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
