@@ -16,8 +16,6 @@ pub mod names {
     /// Set by identity-based host storage; used when KC_BLOB_ENDPOINT/KC_QUEUE_ENDPOINT are not.
     pub const HOST_STORAGE_ACCOUNT: &str = "AzureWebJobsStorage__accountName";
     pub const CHECKPOINT_CONTAINER: &str = "KC_CHECKPOINT_CONTAINER";
-    pub const REQUESTS_QUEUE: &str = "KC_REQUESTS_QUEUE";
-    pub const STEPS_QUEUE: &str = "KC_STEPS_QUEUE";
     pub const CREDENTIAL: &str = "KC_CREDENTIAL";
     pub const IDENTITY_CLIENT_ID: &str = "KC_IDENTITY_CLIENT_ID";
     pub const CA_CERT: &str = "KC_CA_CERT";
@@ -37,6 +35,13 @@ impl ConfigError {
     }
 }
 
+/// The queues are named in `functions/*/function.json`, which the host reads before we run;
+/// they are constants rather than settings so the two can never disagree.
+pub mod queues {
+    pub const REQUESTS: &str = "kc-requests";
+    pub const STEPS: &str = "kc-steps";
+}
+
 /// Which credential signs requests to Storage and Kusto.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialKind {
@@ -54,8 +59,6 @@ pub struct StorageSettings {
     pub blob_endpoint: Url,
     pub queue_endpoint: Url,
     pub checkpoint_container: String,
-    pub requests_queue: String,
-    pub steps_queue: String,
     /// Extra CA certificate (PEM) to trust, for a local emulator's self-signed certificate.
     pub ca_cert: Option<PathBuf>,
 }
@@ -79,10 +82,6 @@ pub fn from_map(env: &HashMap<String, String>) -> Result<Settings, ConfigError> 
     let checkpoint_container = get(names::CHECKPOINT_CONTAINER).unwrap_or("kc-checkpoints");
     validate_container_name(checkpoint_container)
         .map_err(|p| ConfigError::new(names::CHECKPOINT_CONTAINER, p))?;
-    let requests_queue = get(names::REQUESTS_QUEUE).unwrap_or("kc-requests");
-    validate_queue_name(requests_queue).map_err(|p| ConfigError::new(names::REQUESTS_QUEUE, p))?;
-    let steps_queue = get(names::STEPS_QUEUE).unwrap_or("kc-steps");
-    validate_queue_name(steps_queue).map_err(|p| ConfigError::new(names::STEPS_QUEUE, p))?;
 
     let client_id = get(names::IDENTITY_CLIENT_ID).map(str::to_owned);
     let credential = match get(names::CREDENTIAL) {
@@ -119,8 +118,6 @@ pub fn from_map(env: &HashMap<String, String>) -> Result<Settings, ConfigError> 
             blob_endpoint,
             queue_endpoint,
             checkpoint_container: checkpoint_container.to_owned(),
-            requests_queue: requests_queue.to_owned(),
-            steps_queue: steps_queue.to_owned(),
             ca_cert,
         },
         credential,
@@ -138,7 +135,7 @@ pub fn port_from_map(env: &HashMap<String, String>) -> Result<u16, ConfigError> 
         .get(names::PORT)
         .map(|v| v.trim())
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| ConfigError::new(names::PORT, "is not set; the Functions host sets it, or set it yourself to run `kc serve` locally"))?;
+        .ok_or_else(|| ConfigError::new(names::PORT, "missing; the Functions host sets it, or set it yourself to run `kc serve` locally"))?;
     match raw.parse::<u16>() {
         Ok(0) | Err(_) => Err(ConfigError::new(names::PORT, format!("'{raw}' is not a TCP port (1-65535)"))),
         Ok(port) => Ok(port),
@@ -166,7 +163,7 @@ fn endpoint(
         (None, None) => {
             return Err(ConfigError::new(
                 name,
-                format!("is not set, and neither is {} to derive it from", names::HOST_STORAGE_ACCOUNT),
+                format!("missing, and so is {} to derive it from", names::HOST_STORAGE_ACCOUNT),
             ))
         }
     };
@@ -191,11 +188,6 @@ pub fn normalize_service_url(mut url: Url) -> Url {
 /// Blob container naming rules: 3-63 chars, lowercase letters, digits, single hyphens.
 pub fn validate_container_name(name: &str) -> Result<(), String> {
     validate_storage_name(name, "container")
-}
-
-/// Queue names follow the same rules as container names.
-pub fn validate_queue_name(name: &str) -> Result<(), String> {
-    validate_storage_name(name, "queue")
 }
 
 fn validate_storage_name(name: &str, what: &str) -> Result<(), String> {
@@ -226,7 +218,7 @@ mod tests {
         let s = from_map(&map(&[(names::HOST_STORAGE_ACCOUNT, "acct")])).unwrap();
         assert_eq!(s.storage.blob_endpoint.as_str(), "https://acct.blob.core.windows.net/");
         assert_eq!(s.storage.queue_endpoint.as_str(), "https://acct.queue.core.windows.net/");
-        assert_eq!(s.storage.steps_queue, "kc-steps");
+        assert_eq!(s.storage.checkpoint_container, "kc-checkpoints");
         assert_eq!(s.credential, CredentialKind::ManagedIdentity { client_id: None });
     }
 
@@ -247,7 +239,7 @@ mod tests {
         let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
             (vec![], names::BLOB_ENDPOINT),
             (vec![(names::BLOB_ENDPOINT, "http://x"), (names::QUEUE_ENDPOINT, "https://y")], names::BLOB_ENDPOINT),
-            (vec![(names::HOST_STORAGE_ACCOUNT, "a"), (names::STEPS_QUEUE, "Bad_Name")], names::STEPS_QUEUE),
+            (vec![(names::HOST_STORAGE_ACCOUNT, "a"), (names::CHECKPOINT_CONTAINER, "Bad_Name")], names::CHECKPOINT_CONTAINER),
             (vec![(names::HOST_STORAGE_ACCOUNT, "a"), (names::CHECKPOINT_CONTAINER, "x")], names::CHECKPOINT_CONTAINER),
             (vec![(names::HOST_STORAGE_ACCOUNT, "a"), (names::CREDENTIAL, "password")], names::CREDENTIAL),
             (vec![(names::HOST_STORAGE_ACCOUNT, "a"), (names::CREDENTIAL, "emulator")], names::BLOB_ENDPOINT),
@@ -267,6 +259,6 @@ mod tests {
             let err = port_from_map(&map(&[(names::PORT, bad)])).unwrap_err();
             assert_eq!(err.name, names::PORT);
         }
-        assert!(port_from_map(&map(&[])).unwrap_err().to_string().contains("is not set"));
+        assert!(port_from_map(&map(&[])).unwrap_err().to_string().contains("missing"));
     }
 }

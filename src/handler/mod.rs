@@ -186,11 +186,12 @@ impl AppState {
         use crate::storage::{checkpoint::BlobCheckpointStore, clients::StorageClients, queue::{MessageEncoding, StorageQueue}};
         let credential = crate::auth::credential(&settings.credential).map_err(|e| format!("credential: {e}"))?;
         let clients = StorageClients::from_settings(&settings.storage, Some(credential)).map_err(|e| e.to_string())?;
-        let container = clients.container(&settings.storage.checkpoint_container).map_err(|e| e.to_string())?;
-        let queue = clients.queue(&settings.storage.steps_queue).map_err(|e| e.to_string())?;
+        let container = clients.container_without_retries(&settings.storage.checkpoint_container).map_err(|e| e.to_string())?;
+        let steps_queue = crate::config::queues::STEPS;
+        let queue = clients.queue(steps_queue).map_err(|e| e.to_string())?;
         Ok(AppState {
             store: Arc::new(BlobCheckpointStore::new(container)),
-            steps: Arc::new(StorageQueue::new(queue, &settings.storage.steps_queue, MessageEncoding::None)),
+            steps: Arc::new(StorageQueue::new(queue, steps_queue, MessageEncoding::None)),
             engine,
         })
     }
