@@ -9,7 +9,7 @@ use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions}
 use kusto_copy::kusto::results;
 use kusto_copy::kusto::{
     commands, ClientOptions, ClientRequestId, CursorWindow, ErrorKind, ExportRequest, Ident,
-    IngestProperties, KustoClient, QueuedBlob, RetryPolicy, SecretUrl,
+    IngestProperties, KustoApi, KustoClient, QueuedBlob, RetryPolicy, SecretUrl,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -261,7 +261,9 @@ async fn requests_carry_the_documented_headers_and_body() {
     // Management commands go to /v1/rest/mgmt with Kusto's 10 minute default.
     let server = Server::start(vec![reply(200, r#"{"Tables":[{"TableName":"Table_0","Columns":[{"ColumnName":"TableName","DataType":"String"}],"Rows":[["T1"],["T2"]]}]}"#)]).await;
     let (client, _) = client_for(&server, fast_policy(1));
-    let answer = client
+    // Through the trait the engine holds.
+    let api: Arc<dyn KustoApi> = Arc::new(client);
+    let answer = api
         .execute("Db", &commands::show_tables(), &ClientRequestId::for_step("cleanup"))
         .await
         .unwrap();
@@ -476,4 +478,46 @@ async fn queued_ingestion_and_status_on_the_ingest_api() {
     let err = client.queue_ingestion(&db, &table, &many, &props, &id).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidInput);
     assert_eq!(server.attempts(), 3);
+}
+
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logs_and_errors_never_carry_the_sas_or_the_token() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Global, not scoped: tracing caches per-callsite interest across threads, and the other
+    // tests of this binary run concurrently. Their logs land here too, and must be as clean.
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let server = Server::start(vec![reply(429, ""), reply(503, UNAVAILABLE)]).await;
+    let (client, _) = client_for(&server, fast_policy(5));
+    let err = client
+        .execute("Db", &export_command(), &ClientRequestId::new("export", "j", "b", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(server.attempts(), 2);
+
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("retrying"), "the retry was logged: {logs}");
+    assert!(logs.contains("<redacted>"), "the command was logged redacted: {logs}");
+    for shown in [logs.as_str(), &err.to_string(), &format!("{err:?}"), &format!("{client:?}")] {
+        assert!(!shown.contains("TOPSECRET"), "{shown}");
+        assert!(!shown.contains("test-token-value"), "{shown}");
+    }
 }

@@ -1,6 +1,7 @@
 //! The Kusto REST client (Azure Data Explorer and Fabric Eventhouse); there is no Rust SDK.
 //!
 //! Layout:
+//! - `api`: [`KustoApi`], the calls the engine makes, as a trait (`Arc<dyn KustoApi>`).
 //! - `client`: [`KustoClient`], the HTTP calls to `/v1/rest/mgmt` and `/v2/rest/query`,
 //!   headers, `servertimeout`, retries; [`ClientRequestId`].
 //! - `ingest`: the ingest-v2 REST API (queue blobs, read per-blob status).
@@ -14,6 +15,7 @@
 //! - `retry`: [`RetryPolicy`], backoff and `Retry-After`.
 //! - `endpoint`, `token`: engine/ingest URLs and scopes; cached bearer tokens.
 
+mod api;
 mod client;
 pub mod commands;
 mod endpoint;
@@ -27,6 +29,7 @@ mod secret;
 mod token;
 mod value;
 
+pub use api::KustoApi;
 pub use client::{ClientOptions, ClientRequestId, KustoClient};
 pub use commands::{Command, CommandKind, CursorWindow, ExportRequest, IngestProperties, IngestionRange};
 pub use endpoint::ClusterEndpoint;
