@@ -77,6 +77,10 @@ pub struct ClientOptions {
     pub retry: RetryPolicy,
     /// Ingest endpoint, when not `https://ingest-<host>`.
     pub ingest_url: Option<String>,
+    /// Token scope for both endpoints, instead of `<cluster origin>/.default`. The official
+    /// SDKs ask the cluster (`GET /v1/rest/auth/metadata`, `KustoServiceResourceId`) and so
+    /// use `https://kusto.kusto.windows.net/.default` on the public cloud.
+    pub token_scope: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -86,6 +90,7 @@ impl Default for ClientOptions {
             client_version: format!("Kusto.Copy.Rust:{}", env!("CARGO_PKG_VERSION")),
             retry: RetryPolicy::default(),
             ingest_url: None,
+            token_scope: None,
         }
     }
 }
@@ -157,6 +162,14 @@ impl KustoClient {
         &self.inner.endpoint
     }
 
+    pub(crate) fn engine_scope(&self) -> String {
+        self.inner.options.token_scope.clone().unwrap_or_else(|| self.inner.endpoint.engine_scope())
+    }
+
+    pub(crate) fn ingest_scope(&self) -> String {
+        self.inner.options.token_scope.clone().unwrap_or_else(|| self.inner.endpoint.ingest_scope())
+    }
+
     /// Runs a query (`/v2/rest/query`) or management command (`/v1/rest/mgmt`) in a
     /// database. Transient failures are retried per the policy; a command that may have run
     /// already and is not repeatable is returned to the caller instead of being sent again.
@@ -184,7 +197,7 @@ impl KustoClient {
         let request = Request {
             method: Method::POST,
             url: self.inner.endpoint.engine_path(path),
-            scope: self.inner.endpoint.engine_scope(),
+            scope: self.engine_scope(),
             body: Some(body),
             timeout: server_timeout + CLIENT_TIMEOUT_MARGIN,
             repeatable: command.is_repeatable(),

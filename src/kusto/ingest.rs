@@ -232,7 +232,7 @@ impl KustoClient {
         let request = Request {
             method: Method::POST,
             url: self.ingest_url(&[database.as_str(), table.as_str()])?,
-            scope: self.endpoint().ingest_scope(),
+            scope: self.ingest_scope(),
             body: Some(body),
             timeout: std::time::Duration::from_secs(120),
             repeatable: false,
@@ -267,7 +267,7 @@ impl KustoClient {
         let request = Request {
             method: Method::GET,
             url,
-            scope: self.endpoint().ingest_scope(),
+            scope: self.ingest_scope(),
             body: None,
             timeout: std::time::Duration::from_secs(60),
             repeatable: true,

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::error::KustoError;
 use super::response::{DataSet, Row};
+use super::value::KustoValue;
 
 /// `print Cursor=cursor_current()`.
 pub fn cursor(answer: &DataSet) -> Result<String, KustoError> {
@@ -96,7 +97,7 @@ pub fn operations(answer: &DataSet) -> Result<Vec<Operation>, KustoError> {
             status: row.string("Status")?.map(str::to_string),
             started_on: row.datetime("StartedOn")?,
             last_updated_on: row.datetime("LastUpdatedOn")?,
-            should_retry: if has_should_retry { row.bool("ShouldRetry")? } else { None },
+            should_retry: if has_should_retry { loose_bool(row.get("ShouldRetry")?) } else { None },
         };
         match out.iter_mut().find(|o| o.id == op.id) {
             Some(existing) if existing.last_updated_on <= op.last_updated_on => *existing = op,
@@ -105,6 +106,16 @@ pub fn operations(answer: &DataSet) -> Result<Vec<Operation>, KustoError> {
         }
     }
     Ok(out)
+}
+
+/// An undocumented column: read whatever form it comes in, and never fail on it.
+fn loose_bool(v: &KustoValue) -> Option<bool> {
+    match v {
+        KustoValue::Bool(b) => Some(*b),
+        KustoValue::Int(_) | KustoValue::Long(_) => v.as_i64().map(|n| n != 0),
+        KustoValue::String(s) => s.trim().to_ascii_lowercase().parse().ok(),
+        _ => None,
+    }
 }
 
 /// One blob written by an export (`.show operation <id> details`).
