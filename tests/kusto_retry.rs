@@ -18,13 +18,13 @@ use tokio::net::{TcpListener, TcpStream};
 /// One scripted answer.
 #[derive(Clone)]
 enum Reply {
-    Status { code: u16, headers: Vec<(&'static str, String)>, body: String },
+    Status { code: u16, headers: Vec<(&'static str, String)>, body: Vec<u8> },
     /// Read the request, then reset the connection (RST, no answer).
     Reset,
 }
 
 fn reply(code: u16, body: impl Into<String>) -> Reply {
-    Reply::Status { code, headers: vec![], body: body.into() }
+    Reply::Status { code, headers: vec![], body: body.into().into_bytes() }
 }
 
 #[derive(Debug, Clone)]
@@ -105,7 +105,7 @@ async fn serve(mut stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, script: Vec<R
             }
             head.push_str("\r\n");
             let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
+            let _ = stream.write_all(&body).await;
             let _ = stream.shutdown().await;
         }
     }
@@ -314,7 +314,7 @@ async fn a_long_retry_after_goes_back_to_the_caller() {
     let server = Server::start(vec![Reply::Status {
         code: 429,
         headers: vec![("Retry-After", "120".to_string())],
-        body: String::new(),
+        body: Vec::new(),
     }])
     .await;
     let (client, _) = client_for(&server, fast_policy(5));
@@ -520,4 +520,45 @@ async fn logs_and_errors_never_carry_the_sas_or_the_token() {
         assert!(!shown.contains("TOPSECRET"), "{shown}");
         assert!(!shown.contains("test-token-value"), "{shown}");
     }
+}
+
+/// A gzip member holding `data` in stored (uncompressed) deflate blocks: enough to prove the
+/// client decodes `Content-Encoding: gzip` without a compression crate.
+fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    let chunks: Vec<&[u8]> = data.chunks(65_535).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        out.push(u8::from(i + 1 == chunks.len()));
+        let len = chunk.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    let mut crc: u32 = !0;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    out.extend_from_slice(&(!crc).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+#[tokio::test]
+async fn gzip_answers_are_decoded() {
+    let body = cursor_answer("zipped-cursor");
+    let server = Server::start(vec![Reply::Status {
+        code: 200,
+        headers: vec![("Content-Encoding", "gzip".to_string())],
+        body: gzip_stored(body.as_bytes()),
+    }])
+    .await;
+    let (client, _) = client_for(&server, fast_policy(1));
+    let answer = client
+        .execute("Db", &commands::cursor_current(), &ClientRequestId::for_step("plan"))
+        .await
+        .unwrap();
+    assert_eq!(results::cursor(&answer).unwrap(), "zipped-cursor");
 }
