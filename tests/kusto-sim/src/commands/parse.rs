@@ -69,7 +69,10 @@ pub enum Command {
 }
 
 pub fn parse_command(src: &str) -> Result<Command, KqlError> {
-    let mut p = Parser::new(src)?;
+    // Only the command head is tokenized: what follows `<|` (CSV data, a query, a script) is
+    // taken raw, so data the KQL lexer would refuse can still be ingested.
+    let head = &src[..head_end(src)];
+    let mut p = Parser { tokens: crate::kql::lexer::tokenize(head)?, pos: 0, src };
     p.expect_punct(".")?;
     let verb = dashed_word(&mut p)?;
     let cmd = match verb.as_str() {
@@ -111,6 +114,26 @@ pub fn parse_command(src: &str) -> Result<Command, KqlError> {
     };
     p.expect_eof()?;
     Ok(cmd)
+}
+
+/// The end of the first `<|` outside string literals (or the whole text).
+fn head_end(src: &str) -> usize {
+    let bytes = src.as_bytes();
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match quote {
+            Some(_) if b == b'\\' => i += 1,
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None if b == b'\'' || b == b'"' => quote = Some(b),
+            None if b == b'<' && bytes.get(i + 1) == Some(&b'|') => return i + 2,
+            None => {}
+        }
+        i += 1;
+    }
+    src.len()
 }
 
 fn unknown_command(src: &str) -> KqlError {
@@ -236,6 +259,7 @@ fn drop(p: &mut Parser<'_>) -> Result<Command, KqlError> {
         if p.is_punct("<|") {
             p.advance();
             let rest = p.src[p.offset()..].trim().to_string();
+            skip_to_end(p);
             return Ok(Command::DropExtents { table: None, selector: ExtentSelector::Command(rest) });
         }
         let selector = if p.is_punct("(") {
@@ -298,9 +322,7 @@ fn policy_value(p: &mut Parser<'_>) -> Result<serde_json::Value, KqlError> {
     if rest.is_empty() {
         return Err(p.unexpected());
     }
-    while !matches!(p.peek(), Tok::Eof) {
-        p.advance();
-    }
+    skip_to_end(p);
     Ok(serde_json::Value::String(rest))
 }
 
@@ -311,7 +333,8 @@ fn ingest(p: &mut Parser<'_>) -> Result<Command, KqlError> {
         p.expect_word("table")?;
         let table = p.name()?;
         let props = props(p)?;
-        let data = rest_after_pipe_arrow_raw(p)?;
+        // As in Kusto's examples (`<| Shoes,1000`), the space after `<|` is not data.
+        let data = rest_after_pipe_arrow_raw(p)?.trim_start().to_string();
         return Ok(Command::IngestInline { table, props, data });
     }
     p.expect_word("into")?;
@@ -463,6 +486,13 @@ fn props(p: &mut Parser<'_>) -> Result<Props, KqlError> {
     Ok(out)
 }
 
+/// Consumes the remaining tokens (their text was taken raw).
+fn skip_to_end(p: &mut Parser<'_>) {
+    while !matches!(p.peek(), Tok::Eof) {
+        p.advance();
+    }
+}
+
 /// Everything after `<|`, trimmed.
 fn rest_after_pipe_arrow(p: &mut Parser<'_>) -> Result<String, KqlError> {
     Ok(rest_after_pipe_arrow_raw(p)?.trim().to_string())
@@ -574,8 +604,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match parse_command(".ingest inline into table T <| a,1\nb,2").unwrap() {
-            Command::IngestInline { data, .. } => assert_eq!(data.trim(), "a,1\nb,2"),
+        match parse_command(".ingest inline into table T <| a#1,'1\nb & c,\"<|\"").unwrap() {
+            Command::IngestInline { data, .. } => assert_eq!(data.trim(), "a#1,'1\nb & c,\"<|\""),
             other => panic!("{other:?}"),
         }
     }
