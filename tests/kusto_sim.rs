@@ -1,0 +1,269 @@
+//! The client against the Kusto simulator (tests/kusto-sim), over HTTP, with the production
+//! token path (`EmulatorCredential` tokens whose audience the simulator checks): every builder
+//! the copy uses is accepted and answers what the typed readers expect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kusto_copy::auth::EmulatorCredential;
+use kusto_copy::kusto::results::{self, OperationState};
+use kusto_copy::kusto::{
+    commands, ClientOptions, ClientRequestId, CursorWindow, ErrorKind, Ident, KustoClient,
+    RetryPolicy, UserQuery,
+};
+use kusto_sim::{Cluster, ClusterConfig, Column, Fault, ScalarType, SeedExtent, SeedPlan, Value};
+
+const DB: &str = "db";
+const HOUR: i64 = 3600 * 10_000_000;
+const DAY: i64 = 24 * HOUR;
+/// 2024-01-01T00:00:00Z in 100 ns ticks since the Unix epoch, the simulator's clock unit.
+const JAN_2024: i64 = 1_704_067_200 * 10_000_000;
+
+fn client(cluster: &Cluster) -> KustoClient {
+    let options = ClientOptions {
+        retry: RetryPolicy {
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+            max_attempts: 4,
+            max_retry_after: Duration::from_secs(5),
+        },
+        ..ClientOptions::default()
+    };
+    KustoClient::new(cluster.url(), Arc::new(EmulatorCredential::default()), options).unwrap()
+}
+
+fn id(step: &str) -> ClientRequestId {
+    ClientRequestId::for_step(step)
+}
+
+async fn seeded() -> (Cluster, KustoClient) {
+    let cluster = Cluster::start("src", ClusterConfig::default()).await.unwrap();
+    cluster
+        .seed_table(
+            DB,
+            "Events",
+            &[
+                Column::new("Id", ScalarType::Long),
+                Column::new("Name", ScalarType::String),
+                Column::new("When", ScalarType::DateTime),
+            ],
+            &SeedPlan {
+                rows: 100,
+                extents: 4,
+                first_creation: JAN_2024,
+                creation_step: DAY,
+                first_ingestion: Some(JAN_2024 + 40 * DAY),
+                ingestion_step: HOUR,
+            },
+        )
+        .unwrap();
+    let client = client(&cluster);
+    (cluster, client)
+}
+
+#[tokio::test]
+async fn planning_queries() {
+    let (_cluster, client) = seeded().await;
+    let events = Ident::new("Events").unwrap();
+
+    let cursor = results::cursor(&client.execute(DB, &commands::cursor_current(), &id("plan")).await.unwrap()).unwrap();
+    assert!(!cursor.is_empty());
+
+    let window = CursorWindow { from: None, to: cursor.clone() };
+    let bins = commands::row_counts_by_ingestion_bin(&events, &window, None, Duration::from_secs(3600)).unwrap();
+    let bins = results::row_count_bins(&client.execute(DB, &bins, &id("plan")).await.unwrap()).unwrap();
+    assert_eq!(bins.iter().map(|b| b.rows).sum::<i64>(), 100);
+    assert_eq!(bins.len(), 4, "one bin per seeded extent: {bins:?}");
+    assert!(bins.iter().all(|b| b.bin.is_some() && b.extent_id.is_some()));
+
+    let filtered = UserQuery::new("| where Id % 2 == 0").unwrap();
+    let bins = commands::row_counts_by_ingestion_bin(&events, &window, Some(&filtered), Duration::from_secs(3600)).unwrap();
+    let total: i64 = results::row_count_bins(&client.execute(DB, &bins, &id("plan")).await.unwrap())
+        .unwrap()
+        .iter()
+        .map(|b| b.rows)
+        .sum();
+    assert!(total > 0 && total < 100, "{total}");
+
+    // An empty window: nothing after the current cursor.
+    let empty = CursorWindow { from: Some(cursor.clone()), to: cursor };
+    let bins = commands::row_counts_by_ingestion_bin(&events, &empty, None, Duration::from_secs(3600)).unwrap();
+    assert!(results::row_count_bins(&client.execute(DB, &bins, &id("plan")).await.unwrap()).unwrap().is_empty());
+
+    let extents = results::extents(
+        &client.execute(DB, &commands::show_extents(&events, None).unwrap(), &id("plan")).await.unwrap(),
+    )
+    .unwrap();
+    assert_eq!(extents.len(), 4);
+    assert_eq!(extents.iter().map(|e| e.row_count).sum::<i64>(), 100);
+    assert!(extents.iter().all(|e| e.min_created_on.is_some()));
+
+    let capacity = results::capacities(&client.execute(DB, &commands::show_capacity(), &id("plan")).await.unwrap()).unwrap();
+    let export = capacity.iter().find(|c| c.resource == "DataExport").expect("DataExport capacity");
+    assert_eq!(export.total, 2);
+}
+
+#[tokio::test]
+async fn staging_table_lifecycle_and_commit() {
+    let (cluster, client) = seeded().await;
+    let events = Ident::new("Events").unwrap();
+    let stage = Ident::new("kc-Events-0001").unwrap();
+    let tag = "drop-by:kc-block-1-attempt-1";
+
+    let run = |c: commands::Command| {
+        let client = client.clone();
+        async move { client.execute(DB, &c, &id("commit")).await }
+    };
+    // The simulator does not take `ifnotexists` yet (see `builders_the_simulator_lacks`).
+    cluster.command(DB, ".create table ['kc-Events-0001'] based-on ['Events']").unwrap();
+    run(commands::disable_merges(&stage).unwrap()).await.unwrap();
+    run(commands::delete_partitioning_policy(&stage)).await.unwrap();
+    run(commands::delete_extent_tags_retention_policy(&stage)).await.unwrap();
+    let tables = results::table_names(&run(commands::show_tables()).await.unwrap()).unwrap();
+    assert!(tables.contains(&"kc-Events-0001".to_string()), "{tables:?}");
+
+    // An ingested block: one tagged extent with the source's creation time.
+    let rows: Vec<Vec<Value>> = (0..10)
+        .map(|i| vec![Value::Long(1000 + i), Value::String(format!("n{i}")), Value::Null])
+        .collect();
+    cluster
+        .seed_extent(
+            DB,
+            stage.as_str(),
+            SeedExtent { rows, creation_time: JAN_2024, ingestion_time: None, tags: vec![tag.to_string()] },
+        )
+        .unwrap();
+    let tagged = results::extents(&run(commands::show_extents(&stage, Some(tag)).unwrap()).await.unwrap()).unwrap();
+    assert_eq!(tagged.len(), 1);
+    assert!(tagged[0].has_tag(tag));
+    assert_eq!(tagged[0].row_count, 10);
+    assert_eq!(tagged[0].min_created_on, Some(time::macros::datetime!(2024-01-01 00:00 UTC)));
+
+    // Commit: move exactly the tagged extents, async, and follow the operation.
+    let op = results::operation_id(&run(commands::move_extents_with_tag(&stage, &events, tag, true).unwrap()).await.unwrap())
+        .unwrap();
+    let mut state = OperationState::InProgress;
+    for _ in 0..100 {
+        let ops = results::operations(&run(commands::show_operations(&[op]).unwrap()).await.unwrap()).unwrap();
+        state = ops.into_iter().find(|o| o.id == op).expect("operation listed").state;
+        if !state.is_pending() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, OperationState::Completed);
+    let moved = results::extents(&run(commands::show_extents(&events, Some(tag)).unwrap()).await.unwrap()).unwrap();
+    assert_eq!(moved.iter().filter(|e| e.has_tag(tag)).map(|e| e.row_count).sum::<i64>(), 10);
+    // The moved extent kept its creation time: copied data keeps its age.
+    assert!(moved.iter().all(|e| e.min_created_on == Some(time::macros::datetime!(2024-01-01 00:00 UTC))));
+    assert!(cluster.extents(DB, stage.as_str()).unwrap().is_empty());
+
+    // Then the tag goes, so the moved extents can merge with the rest.
+    run(commands::drop_extent_tags(&events, &[tag], None).unwrap()).await.unwrap();
+    let still = results::extents(&run(commands::show_extents(&events, Some(tag)).unwrap()).await.unwrap()).unwrap();
+    assert!(still.iter().all(|e| !e.has_tag(tag)), "{still:?}");
+
+    run(commands::drop_table(&stage)).await.unwrap();
+    run(commands::drop_table(&stage)).await.unwrap();
+    let tables = results::table_names(&run(commands::show_tables()).await.unwrap()).unwrap();
+    assert!(!tables.contains(&"kc-Events-0001".to_string()));
+}
+
+#[tokio::test]
+async fn stray_extents_are_dropped_by_tag() {
+    let (cluster, client) = seeded().await;
+    let stage = Ident::new("Events").unwrap();
+    let tag = "drop-by:kc-stray";
+    for _ in 0..2 {
+        cluster
+            .seed_extent(
+                DB,
+                "Events",
+                SeedExtent {
+                    rows: vec![vec![Value::Long(1), Value::Null, Value::Null]],
+                    creation_time: JAN_2024,
+                    ingestion_time: None,
+                    tags: vec![tag.to_string()],
+                },
+            )
+            .unwrap();
+    }
+    assert_eq!(cluster.extents(DB, "Events").unwrap().len(), 6);
+    let c = commands::drop_extents_with_tag(&stage, tag).unwrap();
+    client.execute(DB, &c, &id("ingest")).await.unwrap();
+    let left = cluster.extents(DB, "Events").unwrap();
+    assert_eq!(left.len(), 4);
+    assert!(left.iter().all(|e| !e.tags.iter().any(|t| t == tag)));
+}
+
+#[tokio::test]
+async fn simulator_faults_meet_the_retry_rules() {
+    let (cluster, client) = seeded().await;
+    let events = Ident::new("Events").unwrap();
+
+    // Throttling and 5xx before the request runs: retried until it works.
+    cluster.script_fault(None, Fault::Throttle, 1);
+    cluster.script_fault(None, Fault::ServerError(503), 1);
+    cluster.script_fault(None, Fault::ConnectionDrop, 1);
+    let answer = client.execute(DB, &commands::show_extents(&events, None).unwrap(), &id("plan")).await.unwrap();
+    assert_eq!(results::extents(&answer).unwrap().len(), 4);
+
+    // A move whose answer is lost after it ran is not sent again by the client.
+    let dest = Ident::new("Dest").unwrap();
+    cluster.command(DB, ".create table Dest based-on Events").unwrap();
+    let extent_ids: Vec<uuid::Uuid> = cluster.extents(DB, "Events").unwrap().iter().map(|e| e.id).collect();
+    cluster.script_fault(None, Fault::DropAfterExecution, 1);
+    let err = client
+        .execute(DB, &commands::move_extents(&events, &dest, &extent_ids[..1], false).unwrap(), &id("commit"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::ConnectionLost), "{err}");
+    assert!(err.may_have_executed());
+    // It did run, exactly once.
+    assert_eq!(cluster.extents(DB, "Dest").unwrap().len(), 1);
+    assert_eq!(cluster.extents(DB, "Events").unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_wrong_audience_is_refused_permanently() {
+    let (cluster, _) = seeded().await;
+    let options = ClientOptions {
+        token_scope: Some("https://kusto.kusto.windows.net/.default".into()),
+        ..ClientOptions::default()
+    };
+    let client = KustoClient::new(cluster.url(), Arc::new(EmulatorCredential::default()), options).unwrap();
+    let err = client.execute(DB, &commands::show_tables(), &id("plan")).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Unauthorized);
+    assert_eq!(err.status, Some(401));
+    assert!(!err.is_transient());
+}
+
+/// Documented syntax the simulator does not accept yet: `.create table ... based-on ...
+/// ifnotexists` and the `extent_tags()` function. Run with `--ignored` once it does.
+#[tokio::test]
+#[ignore = "kusto-sim lacks `ifnotexists` on `.create table based-on` and `extent_tags()`"]
+async fn builders_the_simulator_lacks() {
+    let (cluster, client) = seeded().await;
+    let events = Ident::new("Events").unwrap();
+    let stage = Ident::new("kc-Events-0002").unwrap();
+    let tag = "drop-by:kc-block-2-attempt-1";
+    for _ in 0..2 {
+        let c = commands::create_table_based_on(&stage, &events, Some("kc")).unwrap();
+        client.execute(DB, &c, &id("ingest")).await.unwrap();
+    }
+    cluster
+        .seed_extent(
+            DB,
+            stage.as_str(),
+            SeedExtent {
+                rows: vec![vec![Value::Long(1), Value::Null, Value::Null]; 3],
+                creation_time: JAN_2024,
+                ingestion_time: None,
+                tags: vec![tag.to_string()],
+            },
+        )
+        .unwrap();
+    let c = commands::count_rows_with_tag(&stage, tag).unwrap();
+    let count = results::count(&client.execute(DB, &c, &id("ingest")).await.unwrap()).unwrap();
+    assert_eq!(count, 3);
+}
