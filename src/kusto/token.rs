@@ -39,3 +39,46 @@ impl TokenCache {
         Ok(format!("Bearer {}", token.token.secret()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use azure_core::credentials::TokenRequestOptions;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Hands out tokens that live `lifetime`, counting the calls.
+    #[derive(Debug)]
+    struct Counting {
+        calls: AtomicUsize,
+        lifetime: Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl TokenCredential for Counting {
+        async fn get_token(
+            &self,
+            _scopes: &[&str],
+            _options: Option<TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<AccessToken> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(AccessToken::new(format!("t{n}"), OffsetDateTime::now_utc() + self.lifetime))
+        }
+    }
+
+    #[tokio::test]
+    async fn cached_per_scope_until_near_expiry() {
+        let long = Arc::new(Counting { calls: AtomicUsize::new(0), lifetime: Duration::hours(1) });
+        let cache = TokenCache::new(long.clone());
+        assert_eq!(cache.bearer("https://a/.default").await.unwrap(), "Bearer t0");
+        assert_eq!(cache.bearer("https://a/.default").await.unwrap(), "Bearer t0");
+        assert_eq!(cache.bearer("https://b/.default").await.unwrap(), "Bearer t1");
+        assert_eq!(long.calls.load(Ordering::SeqCst), 2);
+
+        // Inside the refresh margin: every use asks again.
+        let short = Arc::new(Counting { calls: AtomicUsize::new(0), lifetime: Duration::minutes(2) });
+        let cache = TokenCache::new(short.clone());
+        assert_eq!(cache.bearer("https://a/.default").await.unwrap(), "Bearer t0");
+        assert_eq!(cache.bearer("https://a/.default").await.unwrap(), "Bearer t1");
+        assert_eq!(short.calls.load(Ordering::SeqCst), 2);
+    }
+}
