@@ -1,6 +1,10 @@
 //! Typed builders for every query and management command the copy sends. Each returns a
 //! [`Command`]: the text for Kusto, a redacted text for logs, the endpoint, and whether the
 //! client may repeat it on its own after an ambiguous failure.
+//!
+//! Extent tags: `.show extents ... where tags has 'x'` matches by term, not by equality, so a
+//! tag must not be contained in another tag in use. Make each one unique as a whole (e.g.
+//! `drop-by:kc-<guid>`), and compare exactly on the rows (`results::Extent::has_tag`).
 
 use std::fmt;
 use std::time::Duration;

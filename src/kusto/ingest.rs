@@ -306,3 +306,38 @@ pub fn parse_ingestion_status(body: &[u8]) -> Result<IngestionStatus, KustoError
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kusto::client::ClientOptions;
+
+    #[derive(Debug)]
+    struct NoToken;
+
+    #[async_trait::async_trait]
+    impl azure_core::credentials::TokenCredential for NoToken {
+        async fn get_token(
+            &self,
+            _scopes: &[&str],
+            _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+            unreachable!("no request is sent")
+        }
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        let client = KustoClient::new(
+            "https://mycluster.westeurope.kusto.windows.net",
+            std::sync::Arc::new(NoToken),
+            ClientOptions::default(),
+        )
+        .unwrap();
+        let url = client.ingest_url(&["My Db", "T", "op/1?x#y"]).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://ingest-mycluster.westeurope.kusto.windows.net/v1/rest/ingestion/queued/My%20Db/T/op%2F1%3Fx%23y"
+        );
+    }
+}
