@@ -176,6 +176,7 @@ fn fast_policy(max_attempts: usize) -> RetryPolicy {
         max_delay: Duration::from_millis(50),
         max_attempts,
         max_retry_after: Duration::from_secs(5),
+        ..RetryPolicy::default()
     }
 }
 
@@ -561,4 +562,27 @@ async fn gzip_answers_are_decoded() {
         .await
         .unwrap();
     assert_eq!(results::cursor(&answer).unwrap(), "zipped-cursor");
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_elapsed_budget() {
+    let server = Server::start(vec![reply(503, UNAVAILABLE)]).await;
+    let policy = RetryPolicy {
+        base_delay: Duration::from_millis(200),
+        max_delay: Duration::from_millis(200),
+        max_attempts: 100,
+        max_elapsed: Duration::from_millis(700),
+        ..RetryPolicy::default()
+    };
+    let (client, _) = client_for(&server, policy);
+    let started = Instant::now();
+    let err = client
+        .execute("Db", &commands::cursor_current(), &ClientRequestId::for_step("plan"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ServiceUnavailable);
+    // Waits of 200-400 ms (jitter) fit at most three times in 700 ms, and at least once.
+    let attempts = server.attempts();
+    assert!((2..=4).contains(&attempts), "{attempts}");
+    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
 }

@@ -26,6 +26,7 @@ fn client(cluster: &Cluster) -> KustoClient {
             max_delay: Duration::from_millis(50),
             max_attempts: 4,
             max_retry_after: Duration::from_secs(5),
+            ..RetryPolicy::default()
         },
         ..ClientOptions::default()
     };

@@ -224,6 +224,7 @@ impl KustoClient {
     ) -> Result<T, KustoError> {
         let tries = AtomicU32::new(0);
         let policy = &self.inner.options.retry;
+        let started = std::time::Instant::now();
         let once = || async {
             let n = tries.fetch_add(1, Ordering::Relaxed) + 1;
             let id = request.request_id.for_try(n);
@@ -233,7 +234,7 @@ impl KustoClient {
         once.retry(policy.backoff())
             .sleep(tokio::time::sleep)
             .when(|e: &KustoError| RetryPolicy::should_retry(e, request.repeatable))
-            .adjust(|e: &KustoError, d| policy.next_delay(e, d))
+            .adjust(|e: &KustoError, d| policy.next_delay_within(e, d, started.elapsed()))
             .notify(|e: &KustoError, wait| {
                 tracing::warn!(
                     what = request.what,

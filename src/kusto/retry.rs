@@ -19,6 +19,9 @@ pub struct RetryPolicy {
     /// A `Retry-After` longer than this is not waited out in-process: the error goes back to
     /// the caller, whose step can be rescheduled instead of holding a function instance.
     pub max_retry_after: Duration,
+    /// No new try starts after this much time since the first: a function invocation has a
+    /// deadline, and a step that keeps failing is better rescheduled than held.
+    pub max_elapsed: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -28,6 +31,7 @@ impl Default for RetryPolicy {
             max_delay: Duration::from_secs(30),
             max_attempts: 5,
             max_retry_after: Duration::from_secs(60),
+            max_elapsed: Duration::from_secs(120),
         }
     }
 }
@@ -65,6 +69,18 @@ impl RetryPolicy {
             None => Some(backoff),
         }
     }
+
+    /// As [`RetryPolicy::next_delay`], and `None` when the wait would end past `max_elapsed`
+    /// since the first try.
+    pub fn next_delay_within(
+        &self,
+        error: &KustoError,
+        backoff: Option<Duration>,
+        elapsed: Duration,
+    ) -> Option<Duration> {
+        self.next_delay(error, backoff)
+            .filter(|wait| elapsed + *wait <= self.max_elapsed)
+    }
 }
 
 /// Reads `x-ms-retry-after-ms`, `retry-after-ms` or `Retry-After` (seconds or HTTP date).
@@ -97,6 +113,12 @@ mod tests {
         err.retry_after = Some(Duration::from_secs(600));
         assert_eq!(policy.next_delay(&err, Some(Duration::from_millis(10))), None);
         assert_eq!(policy.next_delay(&err, None), None);
+        err.retry_after = Some(Duration::from_secs(5));
+        assert_eq!(
+            policy.next_delay_within(&err, Some(Duration::ZERO), Duration::from_secs(100)),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(policy.next_delay_within(&err, Some(Duration::ZERO), Duration::from_secs(118)), None);
     }
 
     #[test]
