@@ -61,6 +61,12 @@ impl ClientRequestId {
     }
 }
 
+impl std::fmt::Display for ClientRequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 fn header_safe(part: &str) -> String {
     part.chars()
         .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
