@@ -221,8 +221,9 @@ impl KustoClient {
         .await
     }
 
-    /// Sends with retries; `parse` turns a 2xx answer into the result (its errors, such as a
-    /// v2 error inside a 200, are retried by the same rules).
+    /// Sends with retries; `parse` turns a 2xx answer into the result. Its errors go through
+    /// the same rules: a cut-off answer is retried when the request is repeatable, an error
+    /// Kusto reported inside a 200 is handed back.
     pub(crate) async fn send<T>(
         &self,
         request: &Request<'_>,
