@@ -16,11 +16,13 @@
 //! - `Cluster` (below): a running cluster that tests start, seed, break and inspect.
 
 pub mod auth;
+pub mod blob;
 pub mod commands;
 pub mod faults;
 pub mod kql;
 pub mod model;
 pub mod ops;
+pub mod parquet_io;
 pub mod seed;
 pub mod server;
 pub mod wire;
@@ -70,7 +72,8 @@ impl Cluster {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let port = listener.local_addr()?.port();
         let url = format!("http://127.0.0.1:{port}");
-        let state: Shared = Arc::new(Mutex::new(ClusterState::new(name, &url, config)));
+        let cluster = ClusterState::new(name, &url, config).map_err(std::io::Error::other)?;
+        let state: Shared = Arc::new(Mutex::new(cluster));
         let app = server::router(state.clone());
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -102,6 +105,16 @@ impl Cluster {
     /// Runs a management command in-process (no HTTP, no auth, no request-level faults).
     pub fn command(&self, db: &str, csl: &str) -> Result<Frame, KustoError> {
         commands::execute_command(&self.state, db, csl)
+    }
+
+    /// Runs any management command in-process, including `.export` and `.ingest` from blobs.
+    pub async fn command_async(&self, db: &str, csl: &str) -> Result<Frame, KustoError> {
+        commands::execute_command_async(&self.state, db, csl).await
+    }
+
+    /// Replaces the blob store (tests use [`blob::MemoryBlobStore`] to run without storage).
+    pub fn set_blob_store(&self, store: Arc<dyn blob::BlobStore>) {
+        self.with_state(|s| s.blobs = store);
     }
 
     /// Runs a query in-process.

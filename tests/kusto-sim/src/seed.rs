@@ -35,7 +35,9 @@ impl ClusterState {
     /// Adds an extent with exactly the given times. The ingestion clock moves past the given
     /// ingestion time so that later ingestions stay after it (cursors stay exact).
     pub fn seed_extent(&mut self, db: &str, table: &str, seed: SeedExtent) -> Result<Uuid, KustoError> {
-        let width = self.table(db, table)?.columns.len();
+        let columns = self.table(db, table)?.columns.clone();
+        let width = columns.len();
+        let seed = SeedExtent { rows: crate::model::cluster::normalize_rows(&columns, seed.rows), ..seed };
         if let Some(bad) = seed.rows.iter().position(|r| r.len() != width) {
             return Err(KustoError::bad_request(format!("seed row {bad} does not have {width} values")));
         }

@@ -9,7 +9,7 @@ use axum::routing::post;
 use axum::Router;
 
 use crate::auth::check_bearer;
-use crate::commands::{execute_command, lock, redact, Shared};
+use crate::commands::{execute_command_async, lock, redact, Shared};
 use crate::faults::{CommandKind, Fault};
 use crate::kql::eval::{run_query, Env, Frame};
 use crate::wire::error::KustoError;
@@ -105,7 +105,7 @@ async fn handle(state: Shared, headers: HeaderMap, body: String, endpoint: Endpo
     let db = req.db.unwrap_or_else(|| lock(&state).config.default_database.clone());
     let is_command = req.csl.trim_start().starts_with('.');
     let result: Result<Frame, KustoError> = match (endpoint, is_command) {
-        (Endpoint::Mgmt, true) => execute_command(&state, &db, req.csl.trim()),
+        (Endpoint::Mgmt, true) => execute_command_async(&state, &db, req.csl.trim()).await,
         (Endpoint::Mgmt, false) | (Endpoint::QueryV1, false) | (Endpoint::QueryV2, false) => run_kql(&state, &db, &req.csl),
         (_, true) => Err(KustoError::bad_request(
             "Management commands must be sent to /v1/rest/mgmt, not to the query endpoint",

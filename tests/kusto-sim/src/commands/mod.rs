@@ -8,6 +8,7 @@ pub mod data;
 pub mod parse;
 pub mod schema;
 pub mod show;
+pub mod storage;
 
 use std::sync::{Arc, Mutex};
 
@@ -32,6 +33,17 @@ pub fn frame(spec: &[(&str, ScalarType)], rows: Vec<Vec<Value>>) -> Frame {
     Frame { columns: cols(spec), rows: rows.into_iter().map(|values| Row { values, meta: None }).collect(), has_meta: false }
 }
 
+/// Runs any command, including those that read or write blob storage.
+pub async fn execute_command_async(state: &Shared, db: &str, csl: &str) -> Result<Frame, KustoError> {
+    let cmd = parse_command(csl)?;
+    match cmd {
+        Command::Export { .. } | Command::Ingest { .. } => storage::run(state, db, cmd).await,
+        other => run(state, db, other, CommandKind::of(csl)),
+    }
+}
+
+/// Runs a command that needs no storage I/O (everything but `.export` and `.ingest` from
+/// blobs, which need [`execute_command_async`]).
 pub fn execute_command(state: &Shared, db: &str, csl: &str) -> Result<Frame, KustoError> {
     let cmd = parse_command(csl)?;
     let kind = CommandKind::of(csl);
@@ -91,11 +103,8 @@ fn run(state: &Shared, db: &str, cmd: Command, kind: CommandKind) -> Result<Fram
                 rows,
             ))
         }
-        Command::Export { .. } => Err(KustoError::bad_request(
-            "kusto-sim: .export to storage is not implemented in this build (see the README's limits)",
-        )),
-        Command::Ingest { .. } => Err(KustoError::bad_request(
-            "kusto-sim: .ingest from storage is not implemented in this build (see the README's limits); use .ingest inline or .set-or-append",
+        Command::Export { .. } | Command::Ingest { .. } => Err(KustoError::bad_request(
+            "kusto-sim: .export and .ingest from storage run only through the async entry point (HTTP, or Cluster::command_async)",
         )),
         other => data::run(state, db, other, kind),
     }

@@ -26,6 +26,11 @@ pub struct ClusterConfig {
     pub operation_retention: Duration,
     /// The database created at start, so a fresh cluster is usable at once.
     pub default_database: String,
+    /// An extra root CA (PEM) for HTTPS blob storage, e.g. the test stack's self-signed one.
+    pub ca_cert_pem: Option<Vec<u8>>,
+    /// Accept Parquet conversions the documentation does not list (INT64 ticks into timespan,
+    /// UTF8 text into guid). Off by default: the documented table decides.
+    pub lenient_parquet: bool,
 }
 
 impl Default for ClusterConfig {
@@ -35,6 +40,8 @@ impl Default for ClusterConfig {
             export_capacity: 2,
             operation_retention: Duration::from_secs(6 * 3600),
             default_database: "db".into(),
+            ca_cert_pem: None,
+            lenient_parquet: false,
         }
     }
 }
@@ -51,14 +58,18 @@ pub struct ClusterState {
     /// Shifts the cluster's clock (tests use it to age operation records).
     pub clock_offset: i64,
     pub started_on: i64,
+    /// Where export writes and ingestion reads.
+    pub blobs: crate::commands::storage::Blobs,
 }
 
 impl ClusterState {
-    pub fn new(name: &str, uri: &str, config: ClusterConfig) -> ClusterState {
+    /// Fails only when the configured CA certificate is not valid PEM.
+    pub fn new(name: &str, uri: &str, config: ClusterConfig) -> Result<ClusterState, String> {
+        let blobs = std::sync::Arc::new(crate::blob::HttpBlobStore::new(config.ca_cert_pem.as_deref())?);
         let mut databases = BTreeMap::new();
         databases.insert(config.default_database.clone(), Database::new(config.default_database.clone()));
         let now = ticks_from_offset_datetime(time::OffsetDateTime::now_utc());
-        ClusterState {
+        Ok(ClusterState {
             name: name.into(),
             uri: uri.into(),
             databases,
@@ -68,7 +79,8 @@ impl ClusterState {
             last_ingestion: 0,
             clock_offset: 0,
             started_on: now,
-        }
+            blobs,
+        })
     }
 
     pub fn now(&self) -> i64 {
@@ -116,7 +128,9 @@ impl ClusterState {
         creation_time: Option<i64>,
         tags: Vec<String>,
     ) -> Result<Uuid, KustoError> {
-        let enabled = self.table(db, table)?.ingestion_time_enabled();
+        let t = self.table(db, table)?;
+        let enabled = t.ingestion_time_enabled();
+        let rows = normalize_rows(&t.columns, rows);
         let ingestion = if enabled { Some(self.next_ingestion_time()) } else { None };
         let now = self.now();
         let created = creation_time.unwrap_or(now);
@@ -172,6 +186,18 @@ impl ClusterState {
     pub fn catalog<'a>(&'a self, db: &'a str) -> ClusterCatalog<'a> {
         ClusterCatalog { state: self, default_db: db }
     }
+}
+
+/// Kusto strings are never null: a null string cell is stored as the empty string.
+pub fn normalize_rows(columns: &[Column], mut rows: Vec<Vec<Value>>) -> Vec<Vec<Value>> {
+    for r in rows.iter_mut() {
+        for (v, c) in r.iter_mut().zip(columns) {
+            if c.ty == super::value::ScalarType::String && v.is_null() {
+                *v = Value::String(String::new());
+            }
+        }
+    }
+    rows
 }
 
 /// Turns a table into a query frame, rows carrying their ingestion time and extent id.

@@ -10,3 +10,17 @@ pub struct RequestIds {
     pub client_request_id: String,
     pub activity_id: String,
 }
+
+/// A row's JSON cells. Kusto strings are never null: a null string is answered as "".
+pub fn cells(frame: &crate::kql::eval::Frame, values: &[crate::model::value::Value]) -> Vec<serde_json::Value> {
+    values
+        .iter()
+        .zip(&frame.columns)
+        .map(|(v, c)| match v {
+            crate::model::value::Value::Null if c.ty == crate::model::value::ScalarType::String => {
+                serde_json::Value::String(String::new())
+            }
+            v => v.to_json(),
+        })
+        .collect()
+}

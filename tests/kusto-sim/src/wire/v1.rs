@@ -14,7 +14,7 @@ fn table(name: &str, frame: &Frame) -> Json {
             "DataType": c.ty.clr_name(),
             "ColumnType": c.ty.kql_name(),
         })).collect::<Vec<_>>(),
-        "Rows": frame.rows.iter().map(|r| r.values.iter().map(|v| v.to_json()).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "Rows": frame.rows.iter().map(|r| super::cells(frame, &r.values)).collect::<Vec<_>>(),
     })
 }
 

@@ -14,9 +14,7 @@ fn columns(frame: &Frame) -> Json {
 }
 
 fn rows(frame: &Frame) -> Json {
-    Json::Array(
-        frame.rows.iter().map(|r| Json::Array(r.values.iter().map(|v| v.to_json()).collect())).collect(),
-    )
+    Json::Array(frame.rows.iter().map(|r| Json::Array(super::cells(frame, &r.values))).collect())
 }
 
 pub fn query_response(frame: &Frame, ids: &super::RequestIds) -> Json {
