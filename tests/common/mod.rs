@@ -1,6 +1,8 @@
 //! Shared by the integration tests: clients for a test Azurite, on the production token path.
 #![allow(dead_code)]
 
+pub mod harness;
+
 use kc_test_stack::Azurite;
 use kusto_copy::auth::EmulatorCredential;
 use kusto_copy::storage::clients::{RetryBudget, StorageClients};

@@ -1,0 +1,323 @@
+//! A stand-in for the Azure Functions host, driving a custom handler the way the host does
+//! (`shared/reference/functions-host.md`); no Functions host can be installed here.
+//!
+//! It reads `functions/*/function.json` and `host.json`, polls the trigger queues in Azurite,
+//! delivers each message in the host's payload shape (queue text JSON-encoded a second time,
+//! numbers as strings, quoted metadata), writes output bindings only when the answer is 2xx,
+//! leaves a failed message to come back after `visibilityTimeout`, moves it to
+//! `<queue>-poison` once it has failed `maxDequeueCount` times, and fires timers on their
+//! NCRONTAB schedule. Messages of one poll are delivered concurrently, as the host does with
+//! a batch.
+#![allow(dead_code)]
+
+use kusto_copy::storage::clients::StorageClients;
+use kusto_copy::storage::queue::{MessageEncoding, MessageSender, Received, StorageQueue};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    Queue { binding: String, queue: String },
+    Timer { binding: String, schedule: String },
+    Http { binding: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Function {
+    pub name: String,
+    pub trigger: Trigger,
+    /// Queue output bindings: binding name → queue.
+    pub queue_outputs: Vec<(String, String)>,
+}
+
+/// The `extensions.queues` settings of host.json that change delivery.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub encoding: MessageEncoding,
+    pub visibility_timeout: Duration,
+    pub max_dequeue_count: u32,
+    pub batch_size: u8,
+}
+
+/// What happened to one delivered message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded { function: String, outputs: usize },
+    /// Non-2xx: the message comes back after the visibility timeout.
+    Failed { function: String, status: u16, dequeue_count: u32 },
+    /// Failed for the last allowed time: moved to the poison queue.
+    Poisoned { function: String, queue: String },
+}
+
+pub struct Host {
+    pub functions: Vec<Function>,
+    pub settings: QueueSettings,
+    handler: String,
+    http: reqwest::Client,
+    clients: StorageClients,
+    queues: tokio::sync::Mutex<HashMap<String, Arc<StorageQueue>>>,
+    invocations: std::sync::atomic::AtomicU64,
+}
+
+fn duration(text: &str) -> Duration {
+    let parts: Vec<u64> = text.split(':').map(|p| p.parse().expect("hh:mm:ss")).collect();
+    Duration::from_secs(parts[0] * 3600 + parts[1] * 60 + parts[2])
+}
+
+impl Host {
+    /// Reads the app at `root` (host.json and functions/) and drives the handler at `handler`.
+    pub fn load(root: &Path, handler: &str, clients: StorageClients) -> Host {
+        let host: Value = serde_json::from_str(&std::fs::read_to_string(root.join("host.json")).unwrap()).unwrap();
+        let q = &host["extensions"]["queues"];
+        let settings = QueueSettings {
+            encoding: match q["messageEncoding"].as_str().unwrap_or("base64") {
+                "none" => MessageEncoding::None,
+                _ => MessageEncoding::Base64,
+            },
+            visibility_timeout: q["visibilityTimeout"].as_str().map(duration).unwrap_or(Duration::ZERO),
+            max_dequeue_count: q["maxDequeueCount"].as_u64().unwrap_or(5) as u32,
+            batch_size: q["batchSize"].as_u64().unwrap_or(16) as u8,
+        };
+        let mut functions = Vec::new();
+        for entry in std::fs::read_dir(root.join("functions")).unwrap() {
+            let dir = entry.unwrap().path();
+            let def: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("function.json")).unwrap()).unwrap();
+            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            let mut trigger = None;
+            let mut queue_outputs = Vec::new();
+            for b in def["bindings"].as_array().unwrap() {
+                let binding = b["name"].as_str().unwrap().to_owned();
+                match (b["type"].as_str().unwrap(), b["direction"].as_str().unwrap()) {
+                    ("queueTrigger", "in") => trigger = Some(Trigger::Queue { binding, queue: b["queueName"].as_str().unwrap().into() }),
+                    ("timerTrigger", "in") => trigger = Some(Trigger::Timer { binding, schedule: b["schedule"].as_str().unwrap().into() }),
+                    ("httpTrigger", "in") => trigger = Some(Trigger::Http { binding }),
+                    ("queue", "out") => queue_outputs.push((binding, b["queueName"].as_str().unwrap().into())),
+                    _ => {}
+                }
+            }
+            functions.push(Function { name, trigger: trigger.expect("every function has a trigger"), queue_outputs });
+        }
+        functions.sort_by(|a, b| a.name.cmp(&b.name));
+        Host {
+            functions,
+            settings,
+            handler: handler.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+            clients,
+            queues: Default::default(),
+            invocations: Default::default(),
+        }
+    }
+
+    /// A queue with the host's encoding, created if needed (the host creates its queues too).
+    pub async fn queue(&self, name: &str) -> Arc<StorageQueue> {
+        let mut queues = self.queues.lock().await;
+        if let Some(q) = queues.get(name) {
+            return q.clone();
+        }
+        let q = Arc::new(StorageQueue::new(self.clients.queue(name).unwrap(), name, self.settings.encoding));
+        q.ensure_exists().await.unwrap();
+        queues.insert(name.to_owned(), q.clone());
+        q
+    }
+
+    fn function(&self, name: &str) -> &Function {
+        self.functions.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no function {name}"))
+    }
+
+    /// Polls every queue-triggered function once and delivers what it received, concurrently.
+    pub async fn poll_once(self: &Arc<Self>) -> Vec<Outcome> {
+        let mut tasks = Vec::new();
+        for f in &self.functions {
+            let Trigger::Queue { queue, .. } = &f.trigger else { continue };
+            let q = self.queue(queue).await;
+            // While a function runs the host keeps the message hidden; a long lease does that.
+            let received = q.receive(self.settings.batch_size, Duration::from_secs(300)).await.unwrap();
+            for message in received {
+                let (host, function, q) = (self.clone(), f.name.clone(), q.clone());
+                tasks.push(tokio::spawn(async move { host.deliver(&function, &q, message).await }));
+            }
+        }
+        let mut outcomes = Vec::new();
+        for t in tasks {
+            outcomes.push(t.await.unwrap());
+        }
+        outcomes
+    }
+
+    /// Polls until `done` says so or `timeout` passes; returns every outcome seen.
+    pub async fn run_until<F>(self: &Arc<Self>, timeout: Duration, mut done: F) -> Vec<Outcome>
+    where
+        F: FnMut(&[Outcome]) -> bool,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut all = Vec::new();
+        loop {
+            let batch = self.poll_once().await;
+            let idle = batch.is_empty();
+            all.extend(batch);
+            if done(&all) {
+                return all;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "harness timed out; outcomes so far: {all:?}");
+            if idle {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    async fn deliver(&self, function: &str, queue: &StorageQueue, message: Received) -> Outcome {
+        let f = self.function(function).clone();
+        let Trigger::Queue { binding, .. } = &f.trigger else { unreachable!() };
+        let quote = |s: &str| format!("\"{s}\"");
+        let time = |t: Option<time::OffsetDateTime>| {
+            t.map(|t| quote(&t.format(&time::format_description::well_known::Rfc3339).unwrap())).unwrap_or_default()
+        };
+        let payload = json!({
+            "Data": { binding.as_str(): serde_json::to_string(&message.text).unwrap() },
+            "Metadata": {
+                "DequeueCount": message.dequeue_count.to_string(),
+                "Id": quote(&message.id),
+                "PopReceipt": quote(&message.pop_receipt),
+                "InsertionTime": time(message.insertion_time),
+                "ExpirationTime": time(message.expiration_time),
+                "NextVisibleTime": time(message.next_visible),
+                "sys": self.sys(function),
+            }
+        });
+        let (status, answer) = self.invoke(function, &payload).await;
+        if (200..300).contains(&status) {
+            let outputs = self.write_outputs(&f, &answer).await;
+            queue.delete(&message.id, &message.pop_receipt).await.unwrap();
+            Outcome::Succeeded { function: function.into(), outputs }
+        } else if message.dequeue_count >= self.settings.max_dequeue_count {
+            let poison = format!("{}-poison", queue.name());
+            self.queue(&poison).await.send(&message.text, Duration::ZERO).await.unwrap();
+            queue.delete(&message.id, &message.pop_receipt).await.unwrap();
+            Outcome::Poisoned { function: function.into(), queue: poison }
+        } else {
+            // Released: visible again after the visibility timeout (at least a second: the
+            // service's granularity).
+            let _ = queue.extend(&message.id, &message.pop_receipt, self.settings.visibility_timeout.max(Duration::from_secs(1))).await.unwrap();
+            Outcome::Failed { function: function.into(), status, dequeue_count: message.dequeue_count }
+        }
+    }
+
+    fn sys(&self, function: &str) -> Value {
+        let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+        json!({"MethodName": function, "UtcNow": now, "RandGuid": uuid::Uuid::new_v4().to_string()})
+    }
+
+    async fn invoke(&self, function: &str, payload: &Value) -> (u16, Value) {
+        let n = self.invocations.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let response = self
+            .http
+            .post(format!("{}/{function}", self.handler))
+            .header("X-Azure-Functions-InvocationId", format!("00000000-0000-4000-8000-{n:012}"))
+            .json(payload)
+            .send()
+            .await;
+        match response {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let body = r.text().await.unwrap_or_default();
+                (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+            }
+            // The handler is down (a restart under test): the invocation fails like a 500.
+            Err(_) => (503, Value::Null),
+        }
+    }
+
+    /// Writes queue outputs as the host does: an array is several messages, a string one
+    /// message, an object one JSON message.
+    async fn write_outputs(&self, f: &Function, answer: &Value) -> usize {
+        let mut written = 0;
+        for (binding, queue) in &f.queue_outputs {
+            let Some(value) = answer.get("Outputs").and_then(|o| o.get(binding)) else { continue };
+            let items: Vec<&Value> = match value {
+                Value::Array(items) => items.iter().collect(),
+                Value::Null => vec![],
+                one => vec![one],
+            };
+            let q = self.queue(queue).await;
+            for item in items {
+                let text = match item {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                q.send(&text, Duration::ZERO).await.unwrap();
+                written += 1;
+            }
+        }
+        written
+    }
+
+    /// Fires a timer-triggered function now, as the host does at a scheduled occurrence.
+    pub async fn fire_timer(&self, function: &str, past_due: bool) -> Outcome {
+        let f = self.function(function).clone();
+        let Trigger::Timer { binding, .. } = &f.trigger else { panic!("{function} is not a timer") };
+        let payload = json!({
+            "Data": { binding.as_str(): {
+                "Schedule": {"AdjustForDST": true},
+                "ScheduleStatus": null,
+                "IsPastDue": past_due
+            }},
+            "Metadata": {"sys": self.sys(function)}
+        });
+        let (status, answer) = self.invoke(function, &payload).await;
+        if (200..300).contains(&status) {
+            Outcome::Succeeded { function: function.into(), outputs: self.write_outputs(&f, &answer).await }
+        } else {
+            // The host does not retry a timer.
+            Outcome::Failed { function: function.into(), status, dequeue_count: 0 }
+        }
+    }
+
+    /// The next occurrences of a timer's NCRONTAB schedule (six fields, seconds first).
+    pub fn timer_occurrences(&self, function: &str, after: chrono::DateTime<chrono::Utc>, count: usize) -> Vec<chrono::DateTime<chrono::Utc>> {
+        let Trigger::Timer { schedule, .. } = &self.function(function).trigger else { panic!("{function} is not a timer") };
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .build()
+            .parse(schedule)
+            .unwrap_or_else(|e| panic!("schedule '{schedule}' is not NCRONTAB: {e}"));
+        cron.iter_after(after).take(count).collect()
+    }
+
+    /// Fires the timer at each of its occurrences during `window`, sleeping in between.
+    pub async fn run_timer_for(&self, function: &str, window: Duration) -> Vec<Outcome> {
+        let end = chrono::Utc::now() + chrono::Duration::from_std(window).unwrap();
+        let mut outcomes = Vec::new();
+        for at in self.timer_occurrences(function, chrono::Utc::now(), 1000) {
+            if at > end {
+                break;
+            }
+            let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+            tokio::time::sleep(wait).await;
+            outcomes.push(self.fire_timer(function, false).await);
+        }
+        outcomes
+    }
+
+    /// `GET /api/<function>?<query>` through the HTTP trigger; (statusCode, parsed body).
+    pub async fn http_get(&self, function: &str, query: &[(&str, &str)]) -> (u16, Value) {
+        let f = self.function(function).clone();
+        let Trigger::Http { binding } = &f.trigger else { panic!("{function} is not HTTP") };
+        let q: serde_json::Map<String, Value> = query.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let payload = json!({
+            "Data": { binding.as_str(): {
+                "Url": format!("http://localhost:7071/api/{function}"),
+                "Method": "GET", "Query": q, "Headers": {}, "Params": {}, "Body": null
+            }},
+            "Metadata": {"sys": self.sys(function)}
+        });
+        let (status, answer) = self.invoke(function, &payload).await;
+        assert_eq!(status, 200, "{answer}");
+        let res = &answer["Outputs"]["res"];
+        let body = res["body"].as_str().map(|b| serde_json::from_str(b).unwrap()).unwrap_or(Value::Null);
+        (res["statusCode"].as_u64().unwrap_or(0) as u16, body)
+    }
+}

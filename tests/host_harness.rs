@@ -1,0 +1,152 @@
+//! The host harness against `kc serve` and an in-process handler, over Azurite queues: what
+//! the Functions host does with answers (outputs only on 2xx, retries after the visibility
+//! timeout, poison after maxDequeueCount, timers on their schedule) is what the handler gets.
+
+mod common;
+
+use async_trait::async_trait;
+use common::harness::{Host, Outcome};
+use kc_test_stack::Azurite;
+use kusto_copy::engine::{Delivery, Engine, EngineError, Outgoing, StepMessage, Tick};
+use kusto_copy::handler::{router, AppState};
+use kusto_copy::job::JobRecord;
+use kusto_copy::storage::checkpoint::MemoryCheckpointStore;
+use kusto_copy::storage::queue::{MessageEncoding, MessageSender, StorageQueue};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn repo() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+const VALID: &str = r#"{"jobId":"j-valid","source":"https://src.westeurope.kusto.windows.net/Sales/Orders","destination":"https://dst.northeurope.kusto.windows.net/Sales","stagingDirectory":"https://stagingacct.blob.core.windows.net/staging"}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kc_serve_under_the_harness_records_rejects_and_poisons() {
+    let azurite = Azurite::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _kc = tokio::process::Command::new(env!("CARGO_BIN_EXE_kc"))
+        .arg("serve")
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env("KC_BLOB_ENDPOINT", azurite.blob_endpoint())
+        .env("KC_QUEUE_ENDPOINT", azurite.queue_endpoint())
+        .env("KC_CREDENTIAL", "emulator")
+        .env("KC_CA_CERT", &azurite.ca_pem_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut host = Host::load(repo(), &format!("http://127.0.0.1:{port}"), common::clients(&azurite));
+    assert_eq!(host.settings.encoding, MessageEncoding::None, "read from host.json");
+    assert_eq!(host.settings.max_dequeue_count, 5, "read from host.json");
+    // host.json says 30 s; a test cannot wait 5 x 30 s for the poison queue.
+    host.settings.visibility_timeout = Duration::from_secs(1);
+    let host = Arc::new(host);
+    // Wait for the readiness probe like the host.
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if http.get(format!("http://127.0.0.1:{port}/")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    let requests = host.queue("kc-requests").await;
+    requests.send(VALID, Duration::ZERO).await.unwrap();
+    requests.send(&VALID.replace("j-valid", "j-bad").replace("/Sales/Orders", "/OnlyADatabase"), Duration::ZERO).await.unwrap();
+    let outcomes = host
+        .run_until(Duration::from_secs(30), |o| o.iter().filter(|x| matches!(x, Outcome::Succeeded { .. })).count() == 2)
+        .await;
+    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Succeeded { function, .. } if function == "requests")), "{outcomes:?}");
+
+    let (code, job) = host.http_get("status", &[("job", "j-valid")]).await;
+    assert_eq!((code, job["state"].as_str()), (200, Some("Accepted")));
+    let (code, job) = host.http_get("status", &[("job", "j-bad")]).await;
+    assert_eq!((code, job["state"].as_str()), (200, Some("Rejected")));
+    assert!(job["reason"].as_str().unwrap().contains("should name a table"));
+    assert!(host.queue("kc-requests-poison").await.receive(32, Duration::from_secs(1)).await.unwrap().is_empty(), "rejected requests are not poisoned");
+
+    // This build has no engine: a step fails every time, comes back after the visibility
+    // timeout with a rising dequeue count, and lands in the poison queue after 5 failures.
+    host.queue("kc-steps").await.send(r#"{"job":"j-valid","step":"plan"}"#, Duration::ZERO).await.unwrap();
+    let outcomes = host.run_until(Duration::from_secs(60), |o| o.iter().any(|x| matches!(x, Outcome::Poisoned { .. }))).await;
+    let counts: Vec<u32> = outcomes.iter().filter_map(|o| match o { Outcome::Failed { dequeue_count, .. } => Some(*dequeue_count), _ => None }).collect();
+    assert_eq!(counts, vec![1, 2, 3, 4], "{outcomes:?}");
+    assert_eq!(outcomes.last().unwrap(), &Outcome::Poisoned { function: "steps".into(), queue: "kc-steps-poison".into() });
+    let poisoned = host.queue("kc-steps-poison").await.receive(32, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(poisoned.len(), 1);
+    assert_eq!(poisoned[0].text, r#"{"job":"j-valid","step":"plan"}"#);
+}
+
+/// An engine that runs a fixed chain: start → a → (b now, c in 2 s) → done, failing `a` once.
+#[derive(Default)]
+struct ChainEngine {
+    seen: Mutex<Vec<(String, u32)>>,
+    failed_once: Mutex<bool>,
+}
+
+fn step(job: &str, name: &str) -> StepMessage {
+    StepMessage { job: job.into(), activity: None, iteration: None, block: None, step: name.into() }
+}
+
+#[async_trait]
+impl Engine for ChainEngine {
+    async fn start_job(&self, job: &JobRecord) -> Result<Vec<Outgoing>, EngineError> {
+        Ok(vec![Outgoing { message: step(&job.id, "a"), delay: Duration::ZERO }])
+    }
+    async fn step(&self, m: &StepMessage, d: &Delivery) -> Result<Vec<Outgoing>, EngineError> {
+        self.seen.lock().unwrap().push((m.step.clone(), d.dequeue_count));
+        match m.step.as_str() {
+            "a" => {
+                let mut failed = self.failed_once.lock().unwrap();
+                if !*failed {
+                    *failed = true;
+                    return Err(EngineError::Transient("first try throttled".into()));
+                }
+                Ok(vec![
+                    Outgoing { message: step(&m.job, "b"), delay: Duration::ZERO },
+                    Outgoing { message: step(&m.job, "c"), delay: Duration::from_secs(2) },
+                ])
+            }
+            _ => Ok(vec![]),
+        }
+    }
+    async fn tick(&self, _t: &Tick) -> Result<Vec<Outgoing>, EngineError> {
+        Ok(vec![Outgoing { message: step("timer-job", "t"), delay: Duration::ZERO }])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_retries_delays_and_timers_flow_through_the_harness() {
+    let azurite = Azurite::start();
+    let clients = common::clients(&azurite);
+    let steps = StorageQueue::new(clients.queue("kc-steps").unwrap(), "kc-steps", MessageEncoding::None);
+    steps.ensure_exists().await.unwrap();
+    let engine = Arc::new(ChainEngine::default());
+    let state = AppState { store: Arc::new(MemoryCheckpointStore::default()), steps: Arc::new(steps), engine: engine.clone() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let mut host = Host::load(repo(), &url, common::clients(&azurite));
+    host.settings.visibility_timeout = Duration::from_secs(1);
+    let host = Arc::new(host);
+
+    host.queue("kc-requests").await.send(VALID, Duration::ZERO).await.unwrap();
+    let started = std::time::Instant::now();
+    host.run_until(Duration::from_secs(30), |_| engine.seen.lock().unwrap().iter().any(|(s, _)| s == "c")).await;
+    let seen = engine.seen.lock().unwrap().clone();
+    // `a` failed once and came back with dequeue count 2; `b` came through the output
+    // binding; `c` was sent with a 2 s delay by the handler itself.
+    assert_eq!(seen, vec![("a".into(), 1), ("a".into(), 2), ("b".into(), 1), ("c".into(), 1)], "{seen:?}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "c arrived after its delay");
+
+    // The timer's schedule is read from function.json: every minute, on the minute.
+    let after = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:30Z").unwrap().with_timezone(&chrono::Utc);
+    let next: Vec<String> = host.timer_occurrences("scheduler", after, 2).iter().map(|t| t.to_rfc3339()).collect();
+    assert_eq!(next, vec!["2026-11-23T10:01:00+00:00", "2026-11-23T10:02:00+00:00"]);
+    // A tick's output reaches the steps function.
+    assert_eq!(host.fire_timer("scheduler", false).await, Outcome::Succeeded { function: "scheduler".into(), outputs: 1 });
+    host.run_until(Duration::from_secs(10), |_| engine.seen.lock().unwrap().iter().any(|(s, _)| s == "t")).await;
+}
