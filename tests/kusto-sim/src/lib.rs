@@ -13,6 +13,8 @@
 //! - `kql/`: lexer, parser, AST, evaluator, scalar functions.
 //! - `commands/`: management command parser and handlers (show, schema, data).
 //! - `ops`: the operations log; `faults`: the fault plan; `seed`: data seeding.
+//! - `blob`: blob I/O behind a trait; `parquet_io`: Parquet as Kusto writes and reads it;
+//!   `queued`: the ingest-v2 queued ingestion endpoints.
 //! - `Cluster` (below): a running cluster that tests start, seed, break and inspect.
 
 pub mod auth;
@@ -23,6 +25,7 @@ pub mod kql;
 pub mod model;
 pub mod ops;
 pub mod parquet_io;
+pub mod queued;
 pub mod seed;
 pub mod server;
 pub mod wire;

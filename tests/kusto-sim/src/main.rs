@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! kusto-sim [--cluster NAME]... [--database NAME] [--async-ms N] [--export-capacity N]
+//!           [--ca-cert PEM] [--lenient-parquet]
 //! kusto-sim token <cluster-url>      # prints a bearer token that cluster accepts
 //! ```
 
@@ -10,7 +11,9 @@ use std::time::Duration;
 use kusto_sim::{ClusterConfig, Simulator};
 
 fn usage() -> ! {
-    eprintln!("usage: kusto-sim [--cluster NAME]... [--database NAME] [--async-ms N] [--export-capacity N]\n       kusto-sim token <cluster-url>");
+    eprintln!(
+        "usage: kusto-sim [--cluster NAME]... [--database NAME] [--async-ms N] [--export-capacity N] [--ca-cert PEM] [--lenient-parquet]\n       kusto-sim token <cluster-url>"
+    );
     std::process::exit(2)
 }
 
@@ -32,6 +35,14 @@ async fn main() {
             "--database" => config.default_database = value(),
             "--async-ms" => config.async_duration = Duration::from_millis(value().parse().unwrap_or_else(|_| usage())),
             "--export-capacity" => config.export_capacity = value().parse().unwrap_or_else(|_| usage()),
+            "--ca-cert" => {
+                let path = value();
+                config.ca_cert_pem = Some(std::fs::read(&path).unwrap_or_else(|e| {
+                    eprintln!("kusto-sim: cannot read --ca-cert {path}: {e}");
+                    std::process::exit(2)
+                }));
+            }
+            "--lenient-parquet" => config.lenient_parquet = true,
             _ => usage(),
         }
     }

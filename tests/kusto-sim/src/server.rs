@@ -1,11 +1,12 @@
-//! The HTTP face of one cluster: `/v1/rest/mgmt`, `/v1/rest/query`, `/v2/rest/query`.
+//! The HTTP face of one cluster: `/v1/rest/mgmt`, `/v1/rest/query`, `/v2/rest/query`, and
+//! the ingest-v2 queued ingestion endpoints (same port: the client uses one base URL here).
 //! Every request is authenticated, then may meet an injected fault, then runs.
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::auth::check_bearer;
@@ -27,6 +28,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/rest/mgmt", post(mgmt))
         .route("/v1/rest/query", post(query_v1))
         .route("/v2/rest/query", post(query_v2))
+        .route("/v1/rest/ingestion/queued/{db}/{table}", post(crate::queued::submit))
+        .route("/v1/rest/ingestion/queued/{db}/{table}/{operation}", get(crate::queued::status))
         .with_state(state)
 }
 

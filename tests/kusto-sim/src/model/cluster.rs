@@ -60,6 +60,8 @@ pub struct ClusterState {
     pub started_on: i64,
     /// Where export writes and ingestion reads.
     pub blobs: crate::commands::storage::Blobs,
+    /// Queued (ingest-v2) ingestions and their per-blob status.
+    pub queued: crate::queued::QueuedLog,
 }
 
 impl ClusterState {
@@ -80,6 +82,7 @@ impl ClusterState {
             clock_offset: 0,
             started_on: now,
             blobs,
+            queued: Default::default(),
         })
     }
 
