@@ -56,21 +56,23 @@ fn ids(headers: &HeaderMap) -> RequestIds {
     }
 }
 
-fn authorize(state: &Shared, headers: &HeaderMap, kind: CommandKind) -> Result<(), Response> {
+/// The answer refusing the request (bad token, injected fault), if any.
+fn refusal(state: &Shared, headers: &HeaderMap, kind: CommandKind) -> Option<Response> {
     let ids = ids(headers);
     let uri = lock(state).uri.clone();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    check_bearer(headers.get("authorization").and_then(|v| v.to_str().ok()), &uri, now)
-        .map_err(|e| crate::server::error_response(&e, &ids))?;
+    if let Err(e) = check_bearer(headers.get("authorization").and_then(|v| v.to_str().ok()), &uri, now) {
+        return Some(crate::server::error_response(&e, &ids));
+    }
     for f in lock(state).faults.take(kind, true) {
         let e = match f {
             Fault::Throttle => KustoError::throttled("The ingestion request was throttled (injected fault)"),
             Fault::ServerError(code) => KustoError::transient(code, format!("Service temporarily unavailable (injected fault {code})")),
             _ => continue,
         };
-        return Err(crate::server::error_response(&e, &ids));
+        return Some(crate::server::error_response(&e, &ids));
     }
-    Ok(())
+    None
 }
 
 /// Ingestion properties as the `.ingest` command spells them (JSON arrays become JSON text).
@@ -94,7 +96,7 @@ pub async fn submit(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, CommandKind::QueuedIngest) {
+    if let Some(r) = refusal(&state, &headers, CommandKind::QueuedIngest) {
         return r;
     }
     let request_ids = ids(&headers);
@@ -192,7 +194,7 @@ pub async fn status(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, CommandKind::Show) {
+    if let Some(r) = refusal(&state, &headers, CommandKind::Show) {
         return r;
     }
     let details = query.get("details").is_some_and(|v| v.eq_ignore_ascii_case("true"));

@@ -180,7 +180,7 @@ async fn exports_beyond_capacity_are_throttled_and_partial_failures_leave_blobs(
     assert_eq!(text(&status.rows[0].values[status.column_index("State").unwrap()]), "Failed");
     assert_eq!(status.rows[0].values[status.column_index("ShouldRetry").unwrap()], Value::Bool(true));
     let left = store.names().len() - before;
-    assert!(left >= 1 && left < 3, "partial artifacts remain ({left})");
+    assert!((1..3).contains(&left), "partial artifacts remain ({left})");
     let e = c.command("db", &format!(".show operation {} details", text(&f.rows[0].values[0]))).unwrap_err();
     assert_eq!(e.status, 400, "a failed export has no details to use");
 }
