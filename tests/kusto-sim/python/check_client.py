@@ -76,6 +76,13 @@ def main():
     check(all(nulls[c] is None for c in ["b", "i", "l", "r", "d", "t", "ts", "g", "dyn"]), "v2: nulls of every type")
     check(nulls["s"] == "", "v2: an empty string cell stays an empty string")
 
+    # The streaming API reads frames token by token: FrameType first, Columns before Rows.
+    streamed = client.execute_streaming_query(DB, "PyTypes | order by l desc nulls last | project l, s, dyn")
+    primary = next(streamed.iter_primary_results())
+    streamed_rows = [row.to_list() for row in primary]
+    check(streamed_rows[0] == [9007199254740993, "hello, world", {"a": [1, None]}], f"v2 streaming: rows parse ({streamed_rows[0]})")
+    check(len(streamed_rows) == 2, "v2 streaming: every row")
+
     summary = client.execute_query(DB, "PyTypes | summarize n = count(), m = max(t) | extend c = cursor_current()")
     row = summary.primary_results[0].rows[0]
     check(row["n"] == 2 and isinstance(row["c"], str), "v2: summarize and cursor_current()")

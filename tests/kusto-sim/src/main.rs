@@ -25,6 +25,13 @@ async fn main() {
         println!("{}", kusto_sim::auth::mint_token(url));
         return;
     }
+    // Logs go to stderr so that stdout stays one JSON line; bearer and SAS tokens are never logged.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kusto_sim=info")),
+        )
+        .init();
     let mut names = Vec::new();
     let mut config = ClusterConfig::default();
     let mut it = args.iter();

@@ -128,9 +128,9 @@ async fn handle(state: Shared, headers: HeaderMap, body: String, endpoint: Endpo
         Ok(frame) => {
             let body = match endpoint {
                 Endpoint::QueryV2 => v2::query_response(&frame, &ids),
-                Endpoint::QueryV1 => v1::query_response(&frame, &ids.client_request_id),
-                Endpoint::Mgmt if is_command => v1::command_response(&frame),
-                Endpoint::Mgmt => v1::query_response(&frame, &ids.client_request_id),
+                Endpoint::QueryV1 => v1::query_response(&frame, &ids.client_request_id).to_string(),
+                Endpoint::Mgmt if is_command => v1::command_response(&frame).to_string(),
+                Endpoint::Mgmt => v1::query_response(&frame, &ids.client_request_id).to_string(),
             };
             json_response(StatusCode::OK, body, &ids)
         }
@@ -146,8 +146,8 @@ fn run_kql(state: &Shared, db: &str, csl: &str) -> Result<Frame, KustoError> {
     Ok(run_query(csl, &env)?)
 }
 
-fn json_response(status: StatusCode, body: serde_json::Value, ids: &RequestIds) -> Response {
-    let mut resp = (status, body.to_string()).into_response();
+fn json_response(status: StatusCode, body: String, ids: &RequestIds) -> Response {
+    let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
     h.insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
     if let Ok(v) = HeaderValue::from_str(&ids.activity_id) {
@@ -161,7 +161,7 @@ fn json_response(status: StatusCode, body: serde_json::Value, ids: &RequestIds) 
 
 pub fn error_response(e: &KustoError, ids: &RequestIds) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(status, e.body(&ids.client_request_id, &ids.activity_id), ids)
+    json_response(status, e.body(&ids.client_request_id, &ids.activity_id).to_string(), ids)
 }
 
 /// An answer whose body fails mid-way: the client sees the connection break.

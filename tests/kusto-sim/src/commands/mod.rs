@@ -148,33 +148,41 @@ pub fn run_maybe_async(
     Ok(frame(&[("OperationId", ScalarType::Guid)], vec![vec![Value::Guid(id)]]))
 }
 
-/// Hides the secrets of `h'...'` literals (SAS tokens) in text that may be shown or logged.
+/// Hides the secrets of `h'...'` literals (SAS tokens) in text that may be shown or logged:
+/// the URL path stays, the query (or `;key`) goes.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        let prev_ident = i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
-        if (c == b'h' || c == b'H') && !prev_ident && matches!(bytes.get(i + 1), Some(b'\'') | Some(b'"')) {
-            let quote = bytes[i + 1];
-            if let Some(end) = text[i + 2..].find(quote as char) {
-                let inner = &text[i + 2..i + 2 + end];
-                let shown = inner.split('?').next().unwrap_or("");
-                out.push_str(&format!("h{q}{shown}?***{q}", q = quote as char));
-                i += end + 3;
-                continue;
+    let mut rest = text;
+    while let Some(i) = find_hidden_literal(rest) {
+        let quote = rest[i + 1..].chars().next().unwrap_or('\'');
+        out.push_str(&rest[..i]);
+        let body = &rest[i + 2..];
+        match body.find(quote) {
+            Some(end) => {
+                let inner = &body[..end];
+                let shown = inner.split(['?', ';']).next().unwrap_or("");
+                out.push_str(&format!("h{quote}{shown}?***{quote}"));
+                rest = &body[end + 1..];
+            }
+            None => {
+                // An unterminated hidden literal: hide everything after it.
+                out.push_str("h***");
+                rest = "";
             }
         }
-        out.push(c as char);
-        i += 1;
     }
-    // Only ASCII was pushed byte-wise above; fall back to a lossless copy if the text was not ASCII.
-    if text.is_ascii() {
-        out
-    } else {
-        text.split("h'").next().unwrap_or("").to_string() + " [redacted]"
-    }
+    out.push_str(rest);
+    out
+}
+
+/// The byte offset of the next `h'` or `h"` that starts a literal (not the end of a word).
+fn find_hidden_literal(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    (0..bytes.len().saturating_sub(1)).find(|&i| {
+        matches!(bytes[i], b'h' | b'H')
+            && matches!(bytes[i + 1], b'\'' | b'"')
+            && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'))
+    })
 }
 
 #[cfg(test)]
@@ -187,5 +195,8 @@ mod tests {
         assert!(!r.contains("SECRET"), "{r}");
         assert!(r.contains("https://a/b/c.parquet?***"), "{r}");
         assert!(r.contains("with (x='y')"));
+        let r = redact("é h\"https://a/ü?sig=S\", h'open?sig=S");
+        assert!(!r.contains("sig=S") && r.starts_with("é h\"https://a/ü?***\""), "{r}");
+        assert_eq!(redact("match h'x' with('y')"), "match h'x?***' with('y')");
     }
 }

@@ -137,7 +137,7 @@ fn head_end(src: &str) -> usize {
 }
 
 fn unknown_command(src: &str) -> KqlError {
-    let head: String = src.trim().chars().take(40).collect();
+    let head: String = super::redact(src.trim()).chars().take(40).collect();
     KqlError::Syntax(format!("SYN0002: unknown or unsupported management command: '{head}'"))
 }
 
