@@ -4,6 +4,16 @@
 //! A driver only moves messages and time: it hands the engine a message or a tick and sends
 //! whatever the engine asks to send next. Messages name what to look at, never the state
 //! itself; the state is in the checkpoint store.
+//!
+//! - [`plan`]: blocks from row counts and extents (pure).
+//! - [`records`]: checkpoint records and their transitions (pure).
+//! - [`copy`]: [`copy::CopyEngine`], the steps with their side effects.
+//! - [`local`]: the in-process driver of `kc copy`.
+
+pub mod copy;
+pub mod local;
+pub mod plan;
+pub mod records;
 
 use crate::job::JobRecord;
 use async_trait::async_trait;

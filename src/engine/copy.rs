@@ -1,0 +1,968 @@
+//! The copy engine: each step loads its checkpoint, checks the step is still due, does its
+//! side effect fenced so a repeat is harmless, writes the new state with compare-and-swap,
+//! and names the next messages. Drivers (the Functions host through `kc serve`, or `kc copy`
+//! in-process) only move those messages.
+//!
+//! Exactly once rests on three fences:
+//! - an export attempt is recorded before `.export` is sent, and each attempt writes to its
+//!   own staging folder: a lost or failed export is abandoned, never half-used;
+//! - ingestion goes into a staging table with a tag unique to (block, export attempt,
+//!   ingestion attempt); only the tag's rows are counted, and only a tag holding exactly the
+//!   exported rows is moved; anything else is dropped and ingested again;
+//! - the move is checked before it is repeated: rows already at the destination under the
+//!   tag, or a tag gone from both tables, mean it was done.
+
+use super::plan::{plan, PlanLimits};
+use super::records::{ingest_verdict, BlockRecord, BlockState, IngestVerdict, IterationRecord, IterationState, MessageAction, Step};
+use super::{Delivery, Engine, EngineError, Outgoing, StepMessage, Tick};
+use crate::job::record::{list_jobs, read_job};
+use crate::job::{Activity, CopyMode, JobRecord, JobSpec, JobState};
+use crate::kusto::{commands, results, ClientRequestId, CursorWindow, ExportRequest, Ident, IngestionRange, KustoApi, KustoError, SecretUrl, UserQuery};
+use crate::storage::checkpoint::{self, CheckpointStore, ETag, Written};
+use crate::storage::clients::StorageClients;
+use crate::storage::sas::{Access, StagingSas};
+use crate::storage::StorageError;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// Export attempts of one block before the activity is stopped.
+const MAX_EXPORT_ATTEMPTS: u32 = 5;
+const MAX_INGEST_ATTEMPTS: u32 = 5;
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub limits: PlanLimits,
+    /// Shortest wait between two looks at a running operation (a queue's visibility is in
+    /// whole seconds; the in-process driver can go lower).
+    pub min_poll: Duration,
+    pub max_poll: Duration,
+    pub sas_lifetime: time::Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            limits: PlanLimits::default(),
+            min_poll: Duration::from_secs(2),
+            max_poll: Duration::from_secs(60),
+            sas_lifetime: time::Duration::hours(6),
+        }
+    }
+}
+
+/// Staging storage for one account: clients and the SAS minter.
+pub struct Staging {
+    pub clients: StorageClients,
+    pub sas: StagingSas,
+}
+
+/// How the engine reaches clusters and staging accounts.
+pub trait Connections: Send + Sync {
+    fn kusto(&self, cluster: &str) -> Result<Arc<dyn KustoApi>, EngineError>;
+    fn staging(&self, account_url: &str) -> Result<Arc<Staging>, EngineError>;
+}
+
+/// Connections made with one credential, cached per cluster and per account.
+pub struct LiveConnections {
+    credential: Arc<dyn azure_core::credentials::TokenCredential>,
+    ca_cert: Option<std::path::PathBuf>,
+    kusto: Mutex<HashMap<String, Arc<dyn KustoApi>>>,
+    staging: Mutex<HashMap<String, Arc<Staging>>>,
+    kusto_options: crate::kusto::ClientOptions,
+}
+
+impl LiveConnections {
+    pub fn new(
+        credential: Arc<dyn azure_core::credentials::TokenCredential>,
+        ca_cert: Option<std::path::PathBuf>,
+        kusto_options: crate::kusto::ClientOptions,
+    ) -> Self {
+        LiveConnections { credential, ca_cert, kusto: Default::default(), staging: Default::default(), kusto_options }
+    }
+}
+
+impl Connections for LiveConnections {
+    fn kusto(&self, cluster: &str) -> Result<Arc<dyn KustoApi>, EngineError> {
+        let mut cache = self.kusto.lock().unwrap();
+        if let Some(c) = cache.get(cluster) {
+            return Ok(c.clone());
+        }
+        let client = crate::kusto::KustoClient::new(cluster, self.credential.clone(), self.kusto_options.clone())
+            .map_err(|e| EngineError::Permanent(format!("cluster {cluster}: {e}")))?;
+        let client: Arc<dyn KustoApi> = Arc::new(client);
+        cache.insert(cluster.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    fn staging(&self, account_url: &str) -> Result<Arc<Staging>, EngineError> {
+        let mut cache = self.staging.lock().unwrap();
+        if let Some(s) = cache.get(account_url) {
+            return Ok(s.clone());
+        }
+        let url: url::Url = account_url.parse().map_err(|e| EngineError::Permanent(format!("staging account {account_url}: {e}")))?;
+        let budget = if crate::config::is_loopback(&url) {
+            crate::storage::clients::RetryBudget::LOCAL
+        } else {
+            crate::storage::clients::RetryBudget::PRODUCTION
+        };
+        // Only the blob service is used for staging; the queue URL is never called.
+        let clients = StorageClients::new(url.clone(), url, Some(self.credential.clone()), self.ca_cert.as_deref(), budget)
+            .map_err(|e| EngineError::Permanent(e.to_string()))?;
+        let sas = StagingSas::new(clients.blob_service().map_err(|e| EngineError::Permanent(e.to_string()))?);
+        let staging = Arc::new(Staging { clients, sas });
+        cache.insert(account_url.to_owned(), staging.clone());
+        Ok(staging)
+    }
+}
+
+/// Per activity: which iteration is current and whether the activity is over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivityRecord {
+    pub iteration: u64,
+    pub state: ActivityState,
+    /// Rows the last plans could not copy because they have no ingestion time.
+    pub rows_without_ingestion_time: u64,
+    pub copied_rows: u64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_finished_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum ActivityState {
+    Running,
+    /// Waiting for the next iteration of a continuous copy.
+    Idle,
+    Completed,
+    Failed { reason: String },
+}
+
+pub mod keys {
+    pub fn activity(job: &str, activity: &str) -> String {
+        format!("jobs/{job}/{activity}/activity.json")
+    }
+    pub fn iteration(job: &str, activity: &str, n: u64) -> String {
+        format!("jobs/{job}/{activity}/{n:06}/iteration.json")
+    }
+    pub fn blocks(job: &str, activity: &str, n: u64) -> String {
+        format!("jobs/{job}/{activity}/{n:06}/blocks/")
+    }
+    pub fn block(job: &str, activity: &str, n: u64, block: u64) -> String {
+        format!("jobs/{job}/{activity}/{n:06}/blocks/{block:06}.json")
+    }
+}
+
+/// A short stable name for (job, activity, iteration): staging table, folders and tags
+/// derive from it, so a repeated step finds what an earlier try made.
+fn iteration_id(job: &str, activity: &str, n: u64) -> String {
+    let ns = uuid::Uuid::from_u128(0x6b63_7374_6167_4e47_8a1b_2c3d_4e5f_6071);
+    uuid::Uuid::new_v5(&ns, format!("{job}\n{activity}\n{n}").as_bytes()).simple().to_string()[..12].to_owned()
+}
+
+fn folder_name(iteration_id: &str, block: u64, attempt: u32) -> String {
+    format!("kcs-{iteration_id}-{block}-{attempt}")
+}
+
+fn tag_for(iteration_id: &str, block: &BlockRecord) -> String {
+    format!("drop-by:kc-{iteration_id}-{}-{}-{}", block.number, block.export_attempt, block.ingest_attempt)
+}
+
+fn kusto_err(what: &str, e: KustoError) -> EngineError {
+    if e.is_transient() {
+        EngineError::Transient(format!("{what}: {e}"))
+    } else {
+        EngineError::Permanent(format!("{what}: {e}"))
+    }
+}
+
+fn storage_err(e: StorageError) -> EngineError {
+    if e.is_transient() {
+        EngineError::Transient(e.to_string())
+    } else {
+        EngineError::Permanent(e.to_string())
+    }
+}
+
+fn record_err(e: checkpoint::RecordError) -> EngineError {
+    if e.is_transient() {
+        EngineError::Transient(e.to_string())
+    } else {
+        EngineError::Permanent(e.to_string())
+    }
+}
+
+fn ident(name: &str) -> Result<Ident, EngineError> {
+    Ident::new(name).map_err(|e| EngineError::Permanent(e.to_string()))
+}
+
+/// Everything a block step needs to know about where it is.
+struct Place {
+    job: JobRecord,
+    spec: JobSpec,
+    activity: Activity,
+    iteration: u64,
+}
+
+impl Place {
+    fn id(&self) -> String {
+        iteration_id(&self.job.id, &self.activity.name, self.iteration)
+    }
+    fn message(&self, step: Step, block: Option<u64>) -> StepMessage {
+        StepMessage {
+            job: self.job.id.clone(),
+            activity: Some(self.activity.name.clone()),
+            iteration: Some(self.iteration),
+            block,
+            step: step.name().into(),
+        }
+    }
+    fn now(&self, step: Step, block: Option<u64>) -> Outgoing {
+        Outgoing { message: self.message(step, block), delay: Duration::ZERO }
+    }
+    fn later(&self, step: Step, block: Option<u64>, delay: Duration) -> Outgoing {
+        Outgoing { message: self.message(step, block), delay }
+    }
+    fn staging_table(&self) -> String {
+        format!("kc_staging_{}", self.id())
+    }
+}
+
+pub struct CopyEngine {
+    store: Arc<dyn CheckpointStore>,
+    connections: Arc<dyn Connections>,
+    options: EngineOptions,
+}
+
+impl CopyEngine {
+    pub fn new(store: Arc<dyn CheckpointStore>, connections: Arc<dyn Connections>, options: EngineOptions) -> Self {
+        CopyEngine { store, connections, options }
+    }
+
+    pub fn store(&self) -> &Arc<dyn CheckpointStore> {
+        &self.store
+    }
+
+    async fn place(&self, message: &StepMessage) -> Result<Place, EngineError> {
+        let job = read_job(self.store.as_ref(), &message.job)
+            .await
+            .map_err(record_err)?
+            .ok_or_else(|| EngineError::Permanent(format!("no job '{}'", message.job)))?;
+        let spec = job.spec.clone().ok_or_else(|| EngineError::Permanent(format!("job '{}' was rejected", job.id)))?;
+        let name = message.activity.as_deref().ok_or_else(|| EngineError::Permanent("step message names no activity".into()))?;
+        let activity = spec
+            .activities
+            .iter()
+            .find(|a| a.name == name)
+            .cloned()
+            .ok_or_else(|| EngineError::Permanent(format!("job '{}' has no activity '{name}'", job.id)))?;
+        let iteration = message.iteration.unwrap_or(1);
+        Ok(Place { job, spec, activity, iteration })
+    }
+
+    fn poll_delay(&self, started_at: OffsetDateTime) -> Duration {
+        // Look again after about a quarter of the time it has run so far: short operations
+        // are seen soon after they end, long ones are not polled needlessly.
+        let elapsed = (OffsetDateTime::now_utc() - started_at).unsigned_abs();
+        (elapsed / 4).clamp(self.options.min_poll, self.options.max_poll)
+    }
+
+    async fn read<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<(T, ETag)>, EngineError> {
+        checkpoint::read_json(self.store.as_ref(), key).await.map_err(record_err)
+    }
+
+    /// Writes `next` if the record is still at `etag`; `false` when another delivery won.
+    async fn swap<T: Serialize>(&self, key: &str, next: &T, etag: &ETag) -> Result<bool, EngineError> {
+        Ok(matches!(checkpoint::replace_json(self.store.as_ref(), key, next, etag).await.map_err(storage_err)?, Written::Done(_)))
+    }
+
+    async fn fail_activity(&self, place: &Place, reason: String) -> Result<Vec<Outgoing>, EngineError> {
+        let key = keys::activity(&place.job.id, &place.activity.name);
+        loop {
+            let Some((mut record, etag)) = self.read::<ActivityRecord>(&key).await? else { break };
+            record.state = ActivityState::Failed { reason: reason.clone() };
+            if self.swap(&key, &record, &etag).await? {
+                break;
+            }
+        }
+        tracing::error!(job = %place.job.id, activity = %place.activity.name, %reason, "activity stopped");
+        Err(EngineError::Permanent(reason))
+    }
+
+    // ---- plan ------------------------------------------------------------------------
+
+    async fn plan(&self, place: &Place) -> Result<Vec<Outgoing>, EngineError> {
+        let (job, activity, n) = (&place.job.id, &place.activity.name, place.iteration);
+        let source = self.connections.kusto(&place.activity.source.cluster)?;
+        let dest = self.connections.kusto(&place.activity.destination.cluster)?;
+        let key = keys::iteration(job, activity, n);
+        let request_id = |what: &str| ClientRequestId::new(what, job, &format!("{activity}/{n}"), 1);
+
+        let (mut iteration, mut etag) = match self.read::<IterationRecord>(&key).await? {
+            Some((it, _)) if it.state != IterationState::Planning => return Ok(vec![]), // planned already
+            Some(found) => found,
+            None => {
+                let cursor_from = if n > 1 {
+                    match self.read::<IterationRecord>(&keys::iteration(job, activity, n - 1)).await? {
+                        Some((prev, _)) => Some(prev.cursor_to),
+                        None => return Err(EngineError::Permanent(format!("iteration {n} has no predecessor"))),
+                    }
+                } else {
+                    None
+                };
+                let answer = source
+                    .execute(&place.activity.source.database, &commands::cursor_current(), &request_id("cursor"))
+                    .await
+                    .map_err(|e| kusto_err("read the source cursor", e))?;
+                let cursor_to = results::cursor(&answer).map_err(|e| kusto_err("read the source cursor", e))?;
+                let record = IterationRecord {
+                    number: n,
+                    // NewOnly starts after what is there now: the first window is empty.
+                    cursor_from: if n == 1 && place.spec.copy_mode == CopyMode::NewOnly { Some(cursor_to.clone()) } else { cursor_from },
+                    cursor_to,
+                    state: IterationState::Planning,
+                    blocks: 0,
+                    planned_rows: 0,
+                    rows_without_ingestion_time: 0,
+                    staging_table: place.staging_table(),
+                    started_at: OffsetDateTime::now_utc(),
+                    finished_at: None,
+                };
+                if let Written::Conflict = checkpoint::create_json(self.store.as_ref(), &key, &record).await.map_err(storage_err)? {
+                    // Another delivery started this plan: continue with its cursor.
+                }
+                self.read::<IterationRecord>(&key).await?.ok_or_else(|| EngineError::Transient("iteration record vanished".into()))?
+            }
+        };
+        let activity_key = keys::activity(job, activity);
+        if self.read::<ActivityRecord>(&activity_key).await?.is_none() {
+            let record = ActivityRecord { iteration: n, state: ActivityState::Running, rows_without_ingestion_time: 0, copied_rows: 0, last_finished_at: None };
+            checkpoint::create_json(self.store.as_ref(), &activity_key, &record).await.map_err(storage_err)?;
+        }
+
+        // The destination must be able to take the rows before anything is exported.
+        let dest_table = ident(&place.activity.destination.table)?;
+        let tables = dest
+            .execute(&place.activity.destination.database, &commands::show_tables(), &request_id("show-tables"))
+            .await
+            .map_err(|e| kusto_err("list destination tables", e))?;
+        let tables = results::table_names(&tables).map_err(|e| kusto_err("list destination tables", e))?;
+        if !tables.iter().any(|t| t == dest_table.as_str()) {
+            return self
+                .fail_activity(
+                    place,
+                    format!(
+                        "destination table {} does not exist in database {} of {}: create it with the schema the copy produces, then submit the job again",
+                        dest_table.as_str(),
+                        place.activity.destination.database,
+                        place.activity.destination.cluster
+                    ),
+                )
+                .await;
+        }
+
+        let table = ident(&place.activity.source.table)?;
+        let window = CursorWindow { from: iteration.cursor_from.clone(), to: iteration.cursor_to.clone() };
+        let user_query = place.activity.query.as_deref().map(UserQuery::new).transpose().map_err(|e| EngineError::Permanent(e.to_string()))?;
+        let bin = self.options.limits.bin.unsigned_abs();
+        let counts_cmd = commands::row_counts_by_ingestion_bin(&table, &window, user_query.as_ref(), bin).map_err(|e| kusto_err("plan", e))?;
+        let counts = source
+            .execute(&place.activity.source.database, &counts_cmd, &request_id("plan-counts"))
+            .await
+            .map_err(|e| kusto_err("count source rows", e))?;
+        let counts = results::row_count_bins(&counts).map_err(|e| kusto_err("count source rows", e))?;
+        let extents_cmd = commands::show_extents(&table, None).map_err(|e| kusto_err("plan", e))?;
+        let extents = source
+            .execute(&place.activity.source.database, &extents_cmd, &request_id("plan-extents"))
+            .await
+            .map_err(|e| kusto_err("list source extents", e))?;
+        let extents = results::extents(&extents).map_err(|e| kusto_err("list source extents", e))?;
+        let planned = plan(&counts, &extents, &self.options.limits);
+        if planned.rows_without_ingestion_time > 0 {
+            tracing::warn!(job, activity, rows = planned.rows_without_ingestion_time, "rows without ingestion time cannot be copied by cursor");
+        }
+
+        if !planned.blocks.is_empty() {
+            self.prepare_staging_table(place, &dest, &dest_table).await?;
+        }
+        for (i, b) in planned.blocks.iter().enumerate() {
+            let record = BlockRecord::planned(i as u64, b.from, b.to, b.rows, b.creation_time);
+            checkpoint::create_json(self.store.as_ref(), &keys::block(job, activity, n, i as u64), &record).await.map_err(storage_err)?;
+        }
+        let slots = place.spec.export_count.max(1) as u64;
+        let first = (planned.blocks.len() as u64).min(slots);
+        loop {
+            let mut next = iteration.clone();
+            next.blocks = planned.blocks.len() as u64;
+            next.planned_rows = planned.blocks.iter().map(|b| b.rows).sum();
+            next.rows_without_ingestion_time = planned.rows_without_ingestion_time;
+            next.state = if planned.blocks.is_empty() { IterationState::Done } else { IterationState::Copying };
+            next.finished_at = planned.blocks.is_empty().then(OffsetDateTime::now_utc);
+            if self.swap(&key, &next, &etag).await? {
+                iteration = next;
+                break;
+            }
+            let (again, e) = self.read::<IterationRecord>(&key).await?.ok_or_else(|| EngineError::Transient("iteration vanished".into()))?;
+            if again.state != IterationState::Planning {
+                return Ok(vec![]);
+            }
+            (iteration, etag) = (again, e);
+        }
+        self.set_slots_handed(place, first).await?;
+        if iteration.state == IterationState::Done {
+            // An empty window completes cleanly.
+            self.finish_iteration(place, &iteration).await?;
+            return Ok(vec![]);
+        }
+        Ok((0..first).map(|b| place.now(Step::Export, Some(b))).collect())
+    }
+
+    async fn prepare_staging_table(&self, place: &Place, dest: &Arc<dyn KustoApi>, dest_table: &Ident) -> Result<(), EngineError> {
+        let db = &place.activity.destination.database;
+        let staging = ident(&place.staging_table())?;
+        let rid = ClientRequestId::new("staging-table", &place.job.id, &place.activity.name, 1);
+        for cmd in [
+            commands::create_table_based_on(&staging, dest_table, Some("kusto-copy")).map_err(|e| kusto_err("staging table", e))?,
+            commands::disable_merges(&staging).map_err(|e| kusto_err("staging table", e))?,
+        ] {
+            dest.execute(db, &cmd, &rid).await.map_err(|e| kusto_err("prepare the staging table", e))?;
+        }
+        Ok(())
+    }
+
+    /// Export slots: blocks `[0, handed)` have been given one. Each finished export hands
+    /// its slot to the next block at once.
+    async fn set_slots_handed(&self, place: &Place, handed: u64) -> Result<(), EngineError> {
+        let key = slots_key(place);
+        match checkpoint::create_json(self.store.as_ref(), &key, &Slots { handed }).await.map_err(storage_err)? {
+            Written::Done(_) | Written::Conflict => Ok(()),
+        }
+    }
+
+    async fn hand_over_slot(&self, place: &Place, blocks: u64) -> Result<Vec<Outgoing>, EngineError> {
+        let key = slots_key(place);
+        loop {
+            let Some((slots, etag)) = self.read::<Slots>(&key).await? else { return Ok(vec![]) };
+            if slots.handed >= blocks {
+                return Ok(vec![]);
+            }
+            if self.swap(&key, &Slots { handed: slots.handed + 1 }, &etag).await? {
+                return Ok(vec![place.now(Step::Export, Some(slots.handed))]);
+            }
+        }
+    }
+
+    // ---- blocks ------------------------------------------------------------------------
+
+    async fn block_step(&self, place: &Place, block_no: u64, step: Step, delivery: &Delivery) -> Result<Vec<Outgoing>, EngineError> {
+        let key = keys::block(&place.job.id, &place.activity.name, place.iteration, block_no);
+        let Some((block, etag)) = self.read::<BlockRecord>(&key).await? else {
+            return Err(EngineError::Permanent(format!("no block {block_no} in iteration {}", place.iteration)));
+        };
+        match block.on_message(step, delivery.dequeue_count) {
+            MessageAction::Ignore => Ok(vec![]),
+            MessageAction::Reemit(due) => Ok(vec![place.now(due, Some(block_no))]),
+            MessageAction::Run => match step {
+                Step::Export => self.export(place, &key, block, etag).await,
+                Step::AwaitExport => self.await_export(place, &key, block, etag).await,
+                Step::Ingest => self.ingest(place, &key, block, etag).await,
+                Step::AwaitIngest => self.await_ingest(place, &key, block, etag).await,
+                Step::Commit => self.commit(place, &key, block, etag).await,
+                Step::Cleanup => self.cleanup(place, &key, block, etag).await,
+                Step::Plan => Ok(vec![]),
+            },
+        }
+    }
+
+    async fn export(&self, place: &Place, key: &str, mut block: BlockRecord, etag: ETag) -> Result<Vec<Outgoing>, EngineError> {
+        if block.export_attempt >= MAX_EXPORT_ATTEMPTS {
+            let reason = format!("block {} failed to export {MAX_EXPORT_ATTEMPTS} times; last error: {}", block.number, block.last_error.clone().unwrap_or_default());
+            return self.fail_activity(place, reason).await;
+        }
+        // Record the attempt before sending the export: a crash after sending costs one
+        // export into a folder nobody will read.
+        block.export_attempt += 1;
+        let folder = folder_name(&place.id(), block.number, block.export_attempt);
+        block.folders.push(folder.clone());
+        block.state = BlockState::Exporting { operation_id: None, started_at: OffsetDateTime::now_utc() };
+        if !self.swap(key, &block, &etag).await? {
+            return Ok(vec![]);
+        }
+        let etag = self.read::<BlockRecord>(key).await?.map(|(_, e)| e).ok_or_else(|| EngineError::Transient("block vanished".into()))?;
+
+        let staging = self.connections.staging(&place.spec.staging[0].account_url)?;
+        let container = staging.clients.container(&folder).map_err(|e| EngineError::Permanent(e.to_string()))?;
+        if let Err(e) = container.create(None).await {
+            if e.http_status() != Some(azure_core::http::StatusCode::Conflict) {
+                return Err(EngineError::Transient(format!("create staging folder {folder}: {}", e.http_status().map(|s| u16::from(s).to_string()).unwrap_or_else(|| e.to_string()))));
+            }
+        }
+        let sas = staging.sas.folder_url(&folder, Access::ExportWrite, self.options.sas_lifetime).await.map_err(storage_err)?;
+        let destination = SecretUrl::from_url(sas.expose().clone());
+        let table = ident(&place.activity.source.table)?;
+        let (window, range) = self.block_window(place, &block).await?;
+        let user_query = place.activity.query.as_deref().map(UserQuery::new).transpose().map_err(|e| EngineError::Permanent(e.to_string()))?;
+        let cmd = commands::export_parquet(&ExportRequest {
+            table: &table,
+            window: &window,
+            range: Some(&range),
+            user_query: user_query.as_ref(),
+            destinations: std::slice::from_ref(&destination),
+            name_prefix: &format!("b{}", block.number),
+        })
+        .map_err(|e| kusto_err("build the export", e))?;
+        let source = self.connections.kusto(&place.activity.source.cluster)?;
+        let rid = ClientRequestId::new("export", &place.job.id, &block.number.to_string(), block.export_attempt);
+        let answer = source.execute(&place.activity.source.database, &cmd, &rid).await;
+        let operation_id = match answer.and_then(|a| results::operation_id(&a)) {
+            Ok(id) => id,
+            Err(e) if e.is_transient() => {
+                // The next try is a new attempt with a new folder: this one may or may not
+                // have started, and nobody will read it either way.
+                return Err(kusto_err("start the export", e));
+            }
+            Err(e) => {
+                block.last_error = Some(e.to_string());
+                block.state = BlockState::Planned;
+                self.swap(key, &block, &etag).await?;
+                return Err(kusto_err("start the export", e));
+            }
+        };
+        let started_at = OffsetDateTime::now_utc();
+        block.state = BlockState::Exporting { operation_id: Some(operation_id), started_at };
+        if !self.swap(key, &block, &etag).await? {
+            return Ok(vec![]);
+        }
+        Ok(vec![place.later(Step::AwaitExport, Some(block.number), self.options.min_poll)])
+    }
+
+    async fn block_window(&self, place: &Place, block: &BlockRecord) -> Result<(CursorWindow, IngestionRange), EngineError> {
+        let (iteration, _) = self
+            .read::<IterationRecord>(&keys::iteration(&place.job.id, &place.activity.name, place.iteration))
+            .await?
+            .ok_or_else(|| EngineError::Permanent("iteration record missing".into()))?;
+        Ok((CursorWindow { from: iteration.cursor_from, to: iteration.cursor_to }, IngestionRange { from: block.from, to: block.to }))
+    }
+
+    async fn operation(&self, kusto: &Arc<dyn KustoApi>, db: &str, id: uuid::Uuid, rid: &ClientRequestId) -> Result<Option<results::Operation>, EngineError> {
+        let cmd = commands::show_operations(&[id]).map_err(|e| kusto_err("show operations", e))?;
+        let answer = kusto.execute(db, &cmd, rid).await.map_err(|e| kusto_err("show operations", e))?;
+        Ok(results::operations(&answer).map_err(|e| kusto_err("show operations", e))?.into_iter().find(|o| o.id == id))
+    }
+
+    async fn await_export(&self, place: &Place, key: &str, mut block: BlockRecord, etag: ETag) -> Result<Vec<Outgoing>, EngineError> {
+        let BlockState::Exporting { operation_id: Some(op), started_at } = block.state.clone() else { return Ok(vec![]) };
+        let source = self.connections.kusto(&place.activity.source.cluster)?;
+        let db = &place.activity.source.database;
+        let rid = ClientRequestId::new("await-export", &place.job.id, &block.number.to_string(), block.export_attempt);
+        let operation = self.operation(&source, db, op, &rid).await?;
+        let state = operation.as_ref().map(|o| o.state.clone());
+        match state {
+            Some(s) if s.is_pending() => Ok(vec![place.later(Step::AwaitExport, Some(block.number), self.poll_delay(started_at))]),
+            Some(results::OperationState::Completed) => {
+                let details = source.execute(db, &commands::show_operation_details(op), &rid).await.map_err(|e| kusto_err("read export details", e))?;
+                let exported = results::exported_blobs(&details).map_err(|e| kusto_err("read export details", e))?;
+                let folder = block.folders.last().cloned().unwrap_or_default();
+                let blobs: Vec<String> = exported.iter().map(|b| blob_name_in(&b.path, &folder)).collect::<Result<_, _>>()?;
+                let rows: u64 = exported.iter().map(|b| b.records.max(0) as u64).sum();
+                block.state = if rows == 0 { BlockState::Committed { rows: 0 } } else { BlockState::Exported { blobs, rows } };
+                block.last_error = None;
+                if !self.swap(key, &block, &etag).await? {
+                    return Ok(vec![]);
+                }
+                let (_, blocks) = self.iteration_blocks(place).await?;
+                let mut next = self.hand_over_slot(place, blocks).await?;
+                next.push(place.now(if rows == 0 { Step::Cleanup } else { Step::Ingest }, Some(block.number)));
+                Ok(next)
+            }
+            // Failed, abandoned, or its record expired: a new attempt in a new folder.
+            other => {
+                block.last_error = Some(match (&other, &operation) {
+                    (None, _) => format!("export operation {op} is no longer listed"),
+                    (Some(s), Some(o)) => format!("export {s:?}: {}", o.status.clone().unwrap_or_default()),
+                    (Some(s), None) => format!("export {s:?}"),
+                });
+                block.state = BlockState::Planned;
+                if !self.swap(key, &block, &etag).await? {
+                    return Ok(vec![]);
+                }
+                Ok(vec![place.now(Step::Export, Some(block.number))])
+            }
+        }
+    }
+
+    async fn iteration_blocks(&self, place: &Place) -> Result<(IterationRecord, u64), EngineError> {
+        let (it, _) = self
+            .read::<IterationRecord>(&keys::iteration(&place.job.id, &place.activity.name, place.iteration))
+            .await?
+            .ok_or_else(|| EngineError::Permanent("iteration record missing".into()))?;
+        let blocks = it.blocks;
+        Ok((it, blocks))
+    }
+
+    async fn ingest(&self, place: &Place, key: &str, mut block: BlockRecord, etag: ETag) -> Result<Vec<Outgoing>, EngineError> {
+        let (blobs, rows) = match &block.state {
+            BlockState::Exported { blobs, rows } | BlockState::Ingesting { blobs, rows, .. } => (blobs.clone(), *rows),
+            _ => return Ok(vec![]),
+        };
+        if block.ingest_attempt >= MAX_INGEST_ATTEMPTS {
+            let reason = format!("block {} failed to ingest {MAX_INGEST_ATTEMPTS} times; last error: {}", block.number, block.last_error.clone().unwrap_or_default());
+            return self.fail_activity(place, reason).await;
+        }
+        block.ingest_attempt += 1;
+        let tag = tag_for(&place.id(), &block);
+        block.state = BlockState::Ingesting { blobs: blobs.clone(), rows, tag: tag.clone(), operation_id: None, started_at: OffsetDateTime::now_utc() };
+        if !self.swap(key, &block, &etag).await? {
+            return Ok(vec![]);
+        }
+        let etag = self.read::<BlockRecord>(key).await?.map(|(_, e)| e).ok_or_else(|| EngineError::Transient("block vanished".into()))?;
+
+        let staging = self.connections.staging(&place.spec.staging[0].account_url)?;
+        let folder = block.folders.last().cloned().unwrap_or_default();
+        let sas = staging.sas.folder_url(&folder, Access::IngestRead, self.options.sas_lifetime).await.map_err(storage_err)?;
+        let urls: Vec<SecretUrl> = blobs.iter().map(|b| SecretUrl::from_url(sas.blob(b).expose().clone())).collect();
+        let mut props = commands::IngestProperties::parquet();
+        props.creation_time = block.creation_time;
+        props.tags = vec![tag.clone()];
+        let table = ident(&place.staging_table())?;
+        let cmd = commands::ingest_async(&table, &urls, &props).map_err(|e| kusto_err("build the ingestion", e))?;
+        let dest = self.connections.kusto(&place.activity.destination.cluster)?;
+        let rid = ClientRequestId::new("ingest", &place.job.id, &block.number.to_string(), block.ingest_attempt);
+        let answer = dest.execute(&place.activity.destination.database, &cmd, &rid).await;
+        let op = answer.and_then(|a| results::operation_id(&a)).map_err(|e| kusto_err("start the ingestion", e))?;
+        let started_at = OffsetDateTime::now_utc();
+        block.state = BlockState::Ingesting { blobs, rows, tag, operation_id: Some(op), started_at };
+        if !self.swap(key, &block, &etag).await? {
+            return Ok(vec![]);
+        }
+        Ok(vec![place.later(Step::AwaitIngest, Some(block.number), self.options.min_poll)])
+    }
+
+    /// Rows in `table` under exactly `tag` (`has` in `.show extents` is a term match).
+    async fn tagged_rows(&self, kusto: &Arc<dyn KustoApi>, db: &str, table: &Ident, tag: &str, rid: &ClientRequestId) -> Result<u64, EngineError> {
+        let cmd = commands::show_extents(table, Some(tag)).map_err(|e| kusto_err("show extents", e))?;
+        let answer = kusto.execute(db, &cmd, rid).await.map_err(|e| kusto_err("count tagged rows", e))?;
+        let extents = results::extents(&answer).map_err(|e| kusto_err("count tagged rows", e))?;
+        Ok(extents.iter().filter(|e| e.has_tag(tag)).map(|e| e.row_count.max(0) as u64).sum())
+    }
+
+    async fn await_ingest(&self, place: &Place, key: &str, mut block: BlockRecord, etag: ETag) -> Result<Vec<Outgoing>, EngineError> {
+        let BlockState::Ingesting { blobs, rows, tag, operation_id: Some(op), started_at } = block.state.clone() else { return Ok(vec![]) };
+        let dest = self.connections.kusto(&place.activity.destination.cluster)?;
+        let db = &place.activity.destination.database;
+        let rid = ClientRequestId::new("await-ingest", &place.job.id, &block.number.to_string(), block.ingest_attempt);
+        let operation = self.operation(&dest, db, op, &rid).await?;
+        // A record aged out of `.show operations` has long finished: the count decides.
+        let (finished, failed) = match operation.as_ref().map(|o| &o.state) {
+            None => (true, false),
+            Some(s) if s.is_pending() => (false, false),
+            Some(results::OperationState::Completed) => (true, false),
+            Some(_) => (true, true),
+        };
+        let staging = ident(&place.staging_table())?;
+        let tagged = self.tagged_rows(&dest, db, &staging, &tag, &rid).await?;
+        match ingest_verdict(finished, failed, tagged, rows) {
+            IngestVerdict::Wait => Ok(vec![place.later(Step::AwaitIngest, Some(block.number), self.poll_delay(started_at))]),
+            IngestVerdict::Complete => {
+                block.state = BlockState::Ingested { rows, tag };
+                block.last_error = None;
+                if !self.swap(key, &block, &etag).await? {
+                    return Ok(vec![]);
+                }
+                Ok(vec![place.now(Step::Commit, Some(block.number))])
+            }
+            IngestVerdict::Redo => {
+                // Strays under this tag never reach the destination: drop them, ingest again
+                // under a new tag.
+                if tagged > 0 {
+                    let cmd = commands::drop_extents_with_tag(&staging, &tag).map_err(|e| kusto_err("drop stray extents", e))?;
+                    dest.execute(db, &cmd, &rid).await.map_err(|e| kusto_err("drop stray extents", e))?;
+                }
+                block.last_error = Some(format!("ingestion under {tag} gave {tagged} rows of {rows}{}", if failed { " and failed" } else { "" }));
+                block.state = BlockState::Exported { blobs, rows };
+                if !self.swap(key, &block, &etag).await? {
+                    return Ok(vec![]);
+                }
+                Ok(vec![place.now(Step::Ingest, Some(block.number))])
+            }
+        }
+    }
+
+    async fn commit(&self, place: &Place, key: &str, mut block: BlockRecord, etag: ETag) -> Result<Vec<Outgoing>, EngineError> {
+        let BlockState::Ingested { rows, tag } = block.state.clone() else { return Ok(vec![]) };
+        let dest = self.connections.kusto(&place.activity.destination.cluster)?;
+        let db = &place.activity.destination.database;
+        let rid = ClientRequestId::new("commit", &place.job.id, &block.number.to_string(), block.ingest_attempt);
+        let staging = ident(&place.staging_table())?;
+        let dest_table = ident(&place.activity.destination.table)?;
+        // A repeat looks before it moves: a move that happened must not be retried.
+        let at_dest = self.tagged_rows(&dest, db, &dest_table, &tag, &rid).await?;
+        if at_dest != rows {
+            let in_staging = self.tagged_rows(&dest, db, &staging, &tag, &rid).await?;
+            if in_staging == rows && at_dest == 0 {
+                let cmd = commands::move_extents_with_tag(&staging, &dest_table, &tag, false).map_err(|e| kusto_err("move extents", e))?;
+                dest.execute(db, &cmd, &rid).await.map_err(|e| kusto_err("move the block's extents", e))?;
+            } else if !(in_staging == 0 && at_dest == 0) {
+                // Neither "not moved" nor "moved and untagged": something else changed the
+                // tables. Stop rather than guess.
+                return self
+                    .fail_activity(place, format!("block {}: tag {tag} has {in_staging} rows in staging and {at_dest} at the destination, {rows} expected", block.number))
+                    .await;
+            }
+        }
+        // Left on the destination, tags keep extents from merging with others.
+        let cmd = commands::drop_extent_tags(&dest_table, &[tag.as_str()], None).map_err(|e| kusto_err("drop tag", e))?;
+        dest.execute(db, &cmd, &rid).await.map_err(|e| kusto_err("drop the block's tag", e))?;
+        block.state = BlockState::Committed { rows };
+        if !self.swap(key, &block, &etag).await? {
+            return Ok(vec![]);
+        }
+        Ok(vec![place.now(Step::Cleanup, Some(block.number))])
+    }
+
+    async fn cleanup(&self, place: &Place, key: &str, mut block: BlockRecord, etag: ETag) -> Result<Vec<Outgoing>, EngineError> {
+        let BlockState::Committed { rows } = block.state.clone() else { return Ok(vec![]) };
+        let staging = self.connections.staging(&place.spec.staging[0].account_url)?;
+        for folder in &block.folders {
+            let container = staging.clients.container(folder).map_err(|e| EngineError::Permanent(e.to_string()))?;
+            if let Err(e) = container.delete(None).await {
+                if e.http_status() != Some(azure_core::http::StatusCode::NotFound) {
+                    return Err(EngineError::Transient(format!("delete staging folder {folder}: {}", e.http_status().map(|s| u16::from(s).to_string()).unwrap_or_default())));
+                }
+            }
+        }
+        block.state = BlockState::Done { rows };
+        if !self.swap(key, &block, &etag).await? {
+            return Ok(vec![]);
+        }
+        self.block_done(place, rows).await
+    }
+
+    async fn block_done(&self, place: &Place, rows: u64) -> Result<Vec<Outgoing>, EngineError> {
+        let key = done_key(place);
+        let (done, blocks) = loop {
+            let (it, blocks) = self.iteration_blocks(place).await?;
+            let _ = it;
+            match self.read::<Progress>(&key).await? {
+                None => {
+                    if let Written::Done(_) = checkpoint::create_json(self.store.as_ref(), &key, &Progress { done: 1, rows }).await.map_err(storage_err)? {
+                        break (1, blocks);
+                    }
+                }
+                Some((p, etag)) => {
+                    let next = Progress { done: p.done + 1, rows: p.rows + rows };
+                    if self.swap(&key, &next, &etag).await? {
+                        break (next.done, blocks);
+                    }
+                }
+            }
+        };
+        if done >= blocks {
+            let (iteration, _) = self.iteration_blocks(place).await?;
+            self.finish_iteration(place, &iteration).await?;
+        }
+        Ok(vec![])
+    }
+
+    async fn finish_iteration(&self, place: &Place, iteration: &IterationRecord) -> Result<(), EngineError> {
+        let key = keys::iteration(&place.job.id, &place.activity.name, place.iteration);
+        if iteration.blocks > 0 {
+            let dest = self.connections.kusto(&place.activity.destination.cluster)?;
+            let rid = ClientRequestId::new("drop-staging", &place.job.id, &place.activity.name, 1);
+            let table = ident(&place.staging_table())?;
+            dest.execute(&place.activity.destination.database, &commands::drop_table(&table), &rid)
+                .await
+                .map_err(|e| kusto_err("drop the staging table", e))?;
+        }
+        loop {
+            let Some((mut it, etag)) = self.read::<IterationRecord>(&key).await? else { break };
+            if it.finished_at.is_some() && it.state == IterationState::Done {
+                break;
+            }
+            it.state = IterationState::Done;
+            it.finished_at = Some(OffsetDateTime::now_utc());
+            if self.swap(&key, &it, &etag).await? {
+                break;
+            }
+        }
+        let rows = self.read::<Progress>(&done_key(place)).await?.map(|(p, _)| p.rows).unwrap_or(0);
+        let activity_key = keys::activity(&place.job.id, &place.activity.name);
+        loop {
+            let Some((mut record, etag)) = self.read::<ActivityRecord>(&activity_key).await? else { break };
+            if record.iteration > place.iteration || matches!(record.state, ActivityState::Completed | ActivityState::Failed { .. }) {
+                break;
+            }
+            record.copied_rows += rows;
+            record.rows_without_ingestion_time = iteration.rows_without_ingestion_time;
+            record.last_finished_at = Some(OffsetDateTime::now_utc());
+            record.state = if place.spec.copy_mode.is_continuous() { ActivityState::Idle } else { ActivityState::Completed };
+            if self.swap(&activity_key, &record, &etag).await? {
+                break;
+            }
+        }
+        tracing::info!(job = %place.job.id, activity = %place.activity.name, iteration = place.iteration, rows, "iteration done");
+        Ok(())
+    }
+
+    /// The messages that move a job on from its checkpoints: what a restarted `kc copy`
+    /// sends first, and what the sweeper re-sends when a message was lost.
+    pub async fn resume(&self, job: &JobRecord) -> Result<Vec<Outgoing>, EngineError> {
+        let Some(spec) = job.spec.clone() else { return Ok(vec![]) };
+        let mut out = Vec::new();
+        for activity in &spec.activities {
+            let place = |n| Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration: n };
+            let Some((record, _)) = self.read::<ActivityRecord>(&keys::activity(&job.id, &activity.name)).await? else {
+                out.push(place(1).now(Step::Plan, None));
+                continue;
+            };
+            if matches!(record.state, ActivityState::Completed | ActivityState::Failed { .. } | ActivityState::Idle) {
+                continue;
+            }
+            let p = place(record.iteration);
+            let Some((iteration, _)) = self.read::<IterationRecord>(&keys::iteration(&job.id, &activity.name, record.iteration)).await? else {
+                out.push(p.now(Step::Plan, None));
+                continue;
+            };
+            match iteration.state {
+                IterationState::Planning => out.push(p.now(Step::Plan, None)),
+                IterationState::Done => {}
+                IterationState::Copying => {
+                    let handed = self.read::<Slots>(&slots_key(&p)).await?.map(|(s, _)| s.handed).unwrap_or(0);
+                    for key in self.store.list(&keys::blocks(&job.id, &activity.name, record.iteration)).await.map_err(storage_err)? {
+                        let Some((block, _)) = self.read::<BlockRecord>(&key).await? else { continue };
+                        match block.due() {
+                            // Not yet given an export slot: the slot hand-over will reach it.
+                            Some(Step::Export) if block.number >= handed && block.export_attempt == 0 => {}
+                            Some(step) => out.push(p.now(step, Some(block.number))),
+                            None => {}
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether every activity of the job has completed or failed (for drivers that stop).
+    pub async fn job_finished(&self, job: &JobRecord) -> Result<bool, EngineError> {
+        let Some(spec) = &job.spec else { return Ok(true) };
+        for activity in &spec.activities {
+            match self.read::<ActivityRecord>(&keys::activity(&job.id, &activity.name)).await? {
+                Some((r, _)) if matches!(r.state, ActivityState::Completed | ActivityState::Failed { .. }) => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    pub async fn activity(&self, job: &str, activity: &str) -> Result<Option<ActivityRecord>, EngineError> {
+        Ok(self.read::<ActivityRecord>(&keys::activity(job, activity)).await?.map(|(r, _)| r))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Slots {
+    handed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Progress {
+    done: u64,
+    rows: u64,
+}
+
+fn slots_key(place: &Place) -> String {
+    format!("jobs/{}/{}/{:06}/slots.json", place.job.id, place.activity.name, place.iteration)
+}
+
+fn done_key(place: &Place) -> String {
+    format!("jobs/{}/{}/{:06}/done.json", place.job.id, place.activity.name, place.iteration)
+}
+
+/// The blob name inside `folder` of a path `.show operation details` lists (a full URL, or a
+/// path relative to the export destination).
+fn blob_name_in(path: &str, folder: &str) -> Result<String, EngineError> {
+    let without_query = path.split(['?', ';']).next().unwrap_or(path);
+    let marker = format!("/{folder}/");
+    match without_query.find(&marker) {
+        Some(i) => Ok(without_query[i + marker.len()..].to_owned()),
+        None if !without_query.contains("://") => Ok(without_query.trim_start_matches('/').to_owned()),
+        None => Err(EngineError::Permanent(format!("export listed a blob outside its folder {folder}: {}", crate::kusto::SecretUrl::parse(without_query).map(|u| u.redacted()).unwrap_or_default()))),
+    }
+}
+
+#[async_trait]
+impl Engine for CopyEngine {
+    async fn start_job(&self, job: &JobRecord) -> Result<Vec<Outgoing>, EngineError> {
+        if job.state != JobState::Accepted {
+            return Ok(vec![]);
+        }
+        self.resume(job).await
+    }
+
+    async fn step(&self, message: &StepMessage, delivery: &Delivery) -> Result<Vec<Outgoing>, EngineError> {
+        let step = Step::parse(&message.step).ok_or_else(|| EngineError::Permanent(format!("unknown step '{}'", message.step)))?;
+        let place = self.place(message).await?;
+        if let Some((record, _)) = self.read::<ActivityRecord>(&keys::activity(&place.job.id, &place.activity.name)).await? {
+            if let ActivityState::Failed { .. } = record.state {
+                return Ok(vec![]);
+            }
+        }
+        match (step, message.block) {
+            (Step::Plan, _) => self.plan(&place).await,
+            (_, Some(block)) => self.block_step(&place, block, step, delivery).await,
+            (_, None) => Err(EngineError::Permanent(format!("step '{}' names no block", message.step))),
+        }
+    }
+
+    async fn tick(&self, tick: &Tick) -> Result<Vec<Outgoing>, EngineError> {
+        let mut out = Vec::new();
+        for job in list_jobs(self.store.as_ref()).await.map_err(record_err)? {
+            let Some(spec) = &job.spec else { continue };
+            let Some(period) = spec.iteration_period_secs.filter(|_| spec.copy_mode.is_continuous()) else { continue };
+            for activity in &spec.activities {
+                let key = keys::activity(&job.id, &activity.name);
+                let Some((mut record, etag)) = self.read::<ActivityRecord>(&key).await? else { continue };
+                let due = record.state == ActivityState::Idle
+                    && record.last_finished_at.is_none_or(|t| tick.now - t >= time::Duration::seconds(period as i64));
+                if !due {
+                    continue;
+                }
+                record.iteration += 1;
+                record.state = ActivityState::Running;
+                if self.swap(&key, &record, &etag).await? {
+                    let place = Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration: record.iteration };
+                    out.push(place.now(Step::Plan, None));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_names_from_export_paths() {
+        assert_eq!(blob_name_in("https://a.blob.core.windows.net/kcs-x-1-1/b1_0.parquet", "kcs-x-1-1").unwrap(), "b1_0.parquet");
+        assert_eq!(blob_name_in("https://127.0.0.1:1/devstoreaccount1/kcs-x-1-1/d/b.parquet?sv=1", "kcs-x-1-1").unwrap(), "d/b.parquet");
+        assert_eq!(blob_name_in("b1_0.parquet", "kcs-x-1-1").unwrap(), "b1_0.parquet");
+        assert!(blob_name_in("https://a.blob.core.windows.net/other/b.parquet", "kcs-x-1-1").is_err());
+    }
+
+    #[test]
+    fn names_are_stable_and_valid() {
+        let id = iteration_id("job", "default", 1);
+        assert_eq!(id, iteration_id("job", "default", 1));
+        assert_ne!(id, iteration_id("job", "default", 2));
+        let folder = folder_name(&id, 123456, 5);
+        crate::config::validate_container_name(&folder).unwrap();
+        assert!(folder.len() <= 63);
+    }
+}

@@ -1,0 +1,308 @@
+//! The engine's checkpoint records and their pure transitions.
+//!
+//! One record per activity iteration and one per block, so every step reads and writes O(1)
+//! small records whatever the size of the copy:
+//!
+//! ```text
+//! jobs/<job>/job.json
+//! jobs/<job>/<activity>/activity.json
+//! jobs/<job>/<activity>/<iteration>/iteration.json
+//! jobs/<job>/<activity>/<iteration>/blocks/<block>.json
+//! ```
+//!
+//! A block moves through its states in one direction only:
+//!
+//! ```text
+//! Planned -> Exporting -> Exported -> Ingesting -> Ingested -> Committed -> Done
+//!    ^___________|  (export failed or lost: new attempt, new folder)
+//!                          ^___________|  (ingestion failed or counted wrong: new tag)
+//! ```
+//!
+//! Messages only name the step to try; [`BlockRecord::due`] says which step the record is
+//! waiting for, and a message for any other step is stale.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The steps a message can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Plan,
+    Export,
+    AwaitExport,
+    Ingest,
+    AwaitIngest,
+    Commit,
+    Cleanup,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Plan => "plan",
+            Step::Export => "export",
+            Step::AwaitExport => "await-export",
+            Step::Ingest => "ingest",
+            Step::AwaitIngest => "await-ingest",
+            Step::Commit => "commit",
+            Step::Cleanup => "cleanup",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Step> {
+        [Step::Plan, Step::Export, Step::AwaitExport, Step::Ingest, Step::AwaitIngest, Step::Commit, Step::Cleanup]
+            .into_iter()
+            .find(|s| s.name() == text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum BlockState {
+    Planned,
+    /// The attempt is recorded before `.export` is sent; the operation id after. A record
+    /// still without an id was interrupted in between: its export (if any) is abandoned.
+    Exporting {
+        #[serde(rename = "operationId")]
+        operation_id: Option<Uuid>,
+        #[serde(rename = "startedAt", with = "time::serde::rfc3339")]
+        started_at: OffsetDateTime,
+    },
+    Exported {
+        /// Blob names in the attempt's folder, exactly as the export listed them.
+        blobs: Vec<String>,
+        rows: u64,
+    },
+    Ingesting {
+        blobs: Vec<String>,
+        rows: u64,
+        tag: String,
+        #[serde(rename = "operationId")]
+        operation_id: Option<Uuid>,
+        #[serde(rename = "startedAt", with = "time::serde::rfc3339")]
+        started_at: OffsetDateTime,
+    },
+    Ingested {
+        rows: u64,
+        tag: String,
+    },
+    Committed {
+        rows: u64,
+    },
+    Done {
+        rows: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockRecord {
+    pub number: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub from: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub to: OffsetDateTime,
+    pub planned_rows: u64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub creation_time: Option<OffsetDateTime>,
+    /// Export attempts so far; each has its own staging folder.
+    pub export_attempt: u32,
+    /// Ingestion attempts of the current export; each has its own tag.
+    pub ingest_attempt: u32,
+    /// Every staging folder this block created, for cleanup.
+    pub folders: Vec<String>,
+    #[serde(flatten)]
+    pub state: BlockState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl BlockRecord {
+    pub fn planned(number: u64, from: OffsetDateTime, to: OffsetDateTime, rows: u64, creation_time: Option<OffsetDateTime>) -> Self {
+        BlockRecord {
+            number,
+            from,
+            to,
+            planned_rows: rows,
+            creation_time,
+            export_attempt: 0,
+            ingest_attempt: 0,
+            folders: Vec::new(),
+            state: BlockState::Planned,
+            last_error: None,
+        }
+    }
+
+    /// The step this record waits for; `None` when the block is done.
+    pub fn due(&self) -> Option<Step> {
+        Some(match &self.state {
+            BlockState::Planned => Step::Export,
+            BlockState::Exporting { operation_id: None, .. } => Step::Export,
+            BlockState::Exporting { .. } => Step::AwaitExport,
+            BlockState::Exported { .. } => Step::Ingest,
+            BlockState::Ingesting { operation_id: None, .. } => Step::Ingest,
+            BlockState::Ingesting { .. } => Step::AwaitIngest,
+            BlockState::Ingested { .. } => Step::Commit,
+            BlockState::Committed { .. } => Step::Cleanup,
+            BlockState::Done { .. } => return None,
+        })
+    }
+
+    pub fn is_exporting(&self) -> bool {
+        matches!(self.state, BlockState::Exporting { .. })
+    }
+
+    /// What a message for `step` should do with this record: run it, or ignore it as stale
+    /// (a duplicate, or a message overtaken by another delivery). A redelivery of the step
+    /// that produced the current state re-emits the due step: its first delivery may have
+    /// moved the state and then failed before its follow-up was written.
+    pub fn on_message(&self, step: Step, dequeue_count: u32) -> MessageAction {
+        let Some(due) = self.due() else { return MessageAction::Ignore };
+        if step == due {
+            return MessageAction::Run;
+        }
+        if dequeue_count > 1 && predecessor(due) == Some(step) {
+            return MessageAction::Reemit(due);
+        }
+        MessageAction::Ignore
+    }
+}
+
+fn predecessor(step: Step) -> Option<Step> {
+    Some(match step {
+        Step::Export => Step::Plan,
+        Step::AwaitExport => Step::Export,
+        Step::Ingest => Step::AwaitExport,
+        Step::AwaitIngest => Step::Ingest,
+        Step::Commit => Step::AwaitIngest,
+        Step::Cleanup => Step::Commit,
+        Step::Plan => return None,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageAction {
+    Run,
+    Reemit(Step),
+    Ignore,
+}
+
+/// What an ingestion's check found, decided without I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestVerdict {
+    /// The tag holds exactly the exported rows.
+    Complete,
+    /// Still running.
+    Wait,
+    /// Fewer rows than exported after the operation ended, or more (a stray duplicate): drop
+    /// the tag's extents and ingest again with a new tag.
+    Redo,
+}
+
+pub fn ingest_verdict(operation_finished: bool, operation_failed: bool, tagged_rows: u64, exported_rows: u64) -> IngestVerdict {
+    if tagged_rows > exported_rows || operation_failed {
+        return IngestVerdict::Redo;
+    }
+    match (tagged_rows == exported_rows, operation_finished) {
+        (true, true) => IngestVerdict::Complete,
+        (false, true) => IngestVerdict::Redo,
+        (_, false) => IngestVerdict::Wait,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IterationState {
+    Planning,
+    Copying,
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IterationRecord {
+    pub number: u64,
+    /// Exclusive lower cursor (the previous iteration's upper one); `None` for the first.
+    pub cursor_from: Option<String>,
+    pub cursor_to: String,
+    pub state: IterationState,
+    pub blocks: u64,
+    pub planned_rows: u64,
+    /// Rows the window could not hold because they have no ingestion time.
+    pub rows_without_ingestion_time: u64,
+    pub staging_table: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn block(state: BlockState) -> BlockRecord {
+        let mut b = BlockRecord::planned(1, datetime!(2026-01-01 0:00 UTC), datetime!(2026-01-01 1:00 UTC), 10, None);
+        b.state = state;
+        b
+    }
+
+    const T: OffsetDateTime = datetime!(2026-01-01 0:00 UTC);
+
+    #[test]
+    fn every_state_names_the_step_it_waits_for() {
+        let id = Some(Uuid::from_u128(1));
+        let table = [
+            (BlockState::Planned, Some(Step::Export)),
+            (BlockState::Exporting { operation_id: None, started_at: T }, Some(Step::Export)),
+            (BlockState::Exporting { operation_id: id, started_at: T }, Some(Step::AwaitExport)),
+            (BlockState::Exported { blobs: vec![], rows: 1 }, Some(Step::Ingest)),
+            (BlockState::Ingesting { blobs: vec![], rows: 1, tag: "t".into(), operation_id: None, started_at: T }, Some(Step::Ingest)),
+            (BlockState::Ingesting { blobs: vec![], rows: 1, tag: "t".into(), operation_id: id, started_at: T }, Some(Step::AwaitIngest)),
+            (BlockState::Ingested { rows: 1, tag: "t".into() }, Some(Step::Commit)),
+            (BlockState::Committed { rows: 1 }, Some(Step::Cleanup)),
+            (BlockState::Done { rows: 1 }, None),
+        ];
+        for (state, due) in table {
+            assert_eq!(block(state.clone()).due(), due, "{state:?}");
+        }
+    }
+
+    #[test]
+    fn duplicates_and_stale_messages_are_absorbed() {
+        let exported = block(BlockState::Exported { blobs: vec![], rows: 1 });
+        assert_eq!(exported.on_message(Step::Ingest, 1), MessageAction::Run);
+        // The await that produced this state, delivered again after a failure: re-emit.
+        assert_eq!(exported.on_message(Step::AwaitExport, 2), MessageAction::Reemit(Step::Ingest));
+        // The same, first delivery (a duplicate we sent ourselves): ignore.
+        assert_eq!(exported.on_message(Step::AwaitExport, 1), MessageAction::Ignore);
+        // Far behind or ahead: ignore.
+        assert_eq!(exported.on_message(Step::Export, 3), MessageAction::Ignore);
+        assert_eq!(exported.on_message(Step::Commit, 1), MessageAction::Ignore);
+        // A done block absorbs everything.
+        let done = block(BlockState::Done { rows: 1 });
+        for step in [Step::Export, Step::Commit, Step::Cleanup] {
+            assert_eq!(done.on_message(step, 5), MessageAction::Ignore);
+        }
+    }
+
+    #[test]
+    fn ingestion_verdicts() {
+        assert_eq!(ingest_verdict(true, false, 10, 10), IngestVerdict::Complete);
+        assert_eq!(ingest_verdict(false, false, 4, 10), IngestVerdict::Wait);
+        assert_eq!(ingest_verdict(false, false, 10, 10), IngestVerdict::Wait, "all rows but the operation still runs");
+        assert_eq!(ingest_verdict(true, false, 4, 10), IngestVerdict::Redo);
+        assert_eq!(ingest_verdict(false, false, 11, 10), IngestVerdict::Redo, "a stray duplicate");
+        assert_eq!(ingest_verdict(true, true, 10, 10), IngestVerdict::Redo, "a failed operation is not trusted");
+    }
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let b = block(BlockState::Ingesting { blobs: vec!["a.parquet".into()], rows: 3, tag: "drop-by:kc".into(), operation_id: Some(Uuid::from_u128(7)), started_at: T });
+        let json = serde_json::to_string(&b).unwrap();
+        assert!(json.contains("\"state\":\"ingesting\""), "{json}");
+        assert_eq!(serde_json::from_str::<BlockRecord>(&json).unwrap(), b);
+    }
+}
