@@ -12,7 +12,7 @@ import sys
 import uuid
 from decimal import Decimal
 
-from azure.kusto.data import KustoClient, KustoConnectionStringBuilder
+from azure.kusto.data import ClientRequestProperties, KustoClient, KustoConnectionStringBuilder
 from azure.kusto.data.exceptions import KustoApiError, KustoServiceError
 
 DB = "db"
@@ -82,6 +82,15 @@ def main():
     streamed_rows = [row.to_list() for row in primary]
     check(streamed_rows[0] == [9007199254740993, "hello, world", {"a": [1, None]}], f"v2 streaming: rows parse ({streamed_rows[0]})")
     check(len(streamed_rows) == 2, "v2 streaming: every row")
+
+    # Query parameters travel in ClientRequestProperties.
+    props = ClientRequestProperties()
+    props.set_parameter("wanted", "hello, world")
+    props.set_option(ClientRequestProperties.request_timeout_option_name, datetime.timedelta(minutes=1))
+    with_params = client.execute_query(
+        DB, "declare query_parameters(wanted: string); PyTypes | where s == wanted | project i", props
+    )
+    check([r["i"] for r in with_params.primary_results[0]] == [42], "v2: declare query_parameters with a request parameter")
 
     summary = client.execute_query(DB, "PyTypes | summarize n = count(), m = max(t) | extend c = cursor_current()")
     row = summary.primary_results[0].rows[0]

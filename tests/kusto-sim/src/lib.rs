@@ -122,10 +122,16 @@ impl Cluster {
 
     /// Runs a query in-process.
     pub fn query(&self, db: &str, kql: &str) -> Result<Frame, KustoError> {
+        self.query_with_parameters(db, kql, &[])
+    }
+
+    /// Runs a query with request parameters (for `declare query_parameters`).
+    pub fn query_with_parameters(&self, db: &str, kql: &str, parameters: &[(&str, &str)]) -> Result<Frame, KustoError> {
         let s = lock(&self.state);
         s.database(db)?;
         let catalog = s.catalog(db);
-        let env = kql::eval::Env { catalog: &catalog, now: s.now(), cursor_current: s.cursor_current() };
+        let mut env = kql::eval::Env::new(&catalog, s.now(), s.cursor_current());
+        env.parameters = parameters.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Ok(kql::eval::run_query(kql, &env)?)
     }
 

@@ -49,6 +49,26 @@ async fn query_v2(State(s): State<Shared>, headers: HeaderMap, body: String) -> 
 struct Request {
     db: Option<String>,
     csl: String,
+    /// `properties.Parameters`, for `declare query_parameters`.
+    parameters: std::collections::HashMap<String, String>,
+}
+
+/// `properties` may be an object or a JSON string holding one (both are documented).
+fn parameters_of(properties: Option<&serde_json::Value>) -> std::collections::HashMap<String, String> {
+    let parsed = match properties {
+        Some(serde_json::Value::String(s)) => serde_json::from_str(s).unwrap_or(serde_json::Value::Null),
+        Some(v) => v.clone(),
+        None => serde_json::Value::Null,
+    };
+    parsed
+        .get("Parameters")
+        .and_then(|p| p.as_object())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn parse_body(body: &str) -> Result<Request, KustoError> {
@@ -60,7 +80,7 @@ fn parse_body(body: &str) -> Result<Request, KustoError> {
         .ok_or_else(|| KustoError::bad_request("The request body has no 'csl' string"))?
         .to_string();
     let db = json.get("db").and_then(|d| d.as_str()).filter(|d| !d.is_empty()).map(str::to_string);
-    Ok(Request { db, csl })
+    Ok(Request { db, csl, parameters: parameters_of(json.get("properties")) })
 }
 
 async fn handle(state: Shared, headers: HeaderMap, body: String, endpoint: Endpoint) -> Response {
@@ -109,7 +129,9 @@ async fn handle(state: Shared, headers: HeaderMap, body: String, endpoint: Endpo
     let is_command = req.csl.trim_start().starts_with('.');
     let result: Result<Frame, KustoError> = match (endpoint, is_command) {
         (Endpoint::Mgmt, true) => execute_command_async(&state, &db, req.csl.trim()).await,
-        (Endpoint::Mgmt, false) | (Endpoint::QueryV1, false) | (Endpoint::QueryV2, false) => run_kql(&state, &db, &req.csl),
+        (Endpoint::Mgmt, false) | (Endpoint::QueryV1, false) | (Endpoint::QueryV2, false) => {
+            run_kql(&state, &db, &req.csl, req.parameters.clone())
+        }
         (_, true) => Err(KustoError::bad_request(
             "Management commands must be sent to /v1/rest/mgmt, not to the query endpoint",
         )),
@@ -138,11 +160,12 @@ async fn handle(state: Shared, headers: HeaderMap, body: String, endpoint: Endpo
     }
 }
 
-fn run_kql(state: &Shared, db: &str, csl: &str) -> Result<Frame, KustoError> {
+fn run_kql(state: &Shared, db: &str, csl: &str, parameters: std::collections::HashMap<String, String>) -> Result<Frame, KustoError> {
     let s = lock(state);
     s.database(db)?;
     let catalog = s.catalog(db);
-    let env = Env { catalog: &catalog, now: s.now(), cursor_current: s.cursor_current() };
+    let mut env = Env::new(&catalog, s.now(), s.cursor_current());
+    env.parameters = parameters;
     Ok(run_query(csl, &env)?)
 }
 

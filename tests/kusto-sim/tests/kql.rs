@@ -142,6 +142,21 @@ async fn print_and_scalar_functions() {
 }
 
 #[tokio::test]
+async fn options_and_query_parameters() {
+    let c = cluster().await;
+    let q = "set notruncation; declare query_parameters(name: string, since: datetime, n: long = 10); \
+             T | where Name == name and Ts > since | take n | project N";
+    let f = c.query_with_parameters("db", q, &[("name", "beta"), ("since", "datetime(2024-01-01)")]).unwrap();
+    assert_eq!(longs(&f, "N"), vec![2]);
+    let f = c.query_with_parameters("db", q, &[("name", "beta"), ("since", "2024-01-01T05:00:00Z")]).unwrap();
+    assert!(f.rows.is_empty(), "a plain datetime text works too");
+    let e = c.query_with_parameters("db", q, &[("name", "beta")]).unwrap_err();
+    assert!(e.detail.contains("since"), "{}", e.detail);
+    let e = c.query_with_parameters("db", q, &[("name", "x"), ("since", "not a date")]).unwrap_err();
+    assert_eq!(e.status, 400);
+}
+
+#[tokio::test]
 async fn errors_are_kusto_bad_requests_never_wrong_answers() {
     let c = cluster().await;
     let cases = [

@@ -25,7 +25,7 @@ pub fn run(state: &Shared, db: &str, cmd: Command, kind: CommandKind) -> Result<
             run_maybe_async(state, db, "TableSetOrAppend", kind, is_async, move |s, faults| {
                 let result = {
                     let catalog = s.catalog(&db_owned);
-                    let env = Env { catalog: &catalog, now: s.now(), cursor_current: s.cursor_current() };
+                    let env = Env::new(&catalog, s.now(), s.cursor_current());
                     run_query(&query, &env)?
                 };
                 let exists = s.database(&db_owned)?.tables.contains_key(&table);

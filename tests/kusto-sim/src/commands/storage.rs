@@ -72,7 +72,7 @@ async fn export(
         }
         let result = {
             let catalog = s.catalog(db);
-            let env = Env { catalog: &catalog, now: s.now(), cursor_current: s.cursor_current() };
+            let env = Env::new(&catalog, s.now(), s.cursor_current());
             run_query(query, &env)?
         };
         let faults = s.faults.take(CommandKind::Export, false);

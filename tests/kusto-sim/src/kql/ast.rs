@@ -95,8 +95,20 @@ pub enum LetValue {
     Tabular(Pipeline),
 }
 
+/// `declare query_parameters(name: type [= default], ...)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryParameter {
+    pub name: String,
+    pub ty: crate::model::value::ScalarType,
+    pub default: Option<Expr>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Query {
+    /// `set name [= value];` request options, accepted and ignored (the simulator never
+    /// truncates results, so e.g. `set notruncation;` changes nothing).
+    pub options: Vec<String>,
+    pub parameters: Vec<QueryParameter>,
     pub lets: Vec<(String, LetValue)>,
     pub body: Pipeline,
 }

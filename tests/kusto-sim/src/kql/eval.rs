@@ -56,6 +56,14 @@ pub struct Env<'a> {
     pub catalog: &'a dyn Catalog,
     pub now: i64,
     pub cursor_current: String,
+    /// Request `Parameters` (name -> value text) for `declare query_parameters`.
+    pub parameters: HashMap<String, String>,
+}
+
+impl<'a> Env<'a> {
+    pub fn new(catalog: &'a dyn Catalog, now: i64, cursor_current: String) -> Env<'a> {
+        Env { catalog, now, cursor_current, parameters: HashMap::new() }
+    }
 }
 
 pub fn run_query(src: &str, env: &Env<'_>) -> Result<Frame, KqlError> {
@@ -70,6 +78,24 @@ struct Bindings {
 
 pub fn run(query: &Query, env: &Env<'_>) -> Result<Frame, KqlError> {
     let mut b = Bindings { scalars: HashMap::new(), tabular: HashMap::new() };
+    for p in &query.parameters {
+        let value = match (env.parameters.get(&p.name), &p.default) {
+            (Some(text), _) => parameter_value(&p.name, p.ty, text)?,
+            (None, Some(default)) => {
+                let empty = Frame { columns: vec![], rows: vec![], has_meta: false };
+                let scope = Scope { frame: &empty, b: &b, op: "declare" };
+                infer(default, &scope)?;
+                coerce(eval(default, &scope, &Row { values: vec![], meta: None }, env), p.ty)
+            }
+            (None, None) => {
+                return Err(KqlError::semantic(format!(
+                    "SEM0100: query parameter '{}' was declared but no value was given",
+                    p.name
+                )))
+            }
+        };
+        b.scalars.insert(p.name.clone(), (value, p.ty));
+    }
     for (name, value) in &query.lets {
         match value {
             LetValue::Tabular(p) => {
@@ -91,6 +117,27 @@ pub fn run(query: &Query, env: &Env<'_>) -> Result<Frame, KqlError> {
         }
     }
     pipeline(&query.body, env, &b)
+}
+
+/// A request parameter's value: a KQL literal of the declared type (`datetime(...)`, `42`),
+/// or, for strings, the text itself.
+fn parameter_value(name: &str, ty: ScalarType, text: &str) -> Result<Value, KqlError> {
+    if let Ok(Expr::Literal(v, t)) = super::parser::parse_expression(text) {
+        if t == ty || (v.is_null()) {
+            return Ok(v);
+        }
+        if ty != ScalarType::String {
+            let c = coerce(v, ty);
+            if !c.is_null() {
+                return Ok(c);
+            }
+        }
+    }
+    if ty == ScalarType::String {
+        return Ok(Value::String(text.to_string()));
+    }
+    crate::model::value::parse_text(ty, text)
+        .map_err(|e| KqlError::semantic(format!("SEM0100: query parameter '{name}': {e}")))
 }
 
 fn pipeline(p: &Pipeline, env: &Env<'_>, b: &Bindings) -> Result<Frame, KqlError> {

@@ -151,7 +151,40 @@ impl<'a> Parser<'a> {
 
     fn query(&mut self) -> Result<Query, KqlError> {
         let mut lets = Vec::new();
+        let mut options = Vec::new();
+        let mut parameters = Vec::new();
         loop {
+            if self.eat_word("set") {
+                let name = self.name()?;
+                if self.eat_punct("=") {
+                    self.advance();
+                }
+                self.expect_punct(";")?;
+                options.push(name);
+                continue;
+            }
+            if self.eat_word("declare") {
+                self.expect_word("query_parameters")?;
+                self.expect_punct("(")?;
+                loop {
+                    let name = self.name()?;
+                    self.expect_punct(":")?;
+                    let at = self.offset();
+                    let ty = match self.advance() {
+                        Tok::Ident(t) => ScalarType::parse(&t),
+                        _ => None,
+                    }
+                    .ok_or_else(|| KqlError::syntax_at(self.src, at, "expected a scalar type"))?;
+                    let default = if self.eat_punct("=") { Some(self.expr()?) } else { None };
+                    parameters.push(QueryParameter { name, ty, default });
+                    if !self.eat_punct(",") {
+                        break;
+                    }
+                }
+                self.expect_punct(")")?;
+                self.expect_punct(";")?;
+                continue;
+            }
             if self.eat_word("let") {
                 let name = self.name()?;
                 self.expect_punct("=")?;
@@ -169,7 +202,7 @@ impl<'a> Parser<'a> {
         let body = self.pipeline()?;
         while self.eat_punct(";") {}
         self.expect_eof()?;
-        Ok(Query { lets, body })
+        Ok(Query { options, parameters, lets, body })
     }
 
     fn let_value(&mut self) -> Result<LetValue, KqlError> {
@@ -588,6 +621,15 @@ mod tests {
         }
         assert_eq!(q.body.operators.len(), 5);
         assert!(matches!(q.body.operators[3], Operator::OrderBy(ref k) if !k[0].descending && k[0].nulls_first));
+    }
+
+    #[test]
+    fn options_and_query_parameters() {
+        let q = parse_query("set notruncation; declare query_parameters(t: string, n: long = 5); T | where a == t | take n").unwrap();
+        assert_eq!(q.options, vec!["notruncation".to_string()]);
+        assert_eq!(q.parameters.len(), 2);
+        assert_eq!(q.parameters[1].default, Some(Expr::Literal(Value::Long(5), ScalarType::Long)));
+        assert!(parse_query("declare query_parameters(t: nosuchtype); T").is_err());
     }
 
     #[test]
