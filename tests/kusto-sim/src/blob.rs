@@ -57,6 +57,19 @@ fn describe(url: &str, what: &str, e: impl std::fmt::Display) -> String {
     format!("{what} {} failed: {e}", without_secret(url))
 }
 
+/// A transport error with its causes (TLS and connection details hide in the sources);
+/// the URL, which carries the SAS, is dropped.
+fn chain(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 impl BlobStore for HttpBlobStore {
     fn put<'a>(&'a self, url: &'a str, data: Vec<u8>) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
@@ -69,7 +82,7 @@ impl BlobStore for HttpBlobStore {
                 .body(data)
                 .send()
                 .await
-                .map_err(|e| describe(url, "PUT", e.without_url()))?;
+                .map_err(|e| describe(url, "PUT", chain(e)))?;
             if !resp.status().is_success() {
                 return Err(describe(url, "PUT", resp.status()));
             }
@@ -85,11 +98,11 @@ impl BlobStore for HttpBlobStore {
                 .header("x-ms-version", "2021-08-06")
                 .send()
                 .await
-                .map_err(|e| describe(url, "GET", e.without_url()))?;
+                .map_err(|e| describe(url, "GET", chain(e)))?;
             if !resp.status().is_success() {
                 return Err(describe(url, "GET", resp.status()));
             }
-            Ok(resp.bytes().await.map_err(|e| describe(url, "GET", e.without_url()))?.to_vec())
+            Ok(resp.bytes().await.map_err(|e| describe(url, "GET", chain(e)))?.to_vec())
         })
     }
 }

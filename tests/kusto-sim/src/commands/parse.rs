@@ -47,7 +47,7 @@ pub enum Command {
     ShowOperations(Option<Vec<Uuid>>),
     ShowOperationDetails(Uuid),
     CreateTable { name: String, columns: Vec<Column>, props: Props, merge: bool },
-    CreateTableBasedOn { name: String, source: String, props: Props },
+    CreateTableBasedOn { name: String, source: String, if_not_exists: bool, props: Props },
     DropTable { name: String, if_exists: bool },
     AlterPolicy { table: Option<String>, kind: String, policy: serde_json::Value, merge: bool },
     DeletePolicy { table: Option<String>, kind: String },
@@ -230,8 +230,9 @@ fn create(p: &mut Parser<'_>, merge: bool) -> Result<Command, KqlError> {
         p.expect_punct("-")?;
         p.expect_word("on")?;
         let source = p.name()?;
+        let if_not_exists = p.eat_word("ifnotexists");
         let props = props(p)?;
-        return Ok(Command::CreateTableBasedOn { name, source, props });
+        return Ok(Command::CreateTableBasedOn { name, source, if_not_exists, props });
     }
     p.expect_punct("(")?;
     let mut columns = Vec::new();
@@ -558,7 +559,7 @@ mod tests {
         }
         assert_eq!(
             parse_command(".create table S based-on T with (folder='x')").unwrap(),
-            Command::CreateTableBasedOn { name: "S".into(), source: "T".into(), props: [("folder".to_string(), "x".to_string())].into() }
+            Command::CreateTableBasedOn { name: "S".into(), source: "T".into(), if_not_exists: false, props: [("folder".to_string(), "x".to_string())].into() }
         );
         assert_eq!(parse_command(".drop table T ifexists").unwrap(), Command::DropTable { name: "T".into(), if_exists: true });
         assert_eq!(

@@ -58,9 +58,13 @@ pub fn run(s: &mut ClusterState, db: &str, cmd: Command) -> Result<Frame, KustoE
             d.tables.insert(name, t);
             Ok(f)
         }
-        Command::CreateTableBasedOn { name, source, props } => {
+        Command::CreateTableBasedOn { name, source, if_not_exists, props } => {
             let d = s.database_mut(db)?;
             if d.tables.contains_key(&name) {
+                // Documented: ignored with `ifnotexists`, an error without it.
+                if !if_not_exists {
+                    return Err(KustoError::bad_request(format!("Table '{name}' already exists")));
+                }
                 let t = d.tables[&name].clone();
                 return Ok(schema_frame(db, &t));
             }
