@@ -9,10 +9,13 @@
 //! - [`job`]: copy requests and jobs: parsing, validation, the records we keep.
 //! - [`engine`]: the interface the copy engine offers to its drivers.
 //! - [`handler`]: `kc serve`, the Azure Functions custom handler (axum).
+//! - [`cli`]: `kc copy`, the same engine driven in-process.
+//! - [`kusto`]: the Kusto REST client.
 //!
 //! The binary (`src/main.rs`) only parses arguments, starts tracing and calls in here.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod handler;

@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Run as the Azure Functions custom handler (the host sets FUNCTIONS_CUSTOMHANDLER_PORT).
     Serve,
+    /// Copy a table (or a job of several) to completion, with the engine in this process.
+    Copy(kusto_copy::cli::copy::CopyArgs),
     /// Check a copy request (JSON, as dropped on the kc-requests queue) without running it.
     Validate {
         /// Path to the request file, or - for standard input.
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve => serve(),
         Command::Validate { file } => validate(&file),
+        Command::Copy(args) => copy(&args),
     }
 }
 
@@ -75,6 +78,31 @@ fn serve() -> ExitCode {
             Err(e) => fail(&format!("server error: {e}")),
         }
     })
+}
+
+fn copy(args: &kusto_copy::cli::copy::CopyArgs) -> ExitCode {
+    init_tracing(false);
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    // A laptop signs in with the developer tools; KC_CREDENTIAL=emulator for the local stack.
+    let credential = match env.get(config::names::CREDENTIAL).map(String::as_str) {
+        Some("emulator") => config::CredentialKind::Emulator,
+        Some("managed-identity") => config::CredentialKind::ManagedIdentity { client_id: env.get(config::names::IDENTITY_CLIENT_ID).cloned() },
+        _ => config::CredentialKind::DeveloperTools,
+    };
+    let environment = kusto_copy::cli::copy::Environment {
+        credential,
+        ca_cert: env.get(config::names::CA_CERT).map(std::path::PathBuf::from),
+        engine_options: engine::copy::EngineOptions::default(),
+        show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(kusto_copy::cli::copy::run(args, environment)) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 fn validate(file: &str) -> ExitCode {

@@ -93,6 +93,15 @@ async fn memory_store_meets_the_contract() {
     conformance(Arc::new(MemoryCheckpointStore::default())).await;
 }
 
+#[tokio::test]
+async fn a_prefixed_store_meets_the_contract_and_stays_in_its_prefix() {
+    let inner: Arc<dyn CheckpointStore> = Arc::new(MemoryCheckpointStore::default());
+    inner.create("outside.json", b"x").await.unwrap();
+    conformance(Arc::new(kusto_copy::storage::checkpoint::PrefixedStore::new(inner.clone(), "kc/tracking"))).await;
+    assert_eq!(inner.read("outside.json").await.unwrap().unwrap().value, b"x");
+    assert!(inner.list("").await.unwrap().iter().all(|k| k == "outside.json" || k.starts_with("kc/tracking/")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn blob_store_on_azurite_meets_the_contract() {
     let azurite = Azurite::start();

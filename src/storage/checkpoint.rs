@@ -312,3 +312,44 @@ impl CheckpointStore for BlobCheckpointStore {
         }
     }
 }
+
+/// A store seen through a key prefix: `kc copy` keeps its checkpoints under the staging
+/// directory's `tracking/` folder, beside nothing else's.
+pub struct PrefixedStore {
+    inner: std::sync::Arc<dyn CheckpointStore>,
+    prefix: String,
+}
+
+impl PrefixedStore {
+    pub fn new(inner: std::sync::Arc<dyn CheckpointStore>, prefix: impl Into<String>) -> Self {
+        let mut prefix = prefix.into();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Self { inner, prefix }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for PrefixedStore {
+    async fn read(&self, key: &str) -> Result<Option<Versioned>, StorageError> {
+        self.inner.read(&self.key(key)).await
+    }
+    async fn create(&self, key: &str, value: &[u8]) -> Result<Written, StorageError> {
+        self.inner.create(&self.key(key), value).await
+    }
+    async fn replace(&self, key: &str, value: &[u8], etag: &ETag) -> Result<Written, StorageError> {
+        self.inner.replace(&self.key(key), value, etag).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let keys = self.inner.list(&self.key(prefix)).await?;
+        Ok(keys.into_iter().filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_owned)).collect())
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(&self.key(key)).await
+    }
+}

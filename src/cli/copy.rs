@@ -1,0 +1,247 @@
+//! `kc copy`: the copy engine driven in-process to completion, with a progress view.
+//!
+//! Same options and meanings as the original kusto-copy CLI. Checkpoints go to the staging
+//! directory's `tracking/` folder, and the job id is derived from the options, so running
+//! the same command again after an interruption resumes where it stopped.
+
+use crate::auth;
+use crate::config::CredentialKind;
+use crate::engine::copy::{ActivityState, CopyEngine, EngineOptions, LiveConnections};
+use crate::engine::local::{self, Event};
+use crate::engine::{Engine, Tick};
+use crate::job::{record_request, JobRecord, RecordOutcome};
+use crate::storage::checkpoint::{BlobCheckpointStore, CheckpointStore, PrefixedStore};
+use crate::storage::clients::{RetryBudget, StorageClients};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CopyArgs {
+    /// Source table URI: https://<cluster>/<database>/<table>.
+    #[arg(short = 's', long)]
+    pub source: Option<String>,
+    /// Destination database or table URI: https://<cluster>/<database>[/<table>].
+    #[arg(short = 'd', long)]
+    pub destination: Option<String>,
+    /// Staging directory (a blob container, optionally a folder in it); may repeat.
+    #[arg(short = 't', long = "staging-storage")]
+    pub staging: Vec<String>,
+    /// Query applied to the source table, starting with '|'.
+    #[arg(short = 'q', long)]
+    pub query: Option<String>,
+    /// BackfillOnly (default), BackfillAndNew or NewOnly.
+    #[arg(long = "copy-mode")]
+    pub copy_mode: Option<String>,
+    /// Time between iterations of a continuous copy (00:15:00 or 15m).
+    #[arg(long = "iteration-period")]
+    pub iteration_period: Option<String>,
+    /// Exports in flight at once on the source.
+    #[arg(long = "export")]
+    pub export: Option<u32>,
+    /// A job file (YAML or JSON, the original tool's schema) instead of -s/-d.
+    #[arg(short = 'y', long = "yaml")]
+    pub yaml: Option<PathBuf>,
+    /// Client id of a user-assigned managed identity (then the managed identity is used).
+    #[arg(long = "clientId")]
+    pub client_id: Option<String>,
+    /// Iterations to run in a continuous copy before stopping (default: until interrupted).
+    #[arg(long, hide = true)]
+    pub iterations: Option<u64>,
+}
+
+/// Everything `kc copy` needs besides its arguments.
+pub struct Environment {
+    pub credential: CredentialKind,
+    pub ca_cert: Option<PathBuf>,
+    pub engine_options: EngineOptions,
+    pub show_progress: bool,
+}
+
+/// The request these arguments stand for, in the queue message's schema.
+pub fn request_text(args: &CopyArgs) -> Result<String, String> {
+    let mut request: serde_json::Map<String, Value> = match &args.yaml {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let value: Value = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            match value {
+                Value::Object(map) => map,
+                _ => return Err(format!("{}: a job file is a mapping with activities", path.display())),
+            }
+        }
+        None => serde_json::Map::new(),
+    };
+    let mut set = |key: &str, value: Value| {
+        request.insert(key.to_owned(), value);
+    };
+    if let Some(s) = &args.source {
+        set("source", json!(s));
+    }
+    if let Some(d) = &args.destination {
+        set("destination", json!(d));
+    }
+    if let Some(q) = &args.query {
+        set("query", json!(q));
+    }
+    if !args.staging.is_empty() {
+        set("stagingStorageDirectories", json!(args.staging));
+    }
+    if let Some(m) = &args.copy_mode {
+        set("copyMode", json!(m));
+    }
+    if let Some(p) = &args.iteration_period {
+        set("iterationPeriod", json!(p));
+    }
+    if let Some(e) = args.export {
+        set("exportCount", json!(e));
+    }
+    if let Some(c) = &args.client_id {
+        set("managedIdentityClientId", json!(c));
+    }
+    Ok(Value::Object(request).to_string())
+}
+
+/// Runs the copy to completion (or, for a continuous copy, iteration after iteration).
+/// Returns a summary line, or why it stopped.
+pub async fn run(args: &CopyArgs, env: Environment) -> Result<String, String> {
+    let text = request_text(args)?;
+    let spec = crate::job::request::parse(&text).and_then(|r| r.validate()).map_err(|r| r.0)?;
+    let staging = spec.staging[0].clone();
+    let credential_kind = match &args.client_id {
+        Some(id) => CredentialKind::ManagedIdentity { client_id: Some(id.clone()) },
+        None => env.credential.clone(),
+    };
+    let credential = auth::credential(&credential_kind).map_err(|e| format!("credential: {e}"))?;
+    let account: url::Url = staging.account_url.parse().map_err(|e| format!("staging account: {e}"))?;
+    let budget = if crate::config::is_loopback(&account) { RetryBudget::LOCAL } else { RetryBudget::PRODUCTION };
+    let clients = StorageClients::new(account.clone(), account, Some(credential.clone()), env.ca_cert.as_deref(), budget)
+        .map_err(|e| e.to_string())?;
+    let container = clients.container_without_retries(&staging.container).map_err(|e| e.to_string())?;
+    let tracking = if staging.path.is_empty() { "tracking".to_owned() } else { format!("{}/tracking", staging.path) };
+    let store: Arc<dyn CheckpointStore> = Arc::new(PrefixedStore::new(Arc::new(BlobCheckpointStore::new(container)), tracking));
+
+    let job = match record_request(store.as_ref(), &text, time::OffsetDateTime::now_utc()).await.map_err(|e| e.to_string())? {
+        RecordOutcome::Accepted(job) | RecordOutcome::AlreadyRecorded(job) => job,
+        RecordOutcome::IdTaken { id } => return Err(format!("job {id} in this staging directory has a different definition; use another staging folder")),
+        RecordOutcome::Rejected(job) => return Err(job.reason.unwrap_or_default()),
+    };
+    let connections = Arc::new(LiveConnections::new(credential, env.ca_cert.clone(), crate::kusto::ClientOptions::default()));
+    let engine = Arc::new(CopyEngine::new(store.clone(), connections, env.engine_options.clone()));
+    let workers = (spec.export_count as usize * 2).clamp(2, 64);
+    let progress = Progress::new(env.show_progress);
+
+    let mut iterations_run = 0u64;
+    loop {
+        let first = engine.resume(&job).await.map_err(|e| e.to_string())?;
+        let engine_dyn: Arc<dyn Engine> = engine.clone();
+        let failures = local::run(engine_dyn, first, workers, |e| progress.on_event(e)).await;
+        iterations_run += 1;
+        if !failures.is_empty() {
+            progress.finish();
+            return Err(format!("{} step(s) failed; first: {}", failures.len(), failures[0]));
+        }
+        let summary = summarize(&engine, &job).await?;
+        let continuous = spec.copy_mode.is_continuous() && spec.iteration_period_secs.is_some();
+        if !continuous || args.iterations.is_some_and(|n| iterations_run >= n) {
+            progress.finish();
+            return Ok(summary);
+        }
+        progress.note(&format!("iteration done ({}); next in {} s", summary, spec.iteration_period_secs.unwrap_or(0)));
+        tokio::time::sleep(Duration::from_secs(spec.iteration_period_secs.unwrap_or(60))).await;
+        engine.tick(&Tick { now: time::OffsetDateTime::now_utc() + time::Duration::days(3650), past_due: false }).await.map_err(|e| e.to_string())?;
+    }
+}
+
+async fn summarize(engine: &CopyEngine, job: &JobRecord) -> Result<String, String> {
+    let spec = job.spec.as_ref().expect("accepted jobs have a spec");
+    let mut parts = Vec::new();
+    for activity in &spec.activities {
+        let record = engine.activity(&job.id, &activity.name).await.map_err(|e| e.to_string())?;
+        match record {
+            Some(r) => {
+                if let ActivityState::Failed { reason } = &r.state {
+                    return Err(format!("activity {} stopped: {reason}", activity.name));
+                }
+                let mut line = format!("{}: {} rows copied", activity.name, r.copied_rows);
+                if r.rows_without_ingestion_time > 0 {
+                    line.push_str(&format!(", {} rows without ingestion time not copied", r.rows_without_ingestion_time));
+                }
+                parts.push(line);
+            }
+            None => parts.push(format!("{}: not started", activity.name)),
+        }
+    }
+    Ok(format!("job {}: {}", job.id, parts.join("; ")))
+}
+
+/// Counts steps as they finish and shows them.
+struct Progress {
+    bar: Option<ProgressBar>,
+    exports: AtomicU64,
+    exported: AtomicU64,
+    ingested: AtomicU64,
+    committed: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Progress {
+    fn new(show: bool) -> Self {
+        let bar = show.then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"));
+            bar.enable_steady_tick(Duration::from_millis(250));
+            bar
+        });
+        Progress { bar, exports: 0.into(), exported: 0.into(), ingested: 0.into(), committed: 0.into(), retries: 0.into() }
+    }
+
+    fn on_event(&self, event: &Event) {
+        match event {
+            Event::Ran { message } => {
+                let counter = match message.step.as_str() {
+                    "export" => &self.exports,
+                    "ingest" => &self.exported,
+                    "commit" => &self.ingested,
+                    "cleanup" => &self.committed,
+                    _ => return self.refresh(),
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::Retrying { .. } => {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::Failed { message, error } => self.note(&format!("step {} of block {:?} failed: {error}", message.step, message.block)),
+        }
+        self.refresh();
+    }
+
+    fn refresh(&self) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!(
+                "blocks: exports started {}, exported {}, ingested {}, committed {} (transient retries {})",
+                self.exports.load(Ordering::Relaxed),
+                self.exported.load(Ordering::Relaxed),
+                self.ingested.load(Ordering::Relaxed),
+                self.committed.load(Ordering::Relaxed),
+                self.retries.load(Ordering::Relaxed),
+            ));
+        }
+    }
+
+    fn note(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            self.refresh();
+            bar.finish();
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The `kc` subcommands that run in a terminal (argument parsing stays in `main.rs`).
+
+pub mod copy;
