@@ -2,18 +2,23 @@
 
 Usage: check_client.py <cluster-url> <bearer-token>
 
+It also uses kusto-sim's test-only control endpoint (`POST /kusto-sim/faults`) once, to make
+the next query fail part-way, and checks that the client raises that error.
+
 Exit code 0 and a last line "OK" when every check passed; otherwise a message saying which
 check failed. The client parses every answer itself, so any deviation of the simulator's
 wire format from what a real client expects shows up here.
 """
 
 import datetime
+import json
 import sys
+import urllib.request
 import uuid
 from decimal import Decimal
 
 from azure.kusto.data import ClientRequestProperties, KustoClient, KustoConnectionStringBuilder
-from azure.kusto.data.exceptions import KustoApiError, KustoServiceError
+from azure.kusto.data.exceptions import KustoApiError, KustoMultiApiError, KustoServiceError
 
 DB = "db"
 
@@ -111,6 +116,23 @@ def main():
         check(False, "error: an unknown command must fail")
     except KustoServiceError:
         check(True, "error: an unknown command raises KustoServiceError")
+
+    # A partial query failure (200, error row, HasErrors) is raised by the client. The
+    # simulator's test-only control endpoint injects it into the next query.
+    fault = json.dumps({"kind": "Query", "fault": "PartialQueryFailure", "times": 1}).encode()
+    req = urllib.request.Request(
+        url.rstrip("/") + "/kusto-sim/faults",
+        data=fault,
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(req).read()
+    try:
+        client.execute_query(DB, "PyTypes | project l")
+        check(False, "partial failure: the client must raise")
+    except KustoMultiApiError as e:
+        errors = e.get_api_errors()
+        check(len(errors) == 1 and errors[0].code == "LimitsExceeded", f"partial failure: KustoMultiApiError with the error ({errors})")
 
     # A token for another audience is refused with 401.
     bad = KustoClient(KustoConnectionStringBuilder.with_aad_application_token_authentication(url, "e30.eyJhdWQiOiJodHRwczovL290aGVyIn0."))

@@ -55,6 +55,9 @@ pub enum Fault {
     ConnectionDrop,
     /// The request runs, then the connection drops: the caller cannot know it succeeded.
     DropAfterExecution,
+    /// A v2 query answers 200 with part of its rows, then an error row, and
+    /// `DataSetCompletion.HasErrors = true` (Kusto's partial query failure).
+    PartialQueryFailure,
     /// An export writes part of its files, then its operation fails.
     ExportPartialFailure,
     /// An ingestion's operation fails without adding data.
@@ -73,7 +76,10 @@ impl Fault {
     /// Faults the HTTP layer applies (before or right after the command runs); the others
     /// are applied by the command itself.
     pub fn is_request_level(&self) -> bool {
-        matches!(self, Fault::Throttle | Fault::ServerError(_) | Fault::ConnectionDrop | Fault::DropAfterExecution)
+        matches!(
+            self,
+            Fault::Throttle | Fault::ServerError(_) | Fault::ConnectionDrop | Fault::DropAfterExecution | Fault::PartialQueryFailure
+        )
     }
 }
 

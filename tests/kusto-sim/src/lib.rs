@@ -14,12 +14,14 @@
 //! - `commands/`: management command parser and handlers (show, schema, data).
 //! - `ops`: the operations log; `faults`: the fault plan; `seed`: data seeding.
 //! - `blob`: blob I/O behind a trait; `parquet_io`: Parquet as Kusto writes and reads it;
-//!   `queued`: the ingest-v2 queued ingestion endpoints.
+//!   `queued`: the ingest-v2 queued ingestion endpoints; `control`: test-only HTTP endpoints
+//!   for faults and extents, for tests that run the binary.
 //! - `Cluster` (below): a running cluster that tests start, seed, break and inspect.
 
 pub mod auth;
 pub mod blob;
 pub mod commands;
+pub mod control;
 pub mod faults;
 pub mod kql;
 pub mod model;

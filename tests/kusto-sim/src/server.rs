@@ -30,6 +30,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v2/rest/query", post(query_v2))
         .route("/v1/rest/ingestion/queued/{db}/{table}", post(crate::queued::submit))
         .route("/v1/rest/ingestion/queued/{db}/{table}/{operation}", get(crate::queued::status))
+        .route("/kusto-sim/faults", post(crate::control::add_fault).delete(crate::control::clear_faults))
+        .route("/kusto-sim/extents/{db}/{table}", get(crate::control::extents))
         .with_state(state)
 }
 
@@ -125,6 +127,7 @@ async fn handle(state: Shared, headers: HeaderMap, body: String, endpoint: Endpo
         }
     }
     let drop_after = faults.contains(&Fault::DropAfterExecution);
+    let partial_failure = faults.contains(&Fault::PartialQueryFailure);
     let db = req.db.unwrap_or_else(|| lock(&state).config.default_database.clone());
     let is_command = req.csl.trim_start().starts_with('.');
     let result: Result<Frame, KustoError> = match (endpoint, is_command) {
@@ -149,6 +152,13 @@ async fn handle(state: Shared, headers: HeaderMap, body: String, endpoint: Endpo
     match result {
         Ok(frame) => {
             let body = match endpoint {
+                Endpoint::QueryV2 if partial_failure => v2::partial_failure_response(
+                    &frame,
+                    &ids,
+                    &KustoError::partial_query_failure(
+                        "Query execution has exceeded the allowed limits (80DA0003): partial query failure (injected fault)",
+                    ),
+                ),
                 Endpoint::QueryV2 => v2::query_response(&frame, &ids),
                 Endpoint::QueryV1 => v1::query_response(&frame, &ids.client_request_id).to_string(),
                 Endpoint::Mgmt if is_command => v1::command_response(&frame).to_string(),

@@ -103,6 +103,16 @@ async fn request_level_faults() {
     assert_eq!(status, 503);
     c.script_fault(None, Fault::ConnectionDrop, 1);
     assert!(post(c.url(), "/v1/rest/mgmt", Some(&t), ".show tables").await.is_err(), "the connection dropped");
+    // A 200 that carries an error: part of the rows, an error row, HasErrors.
+    c.script_fault(Some(CommandKind::Query), Fault::PartialQueryFailure, 1);
+    let (status, frames) = post(c.url(), "/v2/rest/query", Some(&t), "print a = 1").await.unwrap();
+    assert_eq!(status, 200);
+    let frames = frames.as_array().unwrap();
+    let completion = frames.last().unwrap();
+    assert_eq!(completion["HasErrors"], true);
+    assert_eq!(completion["OneApiErrors"][0]["error"]["code"], "LimitsExceeded");
+    let primary = frames.iter().find(|f| f["TableKind"] == "PrimaryResult").unwrap();
+    assert!(primary["Rows"].as_array().unwrap().last().unwrap()["OneApiErrors"].is_array());
     // Dropped after running: the caller sees an error, but the table exists.
     c.script_fault(Some(CommandKind::Schema), Fault::DropAfterExecution, 1);
     assert!(post(c.url(), "/v1/rest/mgmt", Some(&t), ".create table Z (a:long)").await.is_err());

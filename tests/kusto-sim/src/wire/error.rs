@@ -99,6 +99,18 @@ impl KustoError {
         )
     }
 
+    /// The error a query reports inside a 200 answer when it fails part-way.
+    pub fn partial_query_failure(detail: impl Into<String>) -> KustoError {
+        KustoError::new(
+            200,
+            "LimitsExceeded",
+            "Request is invalid and cannot be executed.",
+            "Kusto.Data.Exceptions.KustoServicePartialQueryFailureLimitsExceededException",
+            detail.into(),
+            false,
+        )
+    }
+
     pub fn internal(detail: impl Into<String>) -> KustoError {
         KustoError::new(
             500,

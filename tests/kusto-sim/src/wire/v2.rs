@@ -38,6 +38,16 @@ fn data_table(id: i64, kind: &str, name: &str, columns: Json, rows: Json) -> Str
 
 /// The v2 answer as JSON text (frames in order, keys in Kusto's order).
 pub fn query_response(frame: &Frame, ids: &super::RequestIds) -> String {
+    answer(frame, ids, None)
+}
+
+/// A 200 answer that fails part-way: half the rows, then an error row in the primary table,
+/// an Error-level completion record, and `HasErrors: true` with the error in `OneApiErrors`.
+pub fn partial_failure_response(frame: &Frame, ids: &super::RequestIds, error: &crate::wire::error::KustoError) -> String {
+    answer(frame, ids, Some(error))
+}
+
+fn answer(frame: &Frame, ids: &super::RequestIds, error: Option<&crate::wire::error::KustoError>) -> String {
     let now = format_datetime(ticks_from_offset_datetime(time::OffsetDateTime::now_utc()));
     let nil = uuid::Uuid::nil().to_string();
     let header = ordered(&[
@@ -58,7 +68,19 @@ pub fn query_response(frame: &Frame, ids: &super::RequestIds) -> String {
         ]),
         json!([[1, "Visualization", "{\"Visualization\":null,\"Title\":null,\"XColumn\":null,\"Series\":null,\"YColumns\":null,\"AnomalyColumns\":null,\"XTitle\":null,\"YTitle\":null,\"XAxis\":null,\"YAxis\":null,\"Legend\":null,\"YSplit\":null,\"Accumulate\":false,\"IsQuerySorted\":false,\"Kind\":null,\"Ymin\":\"NaN\",\"Ymax\":\"NaN\",\"Xmin\":null,\"Xmax\":null}"]]),
     );
-    let primary = data_table(1, "PrimaryResult", "PrimaryResult", columns(frame), rows(frame));
+    let one_api_errors = error.map(|e| json!([{"error": e.body(&ids.client_request_id, &ids.activity_id)["error"].clone()}]));
+    let primary_rows = match &one_api_errors {
+        None => rows(frame),
+        Some(errors) => {
+            let mut kept: Vec<Json> = match rows(frame) {
+                Json::Array(r) => r.into_iter().take(frame.rows.len() / 2).collect(),
+                _ => Vec::new(),
+            };
+            kept.push(json!({ "OneApiErrors": errors }));
+            Json::Array(kept)
+        }
+    };
+    let primary = data_table(1, "PrimaryResult", "PrimaryResult", columns(frame), primary_rows);
     let completion_info = data_table(
         2,
         "QueryCompletionInformation",
@@ -77,16 +99,26 @@ pub fn query_response(frame: &Frame, ids: &super::RequestIds) -> String {
             {"ColumnName": "EventTypeName", "ColumnType": "string"},
             {"ColumnName": "Payload", "ColumnType": "string"}
         ]),
-        json!([[
-            now, ids.client_request_id, ids.activity_id, ids.activity_id, nil, 4, "Info", 0, "S_OK (0)", 4, "QueryInfo",
-            format!("{{\"Count\":1,\"Text\":\"Query completed successfully\",\"RowCount\":{}}}", frame.rows.len())
-        ]]),
+        match error {
+            None => json!([[
+                now, ids.client_request_id, ids.activity_id, ids.activity_id, nil, 4, "Info", 0, "S_OK (0)", 4, "QueryInfo",
+                format!("{{\"Count\":1,\"Text\":\"Query completed successfully\",\"RowCount\":{}}}", frame.rows.len())
+            ]]),
+            Some(e) => json!([[
+                now, ids.client_request_id, ids.activity_id, ids.activity_id, nil, 2, "Error", -2133196797, "LimitsExceeded", 4, "QueryInfo",
+                json!({"Count": 1, "Text": e.detail}).to_string()
+            ]]),
+        },
     );
-    let completion = ordered(&[
-        ("FrameType", json!("DataSetCompletion")),
-        ("HasErrors", json!(false)),
-        ("Cancelled", json!(false)),
-    ]);
+    let completion = match one_api_errors {
+        None => ordered(&[("FrameType", json!("DataSetCompletion")), ("HasErrors", json!(false)), ("Cancelled", json!(false))]),
+        Some(errors) => ordered(&[
+            ("FrameType", json!("DataSetCompletion")),
+            ("HasErrors", json!(true)),
+            ("Cancelled", json!(false)),
+            ("OneApiErrors", errors),
+        ]),
+    };
     format!("[{header},{properties},{primary},{completion_info},{completion}]")
 }
 
