@@ -93,6 +93,17 @@ async fn inline_ingestion_and_set_or_append_make_tagged_extents() {
     let f = c.command("db", ".show table T extents where tags !has 'drop-by:y'").unwrap();
     assert_eq!(f.rows.len(), 1);
     assert_eq!(text(cell(&f, 0, "Tags")), "drop-by:x\r\ningest-by:k1");
+    let listed = c.command("db", &format!(".show table T extents ({}, {})", extents[0].id, uuid::Uuid::new_v4())).unwrap();
+    assert_eq!(listed.rows.len(), 1, "ids not in the table are simply absent");
+    // With the IngestionTime policy off, rows have no ingestion time and cursors skip them.
+    c.command("db", ".alter table T policy ingestiontime '{\"IsEnabled\": false}'").unwrap();
+    c.command("db", ".ingest inline into table T <| nocursor,9").unwrap();
+    let f = c.query("db", "T | where isnull(ingestion_time()) | project a").unwrap();
+    assert_eq!(f.rows.len(), 1);
+    assert_eq!(f.rows[0].values[0], Value::String("nocursor".into()));
+    let f = c.query("db", "T | where cursor_after('') | count").unwrap();
+    assert_eq!(f.rows[0].values[0], Value::Long(3), "rows without ingestion time never match a cursor");
+    c.command("db", ".delete table T policy ingestiontime").unwrap();
     // Creation times older than the soft-delete period are refused, like Kusto does.
     c.command("db", ".alter table T policy retention '{\"SoftDeletePeriod\": \"30.00:00:00\"}'").unwrap();
     let e = c.command("db", ".ingest inline into table T with (creationTime='2001-01-01') <| d,4").unwrap_err();

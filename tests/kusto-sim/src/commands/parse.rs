@@ -397,12 +397,12 @@ fn move_extents(p: &mut Parser<'_>) -> Result<Command, KqlError> {
 }
 
 fn string_literal(p: &mut Parser<'_>) -> Result<String, KqlError> {
-    match p.advance() {
-        Tok::Str { value, .. } => Ok(value),
-        _ => {
-            p.pos -= 1;
-            Err(p.unexpected())
+    match p.peek().clone() {
+        Tok::Str { value, .. } => {
+            p.advance();
+            Ok(value)
         }
+        _ => Err(p.unexpected()),
     }
 }
 

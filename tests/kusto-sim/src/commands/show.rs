@@ -107,12 +107,8 @@ pub fn run(s: &mut ClusterState, db: &str, cmd: Command) -> Result<Frame, KustoE
         }
         Command::ShowTableExtents { table, ids, filters } => {
             let t = s.table(db, &table)?;
-            if let Some(ids) = &ids {
-                // Asking for an extent that is not there is an error, not an empty answer.
-                if let Some(missing) = ids.iter().find(|id| !t.extents.iter().any(|e| e.id == **id)) {
-                    return Err(KustoError::not_found("Extent", &missing.to_string()));
-                }
-            }
+            // Documented: "the returned data set is limited to those extents only"; ids that
+            // are not (or no longer) in the table simply do not appear.
             let selected: Vec<&Extent> = t
                 .extents
                 .iter()
