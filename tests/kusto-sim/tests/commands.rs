@@ -41,6 +41,7 @@ async fn tables_are_created_shown_and_dropped() {
     c.command("db", ".alter table T policy merge '{\"AllowMerge\": false}'").unwrap();
     c.command("db", ".alter table T policy update '[]'").unwrap();
     c.command("db", ".create table S based-on T with (folder='staging')").unwrap();
+    c.command("db", ".create table S based-on T ifnotexists with (folder='other')").unwrap();
     let f = c.command("db", ".show table S details").unwrap();
     assert_eq!(text(cell(&f, 0, "Folder")), "staging");
     assert_eq!(*cell(&f, 0, "MergePolicy"), Value::Dynamic(serde_json::json!({"AllowMerge": false})));
@@ -145,6 +146,11 @@ async fn move_extents_is_all_or_nothing_and_keeps_creation_time_and_tags() {
     let details = c.command("db", &format!(".show operation {} details", text(cell(&f, 0, "OperationId")))).unwrap();
     assert_eq!(details.rows.len(), 1);
     assert_eq!(c.extents("db", "Stg").unwrap().len(), 0);
+    // The row count of a tag, as the copy engine checks it.
+    let f = c.query("db", "['Dst']\n| where set_has_element(extent_tags(), 'drop-by:blk1')\n| count").unwrap();
+    assert_eq!(f.rows[0].values[0], Value::Long(1));
+    let f = c.command("db", ".drop table Dst extent tags ('drop-by:blk1') with (extentCreatedOnFrom=datetime(2000-01-01), extentCreatedOnTo=datetime(2000-12-31))").unwrap();
+    assert!(f.rows.is_empty(), "no extent created in that range");
     // Dropping a tag rewrites the extent under a new id.
     let before = c.extents("db", "Dst").unwrap();
     let f = c.command("db", ".drop table Dst extent tags ('drop-by:blk1')").unwrap();

@@ -124,6 +124,34 @@ async fn ingestion_time_extent_id_and_cursors() {
     assert_eq!(f.rows[0].values[0], Value::Long(5), "an empty cursor means 'from the start'");
 }
 
+/// The shape of the copy engine's planning query (kusto/commands.rs), run as it is sent.
+#[tokio::test]
+async fn the_copy_planning_query_runs() {
+    let c = cluster().await;
+    let cursor = text(&c.query("db", "print Cursor=cursor_current()").unwrap().rows[0].values[0]);
+    let q = format!(
+        "['T']\n| where cursor_before_or_at('{cursor}')\n\
+         | extend ['kc_ingestion_time'] = ingestion_time(), ['kc_extent_id'] = extent_id()\n\
+         | where N > 0 // the user's query\n\
+         | summarize RowCount = count(), MinIngestionTime = min(['kc_ingestion_time']), \
+         MaxIngestionTime = max(['kc_ingestion_time']) \
+         by IngestionTimeBin = bin(['kc_ingestion_time'], 3600s), ExtentId = tostring(['kc_extent_id'])\n\
+         | order by IngestionTimeBin asc"
+    );
+    let f = c.query("db", &q).unwrap();
+    let names: Vec<&str> = f.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, vec!["IngestionTimeBin", "ExtentId", "RowCount", "MinIngestionTime", "MaxIngestionTime"]);
+    assert_eq!(longs(&f, "RowCount"), vec![2, 2], "two extents in the window; the one without ingestion time is outside any cursor");
+    let f = c
+        .query("db", "['T']\n| where ingestion_time() >= datetime(2024-01-01T00:00:00.0000000Z) and ingestion_time() < datetime(2024-01-01T00:00:00.0000015Z)\n| count")
+        .unwrap();
+    assert_eq!(f.rows[0].values[0], Value::Long(2), "the range [t0, t0+1.5us) holds the first extent (ingested at t0 + 1 us)");
+}
+
+fn text(v: &Value) -> String {
+    kusto_sim::kql::functions::to_text(v)
+}
+
 #[tokio::test]
 async fn print_and_scalar_functions() {
     let c = cluster().await;

@@ -77,12 +77,21 @@ pub fn run(state: &Shared, db: &str, cmd: Command, kind: CommandKind) -> Result<
                 Ok(out)
             })
         }
-        Command::DropExtentTags { table, tags } => {
+        Command::DropExtentTags { table, tags, props } => {
+            // extentCreatedOnFrom/To narrow the extents considered (by MinCreatedOn).
+            let bound = |key: &str| -> Result<Option<i64>, KustoError> {
+                match props.get(key) {
+                    None => Ok(None),
+                    Some(t) => parse_datetime(t).map(Some).ok_or_else(|| KustoError::bad_request(format!("{key} '{t}' is not a datetime"))),
+                }
+            };
+            let (from, to) = (bound("extentcreatedonfrom")?, bound("extentcreatedonto")?);
             let mut s = lock(state);
             let t = s.table_mut(db, &table)?;
             let mut rows = Vec::new();
             for e in t.extents.iter_mut() {
-                if e.tags.iter().any(|x| tags.contains(x)) {
+                let in_range = from.is_none_or(|f| e.min_created_on >= f) && to.is_none_or(|t| e.min_created_on <= t);
+                if in_range && e.tags.iter().any(|x| tags.contains(x)) {
                     let original = e.id;
                     e.tags.retain(|x| !tags.contains(x));
                     // Kusto rewrites the extent: it gets a new id.

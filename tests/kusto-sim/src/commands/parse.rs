@@ -64,7 +64,7 @@ pub enum Command {
         query: String,
     },
     MoveExtents { is_async: bool, from: Option<String>, to: String, selector: ExtentSelector, props: Props },
-    DropExtentTags { table: String, tags: Vec<String> },
+    DropExtentTags { table: String, tags: Vec<String>, props: Props },
     DropExtents { table: Option<String>, selector: ExtentSelector },
 }
 
@@ -286,7 +286,8 @@ fn drop(p: &mut Parser<'_>) -> Result<Command, KqlError> {
             tags.push(string_literal(p)?);
         }
         p.expect_punct(")")?;
-        return Ok(Command::DropExtentTags { table: name, tags });
+        let props = props(p)?;
+        return Ok(Command::DropExtentTags { table: name, tags, props });
     }
     let if_exists = p.eat_word("ifexists");
     Ok(Command::DropTable { name, if_exists })
@@ -564,8 +565,16 @@ mod tests {
         assert_eq!(parse_command(".drop table T ifexists").unwrap(), Command::DropTable { name: "T".into(), if_exists: true });
         assert_eq!(
             parse_command(".drop table T extent tags ('drop-by:a', 'b')").unwrap(),
-            Command::DropExtentTags { table: "T".into(), tags: vec!["drop-by:a".into(), "b".into()] }
+            Command::DropExtentTags { table: "T".into(), tags: vec!["drop-by:a".into(), "b".into()], props: Props::new() }
         );
+        match parse_command(".create table ['S'] based-on ['T'] ifnotexists with (folder='f')").unwrap() {
+            Command::CreateTableBasedOn { if_not_exists, props, .. } => assert!(if_not_exists && props["folder"] == "f"),
+            other => panic!("{other:?}"),
+        }
+        match parse_command(".drop table T extent tags ('a') with (extentCreatedOnFrom=datetime(2020-01-01), extentCreatedOnTo=datetime(2021-01-01))").unwrap() {
+            Command::DropExtentTags { props, .. } => assert_eq!(props["extentcreatedonfrom"], "2020-01-01"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

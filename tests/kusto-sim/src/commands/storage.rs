@@ -133,7 +133,7 @@ fn plan_files(result: &Frame, targets: &[String], prefix: &str, distribution: &s
             let mut order: Vec<Option<Uuid>> = Vec::new();
             let mut by_extent: Vec<Vec<Vec<V>>> = Vec::new();
             for r in &result.rows {
-                let key = r.meta.map(|m| m.extent_id);
+                let key = r.meta.as_ref().map(|m| m.extent_id);
                 let i = match order.iter().position(|k| *k == key) {
                     Some(i) => i,
                     None => {

@@ -14,11 +14,13 @@ use super::KqlError;
 use crate::model::table::Column;
 use crate::model::value::{compare, ScalarType, Value};
 
-/// The hidden per-row facts that `ingestion_time()` and `extent_id()` read.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The hidden per-row facts that `ingestion_time()`, `extent_id()` and `extent_tags()` read.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RowMeta {
     pub ingestion_time: Option<i64>,
     pub extent_id: Uuid,
+    /// Shared by all rows of an extent.
+    pub extent_tags: std::sync::Arc<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -261,7 +263,7 @@ fn operator(op: &Operator, input: Frame, env: &Env<'_>, b: &Bindings) -> Result<
                             Err(e) => coerce(eval(e, &scope, r, env), c.ty),
                         })
                         .collect(),
-                    meta: r.meta,
+                    meta: r.meta.clone(),
                 })
                 .collect();
             Ok(Frame { columns, rows, has_meta: input.has_meta })
@@ -279,7 +281,7 @@ fn operator(op: &Operator, input: Frame, env: &Env<'_>, b: &Bindings) -> Result<
                 rows: input
                     .rows
                     .iter()
-                    .map(|r| Row { values: keep.iter().map(|i| r.values[*i].clone()).collect(), meta: r.meta })
+                    .map(|r| Row { values: keep.iter().map(|i| r.values[*i].clone()).collect(), meta: r.meta.clone() })
                     .collect(),
                 has_meta: input.has_meta,
             })
@@ -681,8 +683,9 @@ fn eval(e: &Expr, s: &Scope<'_>, row: &Row, env: &Env<'_>) -> Value {
         Expr::Call { name, args } => {
             let vals: Vec<Value> = args.iter().map(|a| eval(a, s, row, env)).collect();
             let ctx = CallContext {
-                ingestion_time: row.meta.and_then(|m| m.ingestion_time),
-                extent_id: row.meta.map(|m| m.extent_id),
+                ingestion_time: row.meta.as_ref().and_then(|m| m.ingestion_time),
+                extent_id: row.meta.as_ref().map(|m| m.extent_id),
+                extent_tags: row.meta.as_ref().map(|m| m.extent_tags.as_slice()),
                 has_row_meta: row.meta.is_some(),
                 now: env.now,
                 cursor_current: &env.cursor_current,

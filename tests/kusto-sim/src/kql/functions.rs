@@ -14,6 +14,7 @@ pub const DOTNET_EPOCH_OFFSET: i64 = 621_355_968_000_000_000;
 pub struct CallContext<'a> {
     pub ingestion_time: Option<i64>,
     pub extent_id: Option<Uuid>,
+    pub extent_tags: Option<&'a [String]>,
     pub has_row_meta: bool,
     pub now: i64,
     pub cursor_current: &'a str,
@@ -76,6 +77,21 @@ pub fn return_type(name: &str, args: &[ScalarType], has_row_meta: bool) -> Resul
             arity(name, args, 0, 0)?;
             needs_rows(name)?;
             Guid
+        }
+        "extent_tags" => {
+            arity(name, args, 0, 0)?;
+            needs_rows(name)?;
+            Dynamic
+        }
+        "set_has_element" => {
+            arity(name, args, 2, 2)?;
+            expect(name, args[0], &[Dynamic])?;
+            Bool
+        }
+        "array_length" => {
+            arity(name, args, 1, 1)?;
+            expect(name, args[0], &[Dynamic])?;
+            Long
         }
         "cursor_current" => {
             arity(name, args, 0, 0)?;
@@ -202,7 +218,7 @@ pub fn return_type(name: &str, args: &[ScalarType], has_row_meta: bool) -> Resul
             expect(name, args[0], &[Int, Long, Real, Timespan])?;
             args[0]
         }
-        "datetime_diff" | "datetime_add" | "format_datetime" | "startofday" | "endofday" | "array_length" | "bag_keys"
+        "datetime_diff" | "datetime_add" | "format_datetime" | "startofday" | "endofday" | "bag_keys"
         | "extract" | "split" | "replace_string" | "hash" | "round" | "make_datetime" | "todecimal_round" => {
             return Err(KqlError::semantic(format!("SEM0001: function '{name}' is not supported by kusto-sim")))
         }
@@ -221,6 +237,24 @@ pub fn call(name: &str, args: &[Value], ctx: &CallContext<'_>) -> Value {
     match name {
         "ingestion_time" => ctx.ingestion_time.map(Value::DateTime).unwrap_or(Value::Null),
         "extent_id" => ctx.extent_id.map(Value::Guid).unwrap_or(Value::Null),
+        "extent_tags" => match ctx.extent_tags {
+            Some(tags) => Value::Dynamic(serde_json::Value::Array(tags.iter().map(|t| serde_json::Value::String(t.clone())).collect())),
+            None => Value::Null,
+        },
+        "set_has_element" => match (&a0, args.get(1)) {
+            (Value::Dynamic(serde_json::Value::Array(items)), Some(v)) if !v.is_null() => {
+                let wanted = match v {
+                    Value::Dynamic(d) => d.clone(),
+                    other => other.to_json(),
+                };
+                Value::Bool(items.contains(&wanted))
+            }
+            _ => Value::Null,
+        },
+        "array_length" => match &a0 {
+            Value::Dynamic(serde_json::Value::Array(items)) => Value::Long(items.len() as i64),
+            _ => Value::Null,
+        },
         "cursor_current" => Value::String(ctx.cursor_current.to_string()),
         "cursor_after" | "cursor_before_or_at" => {
             let (Some(it), Value::String(c)) = (ctx.ingestion_time, &a0) else {

@@ -209,9 +209,10 @@ pub fn table_frame(t: &Table) -> Frame {
         .extents
         .iter()
         .flat_map(|e| {
+            let tags = std::sync::Arc::new(e.tags.clone());
             e.rows.iter().zip(&e.ingestion_times).map(move |(r, it)| Row {
                 values: r.clone(),
-                meta: Some(RowMeta { ingestion_time: *it, extent_id: e.id }),
+                meta: Some(RowMeta { ingestion_time: *it, extent_id: e.id, extent_tags: tags.clone() }),
             })
         })
         .collect();
