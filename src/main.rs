@@ -3,7 +3,6 @@
 use clap::{Parser, Subcommand};
 use kusto_copy::{config, engine, handler};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "kc", version, about = "Exact, resumable, age-preserving copies of Kusto tables")]
@@ -64,7 +63,7 @@ fn serve() -> ExitCode {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
-        let state = match handler::AppState::from_settings(&settings, Arc::new(engine::NoEngine)) {
+        let state = match handler::AppState::from_settings(&settings) {
             Ok(s) => s,
             Err(e) => return fail(&e),
         };

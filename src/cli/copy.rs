@@ -128,7 +128,7 @@ pub async fn run(args: &CopyArgs, env: Environment) -> Result<String, String> {
         RecordOutcome::IdTaken { id } => return Err(format!("job {id} in this staging directory has a different definition; use another staging folder")),
         RecordOutcome::Rejected(job) => return Err(job.reason.unwrap_or_default()),
     };
-    let connections = Arc::new(LiveConnections::new(credential, env.ca_cert.clone(), crate::kusto::ClientOptions::default()));
+    let connections = Arc::new(LiveConnections::new(credential, env.ca_cert.clone(), crate::engine::copy::step_client_options()));
     let engine = Arc::new(CopyEngine::new(store.clone(), connections, env.engine_options.clone()));
     let workers = (spec.export_count as usize * 2).clamp(2, 64);
     let progress = Progress::new(env.show_progress);

@@ -54,6 +54,22 @@ impl Default for EngineOptions {
     }
 }
 
+/// Kusto client options for steps: a few quick retries inside a step; past those, the step
+/// fails as transient and comes back through its queue (after the host's visibility timeout,
+/// or the local driver's backoff) instead of holding an invocation for minutes.
+pub fn step_client_options() -> crate::kusto::ClientOptions {
+    crate::kusto::ClientOptions {
+        retry: crate::kusto::RetryPolicy {
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(5),
+            max_attempts: 3,
+            max_retry_after: Duration::from_secs(30),
+            max_elapsed: Duration::from_secs(30),
+        },
+        ..crate::kusto::ClientOptions::default()
+    }
+}
+
 /// Staging storage for one account: clients and the SAS minter.
 pub struct Staging {
     pub clients: StorageClients,

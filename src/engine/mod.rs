@@ -76,26 +76,3 @@ pub trait Engine: Send + Sync {
     /// Start due iterations and re-emit lost work.
     async fn tick(&self, tick: &Tick) -> Result<Vec<Outgoing>, EngineError>;
 }
-
-/// The engine of a build that has none yet: jobs are recorded and shown, nothing is copied,
-/// and a step message fails loudly instead of vanishing.
-#[derive(Debug, Default)]
-pub struct NoEngine;
-
-#[async_trait]
-impl Engine for NoEngine {
-    async fn start_job(&self, _job: &JobRecord) -> Result<Vec<Outgoing>, EngineError> {
-        Ok(Vec::new())
-    }
-
-    async fn step(&self, message: &StepMessage, _delivery: &Delivery) -> Result<Vec<Outgoing>, EngineError> {
-        Err(EngineError::Transient(format!(
-            "no copy engine in this build to run step '{}' of job '{}'",
-            message.step, message.job
-        )))
-    }
-
-    async fn tick(&self, _tick: &Tick) -> Result<Vec<Outgoing>, EngineError> {
-        Ok(Vec::new())
-    }
-}

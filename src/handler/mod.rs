@@ -180,17 +180,22 @@ pub(crate) async fn emit(state: &AppState, outgoing: Vec<Outgoing>, result: &mut
 }
 
 impl AppState {
-    /// Production wiring: blob checkpoints, the `kc-steps` queue, the configured credential.
-    /// Builds clients only; no network I/O happens until the first invocation.
-    pub fn from_settings(settings: &crate::config::Settings, engine: Arc<dyn Engine>) -> Result<Self, String> {
+    /// Production wiring: blob checkpoints, the `kc-steps` queue, the configured credential,
+    /// and the copy engine over them. Builds clients only; no network I/O happens until the
+    /// first invocation.
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, String> {
+        use crate::engine::copy::{CopyEngine, EngineOptions, LiveConnections};
         use crate::storage::{checkpoint::BlobCheckpointStore, clients::StorageClients, queue::{MessageEncoding, StorageQueue}};
         let credential = crate::auth::credential(&settings.credential).map_err(|e| format!("credential: {e}"))?;
-        let clients = StorageClients::from_settings(&settings.storage, Some(credential)).map_err(|e| e.to_string())?;
+        let clients = StorageClients::from_settings(&settings.storage, Some(credential.clone())).map_err(|e| e.to_string())?;
         let container = clients.container_without_retries(&settings.storage.checkpoint_container).map_err(|e| e.to_string())?;
         let steps_queue = crate::config::queues::STEPS;
         let queue = clients.queue(steps_queue).map_err(|e| e.to_string())?;
+        let store: Arc<dyn CheckpointStore> = Arc::new(BlobCheckpointStore::new(container));
+        let connections = Arc::new(LiveConnections::new(credential, settings.storage.ca_cert.clone(), crate::engine::copy::step_client_options()));
+        let engine = Arc::new(CopyEngine::new(store.clone(), connections, EngineOptions::default()));
         Ok(AppState {
-            store: Arc::new(BlobCheckpointStore::new(container)),
+            store,
             steps: Arc::new(StorageQueue::new(queue, steps_queue, MessageEncoding::None)),
             engine,
         })
