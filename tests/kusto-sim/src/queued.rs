@@ -56,23 +56,38 @@ fn ids(headers: &HeaderMap) -> RequestIds {
     }
 }
 
-/// The answer refusing the request (bad token, injected fault), if any.
-fn refusal(state: &Shared, headers: &HeaderMap, kind: CommandKind) -> Option<Response> {
+/// What the HTTP layer does to one request.
+enum Gate {
+    /// Answer this instead (bad token, injected fault).
+    Refuse(Response),
+    /// Run the request; drop the connection instead of answering when `true`.
+    Run { drop_answer: bool },
+}
+
+/// Checks the token and applies request-level faults. `PartialQueryFailure` has no meaning
+/// for ingestion and is ignored here.
+fn gate(state: &Shared, headers: &HeaderMap, kind: CommandKind) -> Gate {
     let ids = ids(headers);
     let uri = lock(state).uri.clone();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if let Err(e) = check_bearer(headers.get("authorization").and_then(|v| v.to_str().ok()), &uri, now) {
-        return Some(crate::server::error_response(&e, &ids));
+        return Gate::Refuse(crate::server::error_response(&e, &ids));
     }
+    let mut drop_answer = false;
     for f in lock(state).faults.take(kind, true) {
         let e = match f {
             Fault::Throttle => KustoError::throttled("The ingestion request was throttled (injected fault)"),
             Fault::ServerError(code) => KustoError::transient(code, format!("Service temporarily unavailable (injected fault {code})")),
+            Fault::ConnectionDrop => return Gate::Refuse(crate::server::dropped_connection()),
+            Fault::DropAfterExecution => {
+                drop_answer = true;
+                continue;
+            }
             _ => continue,
         };
-        return Some(crate::server::error_response(&e, &ids));
+        return Gate::Refuse(crate::server::error_response(&e, &ids));
     }
-    None
+    Gate::Run { drop_answer }
 }
 
 /// Ingestion properties as the `.ingest` command spells them (JSON arrays become JSON text).
@@ -96,9 +111,10 @@ pub async fn submit(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    if let Some(r) = refusal(&state, &headers, CommandKind::QueuedIngest) {
-        return r;
-    }
+    let drop_answer = match gate(&state, &headers, CommandKind::QueuedIngest) {
+        Gate::Refuse(r) => return r,
+        Gate::Run { drop_answer } => drop_answer,
+    };
     let request_ids = ids(&headers);
     let fail = |e: KustoError| crate::server::error_response(&e, &request_ids);
     let body: Json = match serde_json::from_str(&body) {
@@ -184,6 +200,9 @@ pub async fn submit(
             }
         }
     });
+    if drop_answer {
+        return crate::server::dropped_connection();
+    }
     let shown = if tracking { op_id } else { String::new() };
     (StatusCode::OK, [("content-type", "application/json; charset=utf-8")], json!({ "ingestionOperationId": shown }).to_string()).into_response()
 }
@@ -194,7 +213,7 @@ pub async fn status(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = refusal(&state, &headers, CommandKind::Show) {
+    if let Gate::Refuse(r) = gate(&state, &headers, CommandKind::Show) {
         return r;
     }
     let details = query.get("details").is_some_and(|v| v.eq_ignore_ascii_case("true"));

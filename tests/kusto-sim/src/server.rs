@@ -198,7 +198,7 @@ pub fn error_response(e: &KustoError, ids: &RequestIds) -> Response {
 }
 
 /// An answer whose body fails mid-way: the client sees the connection break.
-fn dropped_connection() -> Response {
+pub(crate) fn dropped_connection() -> Response {
     let stream = futures::stream::once(async {
         Err::<String, std::io::Error>(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected connection drop"))
     });

@@ -78,4 +78,19 @@ async fn queued_ingestion_refuses_bad_requests() {
     assert_eq!(status, 400);
     let resp = reqwest::Client::new().get(format!("{}/v1/rest/ingestion/queued/db/T/x", c.url())).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 401);
+    c.script_fault(Some(kusto_sim::CommandKind::QueuedIngest), kusto_sim::Fault::Throttle, 1);
+    let (status, _) = post(&c, "/v1/rest/ingestion/queued/db/T", json!({"blobs": [{"url": "https://a/c/x"}], "properties": {"format": "csv"}})).await;
+    assert_eq!(status, 429);
+    c.script_fault(Some(kusto_sim::CommandKind::QueuedIngest), kusto_sim::Fault::ConnectionDrop, 1);
+    let dropped = reqwest::Client::new()
+        .post(format!("{}/v1/rest/ingestion/queued/db/T", c.url()))
+        .bearer_auth(c.token())
+        .json(&json!({"blobs": [{"url": "https://a/c/x"}], "properties": {"format": "csv"}}))
+        .send()
+        .await;
+    let failed = match dropped {
+        Err(_) => true,
+        Ok(r) => r.bytes().await.is_err(),
+    };
+    assert!(failed, "the connection dropped");
 }
