@@ -76,6 +76,11 @@ async fn lets_extend_project_and_ordering() {
     assert_eq!(column(&f, "S")[0], Value::String("Alpha!".into()));
     let f = c.query("db", "T | project N, Double = N * 2.5 | limit 1").unwrap();
     assert_eq!(f.columns[1].ty, ScalarType::Real);
+    let f = c.query("db", "T | top 2 by N desc | project-rename Number = N | project Number").unwrap();
+    assert_eq!(longs(&f, "Number"), vec![5, 4]);
+    let f = c.query("db", "T | summarize s = make_set(Tags), l = make_list(N)").unwrap();
+    assert_eq!(f.rows[0].values[0], Value::Dynamic(serde_json::json!([["x"]])));
+    assert_eq!(f.rows[0].values[1], Value::Dynamic(serde_json::json!([1, 2, 3, 4, 5])));
     let f = c.query("db", "T | extend N = N + 1 | order by N asc | project N | take 1").unwrap();
     assert_eq!(longs(&f, "N"), vec![2], "extend replaces an existing column");
 }

@@ -70,6 +70,10 @@ pub enum Operator {
     Summarize { aggregates: Vec<NamedExpr>, by: Vec<NamedExpr> },
     OrderBy(Vec<SortKey>),
     Take(Expr),
+    /// `top N by keys`: sort, then take.
+    Top { n: Expr, keys: Vec<SortKey> },
+    /// `project-rename new = old, ...`.
+    ProjectRename(Vec<(String, String)>),
     Count,
     Distinct(Vec<String>),
 }

@@ -313,6 +313,19 @@ fn operator(op: &Operator, input: Frame, env: &Env<'_>, b: &Bindings) -> Result<
             }
             Ok(Frame { columns: idx.iter().map(|i| input.columns[*i].clone()).collect(), rows, has_meta: false })
         }
+        Operator::Top { n, keys } => {
+            let sorted = operator(&Operator::OrderBy(keys.clone()), input, env, b)?;
+            operator(&Operator::Take(n.clone()), sorted, env, b)
+        }
+        Operator::ProjectRename(pairs) => {
+            let mut out = input;
+            for (new, old) in pairs {
+                let i = out.column_index(old).ok_or_else(|| unresolved("project-rename", old))?;
+                out.columns[i].name = new.clone();
+            }
+            check_unique(&out.columns, "project-rename")?;
+            Ok(out)
+        }
         Operator::OrderBy(keys) => {
             let scope = Scope { frame: &input, b, op: "order by" };
             for k in keys {
@@ -357,6 +370,8 @@ enum AggKind {
     DCount,
     Avg,
     TakeAny,
+    MakeSet,
+    MakeList,
 }
 
 fn summarize(
@@ -407,6 +422,8 @@ fn summarize(
             "max" => AggKind::Max,
             "dcount" => AggKind::DCount,
             "avg" => AggKind::Avg,
+            "make_set" => AggKind::MakeSet,
+            "make_list" => AggKind::MakeList,
             _ => AggKind::TakeAny,
         };
         let expected_args = if kind == AggKind::Count { 0 } else { 1 };
@@ -433,6 +450,7 @@ fn summarize(
                 ScalarType::Dynamic => ScalarType::Real,
                 _ => return Err(KqlError::semantic(format!("SEM0219: sum() cannot add values of type '{t}'"))),
             },
+            (AggKind::MakeSet | AggKind::MakeList, _) => ScalarType::Dynamic,
             (AggKind::Avg, Some(t)) if t.is_numeric() || t == ScalarType::Dynamic => ScalarType::Real,
             (AggKind::Avg, Some(t)) => {
                 return Err(KqlError::semantic(format!("SEM0219: avg() cannot average values of type '{t}'")))
@@ -496,6 +514,16 @@ fn aggregate(kind: AggKind, n: usize, vals: Vec<Value>, ty: ScalarType) -> Value
         AggKind::Min => non_null().min_by(|a, b| compare(a, b)).cloned().unwrap_or(Value::Null),
         AggKind::Max => non_null().max_by(|a, b| compare(a, b)).cloned().unwrap_or(Value::Null),
         AggKind::TakeAny => non_null().next().cloned().unwrap_or(Value::Null),
+        AggKind::MakeList => Value::Dynamic(serde_json::Value::Array(non_null().map(Value::to_json).collect())),
+        AggKind::MakeSet => {
+            let mut out: Vec<serde_json::Value> = Vec::new();
+            for v in non_null().map(Value::to_json) {
+                if !out.contains(&v) {
+                    out.push(v);
+                }
+            }
+            Value::Dynamic(serde_json::Value::Array(out))
+        }
         AggKind::Sum => match ty {
             ScalarType::Long => Value::Long(non_null().map(|v| match v {
                 Value::Bool(b) => *b as i64,

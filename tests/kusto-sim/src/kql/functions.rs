@@ -20,7 +20,8 @@ pub struct CallContext<'a> {
     pub cursor_current: &'a str,
 }
 
-pub const AGGREGATES: [&str; 8] = ["count", "countif", "sum", "min", "max", "dcount", "avg", "take_any"];
+pub const AGGREGATES: [&str; 10] =
+    ["count", "countif", "sum", "min", "max", "dcount", "avg", "take_any", "make_set", "make_list"];
 
 pub fn cursor_to_ticks(cursor: &str) -> Option<i64> {
     if cursor.is_empty() {

@@ -10,8 +10,8 @@ use crate::model::value::{parse_datetime, parse_timespan, ScalarType, Value};
 
 /// Tabular operators that exist in Kusto but not in the simulator: answering a semantic error
 /// (instead of a syntax error) tells the caller the query is valid KQL we do not run.
-const UNSUPPORTED_OPERATORS: [&str; 18] = [
-    "join", "union", "lookup", "mv-expand", "parse", "top", "top-nested", "render", "evaluate", "sample",
+const UNSUPPORTED_OPERATORS: [&str; 17] = [
+    "join", "union", "lookup", "mv-expand", "parse", "top-nested", "render", "evaluate", "sample",
     "sample-distinct", "make-series", "serialize", "as", "invoke", "getschema", "search", "find",
 ];
 
@@ -286,32 +286,29 @@ impl<'a> Parser<'a> {
             }
             "order" | "sort" => {
                 self.expect_word("by")?;
-                let mut keys = Vec::new();
+                Ok(Operator::OrderBy(self.sort_keys()?))
+            }
+            "take" | "limit" => Ok(Operator::Take(self.expr()?)),
+            "top" => {
+                // `top N by expr [asc|desc] [nulls first|last]` is `order by` then `take`.
+                let n = self.expr()?;
+                self.expect_word("by")?;
+                let keys = self.sort_keys()?;
+                Ok(Operator::Top { n, keys })
+            }
+            "project-rename" => {
+                let mut pairs = Vec::new();
                 loop {
-                    let expr = self.expr()?;
-                    let descending = if self.eat_word("asc") {
-                        false
-                    } else {
-                        self.eat_word("desc");
-                        true
-                    };
-                    let mut nulls_first = !descending;
-                    if self.eat_word("nulls") {
-                        if self.eat_word("first") {
-                            nulls_first = true;
-                        } else {
-                            self.expect_word("last")?;
-                            nulls_first = false;
-                        }
-                    }
-                    keys.push(SortKey { expr, descending, nulls_first });
+                    let new = self.name()?;
+                    self.expect_punct("=")?;
+                    let old = self.name()?;
+                    pairs.push((new, old));
                     if !self.eat_punct(",") {
                         break;
                     }
                 }
-                Ok(Operator::OrderBy(keys))
+                Ok(Operator::ProjectRename(pairs))
             }
-            "take" | "limit" => Ok(Operator::Take(self.expr()?)),
             "count" => Ok(Operator::Count),
             "distinct" => {
                 let mut names = vec![self.name()?];
@@ -325,6 +322,33 @@ impl<'a> Parser<'a> {
             }
             _ => Err(KqlError::syntax_at(self.src, at, format!("A recognition error occurred. Token: '{word}'"))),
         }
+    }
+
+    fn sort_keys(&mut self) -> Result<Vec<SortKey>, KqlError> {
+        let mut keys = Vec::new();
+        loop {
+            let expr = self.expr()?;
+            let descending = if self.eat_word("asc") {
+                false
+            } else {
+                self.eat_word("desc");
+                true
+            };
+            let mut nulls_first = !descending;
+            if self.eat_word("nulls") {
+                if self.eat_word("first") {
+                    nulls_first = true;
+                } else {
+                    self.expect_word("last")?;
+                    nulls_first = false;
+                }
+            }
+            keys.push(SortKey { expr, descending, nulls_first });
+            if !self.eat_punct(",") {
+                break;
+            }
+        }
+        Ok(keys)
     }
 
     fn named_exprs(&mut self) -> Result<Vec<NamedExpr>, KqlError> {
@@ -655,6 +679,8 @@ mod tests {
         assert!(e.is_syntax(), "{e:?}");
         let e = parse_query("T | frobnicate").unwrap_err();
         assert!(e.is_syntax() && e.message().contains("frobnicate"), "{e:?}");
+        let q = parse_query("T | top 3 by a desc | project-rename b = a").unwrap();
+        assert!(matches!(q.body.operators[0], Operator::Top { .. }));
         let e = parse_query("T | join (U) on a").unwrap_err();
         assert!(!e.is_syntax() && e.message().contains("join"), "{e:?}");
         assert!(parse_query("T | where a == datetime(not a date)").is_err());
