@@ -140,6 +140,7 @@ impl Connections for LiveConnections {
 #[serde(rename_all = "camelCase")]
 pub struct ActivityRecord {
     pub iteration: u64,
+    #[serde(flatten)]
     pub state: ActivityState,
     /// Rows the last plans could not copy because they have no ingestion time.
     pub rows_without_ingestion_time: u64,

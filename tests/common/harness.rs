@@ -55,7 +55,8 @@ pub enum Outcome {
 pub struct Host {
     pub functions: Vec<Function>,
     pub settings: QueueSettings,
-    handler: String,
+    /// Handler instances; invocations go to them in turn (scale-out).
+    handlers: Vec<String>,
     http: reqwest::Client,
     clients: StorageClients,
     queues: tokio::sync::Mutex<HashMap<String, Arc<StorageQueue>>>,
@@ -70,6 +71,11 @@ fn duration(text: &str) -> Duration {
 impl Host {
     /// Reads the app at `root` (host.json and functions/) and drives the handler at `handler`.
     pub fn load(root: &Path, handler: &str, clients: StorageClients) -> Host {
+        Host::load_many(root, &[handler], clients)
+    }
+
+    /// The same, with several handler instances sharing the queues, as on a scaled-out app.
+    pub fn load_many(root: &Path, handlers: &[&str], clients: StorageClients) -> Host {
         let host: Value = serde_json::from_str(&std::fs::read_to_string(root.join("host.json")).unwrap()).unwrap();
         let q = &host["extensions"]["queues"];
         let settings = QueueSettings {
@@ -104,7 +110,7 @@ impl Host {
         Host {
             functions,
             settings,
-            handler: handler.trim_end_matches('/').to_owned(),
+            handlers: handlers.iter().map(|h| h.trim_end_matches('/').to_owned()).collect(),
             http: reqwest::Client::new(),
             clients,
             queues: Default::default(),
@@ -215,7 +221,7 @@ impl Host {
         let n = self.invocations.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let response = self
             .http
-            .post(format!("{}/{function}", self.handler))
+            .post(format!("{}/{function}", self.handlers[n as usize % self.handlers.len()]))
             .header("X-Azure-Functions-InvocationId", format!("00000000-0000-4000-8000-{n:012}"))
             .json(payload)
             .send()
