@@ -12,7 +12,9 @@ use kusto_copy::engine::{local, Engine};
 use kusto_copy::job::{record_request, RecordOutcome};
 use kusto_copy::kusto::{ClientOptions, RetryPolicy};
 use kusto_copy::storage::checkpoint::BlobCheckpointStore;
-use kusto_sim::{Cluster, ClusterConfig, Column, ScalarType, SeedPlan, Value};
+use kusto_copy::engine::{Delivery, EngineError, Outgoing, StepMessage, Tick};
+use kusto_copy::job::JobRecord;
+use kusto_sim::{Cluster, ClusterConfig, Column, CommandKind, Fault, ScalarType, SeedPlan, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,4 +155,230 @@ async fn one_table_is_copied_exactly_with_its_creation_times() {
         }
     }
     assert!(left.is_empty(), "staging folders left: {left:?}");
+}
+
+fn seed(cluster: &Cluster, db: &str, table: &str, rows: usize, extents: usize, first_creation: i64) {
+    cluster.create_database(db);
+    cluster
+        .seed_table(db, table, &columns(), &SeedPlan {
+            rows,
+            extents,
+            first_creation,
+            creation_step: 30 * DAY,
+            first_ingestion: Some(JAN_2024 + 400 * DAY),
+            ingestion_step: HOUR,
+        })
+        .unwrap();
+}
+
+fn create_destination(cluster: &Cluster, db: &str, table: &str) {
+    cluster.create_database(db);
+    cluster.command(db, &format!(".create table {table} (Id:long, Name:string, When:datetime, Amount:real, Props:dynamic)")).unwrap();
+}
+
+async fn submit(engine: &CopyEngine, request: serde_json::Value) -> JobRecord {
+    match record_request(engine.store().as_ref(), &request.to_string(), time::OffsetDateTime::now_utc()).await.unwrap() {
+        RecordOutcome::Accepted(job) => job,
+        other => panic!("request not accepted: {other:?}"),
+    }
+}
+
+/// Runs a job to completion with the in-process driver; returns every message it ran.
+async fn run_job(engine: Arc<dyn Engine>, first: Vec<Outgoing>) -> Vec<StepMessage> {
+    let mut ran = Vec::new();
+    let failures = local::run(engine, first, 4, |e| {
+        if let local::Event::Ran { message } = e {
+            ran.push(message.clone());
+        }
+    })
+    .await;
+    assert!(failures.is_empty(), "{failures:?}");
+    ran
+}
+
+/// Rows of a query as text by Id, and how many of them sit in extents of each creation time.
+fn query_rows(cluster: &Cluster, db: &str, query: &str) -> (BTreeMap<i64, String>, BTreeMap<i64, usize>) {
+    let frame = cluster.query(db, query).unwrap();
+    let created: std::collections::HashMap<uuid::Uuid, i64> = {
+        let table = query.split_whitespace().next().unwrap();
+        cluster.extents(db, table).unwrap().into_iter().map(|e| (e.id, e.max_created_on)).collect()
+    };
+    let mut by_id = BTreeMap::new();
+    let mut by_creation = BTreeMap::new();
+    for r in &frame.rows {
+        let Value::Long(id) = r.values[0] else { panic!("Id first") };
+        by_id.insert(id, format!("{:?}", r.values));
+        if let Some(meta) = &r.meta {
+            *by_creation.entry(created[&meta.extent_id]).or_default() += 1;
+        }
+    }
+    (by_id, by_creation)
+}
+
+async fn assert_no_leftovers(stack: &Stack, db: &str, tables: &[&str]) {
+    for t in tables {
+        assert!(stack.destination.extents(db, t).unwrap().iter().all(|e| e.tags.is_empty()), "tags left on {t}");
+    }
+    let listed = format!("{:?}", stack.destination.command(db, ".show tables").unwrap().rows);
+    assert!(!listed.contains("kc_staging"), "staging table left: {listed}");
+    let service = common::clients(&stack.azurite).blob_service().unwrap();
+    let mut pages = service.list_containers(None).unwrap().into_pages();
+    while let Some(page) = futures::TryStreamExt::try_next(&mut pages).await.unwrap() {
+        for c in page.into_model().unwrap().container_items {
+            let name = c.name.unwrap_or_default();
+            assert!(!name.starts_with("kcs-"), "staging folder left: {name}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_query_that_filters_and_projects_is_copied_exactly() {
+    let stack = stack().await;
+    seed(&stack.source, DB, "Events", 600, 6, JAN_2024);
+    stack.destination.command(DB, ".create table Thirds (Id:long, Name:string, Amount:real)").unwrap();
+    let engine = engine(&stack);
+    let job = submit(&engine, serde_json::json!({
+        "source": format!("{}/{DB}/Events", stack.source.url()),
+        "destination": format!("{}/{DB}/Thirds", stack.destination.url()),
+        "stagingDirectory": format!("{}/staging/filtered", stack.azurite.blob_endpoint()),
+        "query": "| where Id % 3 == 0 | project Id, Name, Amount",
+    }))
+    .await;
+    let first = engine.start_job(&job).await.unwrap();
+    run_job(engine.clone(), first).await;
+
+    let (expected, expected_ages) = query_rows(&stack.source, DB, "Events | where Id % 3 == 0 | project Id, Name, Amount");
+    assert_eq!(expected.len(), 200);
+    let (copied, _) = query_rows(&stack.destination, DB, "Thirds | order by Id asc");
+    assert_eq!(copied, expected);
+    assert_eq!(rows_by_creation(&stack.destination, "Thirds"), expected_ages);
+    assert_no_leftovers(&stack, DB, &["Thirds"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_tables_from_two_databases_in_one_job() {
+    let stack = stack().await;
+    seed(&stack.source, "sales", "Orders", 300, 3, JAN_2024);
+    seed(&stack.source, "sales", "Returns", 120, 2, JAN_2024 + 5 * DAY);
+    seed(&stack.source, "ops", "Audit", 200, 4, JAN_2024 + 9 * DAY);
+    for t in ["Orders", "Returns", "AuditCopy"] {
+        create_destination(&stack.destination, "archive", t);
+    }
+    let engine = engine(&stack);
+    let table = |db: &str, t: &str| serde_json::json!({"clusterUri": stack.source.url(), "databaseName": db, "tableName": t});
+    let dest = |t: Option<&str>| match t {
+        Some(t) => serde_json::json!({"clusterUri": stack.destination.url(), "databaseName": "archive", "tableName": t}),
+        None => serde_json::json!({"clusterUri": stack.destination.url(), "databaseName": "archive"}),
+    };
+    let job = submit(&engine, serde_json::json!({
+        "activities": [
+            {"activityName": "orders", "source": table("sales", "Orders"), "destination": dest(None)},
+            {"activityName": "returns", "source": table("sales", "Returns"), "destination": dest(None)},
+            {"activityName": "audit", "source": table("ops", "Audit"), "destination": dest(Some("AuditCopy"))}
+        ],
+        "stagingStorageDirectories": [format!("{}/staging/multi", stack.azurite.blob_endpoint())],
+        "exportCount": 2
+    }))
+    .await;
+    let first = engine.start_job(&job).await.unwrap();
+    assert_eq!(first.len(), 3, "one plan per activity");
+    run_job(engine.clone(), first).await;
+
+    for (db, src, dst) in [("sales", "Orders", "Orders"), ("sales", "Returns", "Returns"), ("ops", "Audit", "AuditCopy")] {
+        let (expected, ages) = query_rows(&stack.source, db, &format!("{src} | order by Id asc"));
+        let (copied, _) = query_rows(&stack.destination, "archive", &format!("{dst} | order by Id asc"));
+        assert_eq!(copied, expected, "{db}.{src}");
+        let mut dest_ages = BTreeMap::new();
+        for e in stack.destination.extents("archive", dst).unwrap() {
+            *dest_ages.entry(e.max_created_on).or_insert(0usize) += e.row_count;
+        }
+        assert_eq!(dest_ages, ages, "{db}.{src} creation times");
+    }
+    assert!(engine.job_finished(&job).await.unwrap());
+    assert_no_leftovers(&stack, "archive", &["Orders", "Returns", "AuditCopy"]).await;
+}
+
+/// Every message the engine sends is delivered twice, concurrently: at-least-once delivery
+/// at its worst. Afterwards every message of the run is delivered again, first and redelivered.
+struct Duplicating(Arc<CopyEngine>);
+
+#[async_trait::async_trait]
+impl Engine for Duplicating {
+    async fn start_job(&self, job: &JobRecord) -> Result<Vec<Outgoing>, EngineError> {
+        let out = self.0.start_job(job).await?;
+        Ok(out.iter().cloned().chain(out.iter().cloned()).collect())
+    }
+    async fn step(&self, m: &StepMessage, d: &Delivery) -> Result<Vec<Outgoing>, EngineError> {
+        let out = self.0.step(m, d).await?;
+        Ok(out.iter().cloned().chain(out.iter().cloned()).collect())
+    }
+    async fn tick(&self, t: &Tick) -> Result<Vec<Outgoing>, EngineError> {
+        self.0.tick(t).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicated_and_stale_messages_change_nothing() {
+    let stack = stack().await;
+    seed(&stack.source, DB, "Events", 500, 5, JAN_2024);
+    create_destination(&stack.destination, DB, "Events");
+    let engine = engine(&stack);
+    let job = submit(&engine, serde_json::json!({
+        "source": format!("{}/{DB}/Events", stack.source.url()),
+        "destination": format!("{}/{DB}", stack.destination.url()),
+        "stagingDirectory": format!("{}/staging/dups", stack.azurite.blob_endpoint()),
+    }))
+    .await;
+    let duplicating: Arc<dyn Engine> = Arc::new(Duplicating(engine.clone()));
+    let first = duplicating.start_job(&job).await.unwrap();
+    let ran = run_job(duplicating, first).await;
+    let (expected, ages) = query_rows(&stack.source, DB, "Events | order by Id asc");
+    let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
+    assert_eq!(copied, expected);
+    assert_eq!(rows_by_creation(&stack.destination, "Events"), ages);
+
+    // Every message of the run again, as a late duplicate and as a redelivery: all stale.
+    for message in &ran {
+        for dequeue_count in [1, 2] {
+            let out = engine.step(message, &Delivery { message_id: None, dequeue_count }).await.unwrap();
+            assert!(out.is_empty(), "{message:?} (delivery {dequeue_count}) asked for {out:?}");
+        }
+    }
+    let (after, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
+    assert_eq!(after, expected);
+    assert_no_leftovers(&stack, DB, &["Events"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_exports_and_ingestions_are_redone_and_their_strays_never_arrive() {
+    let stack = stack().await;
+    seed(&stack.source, DB, "Events", 400, 4, JAN_2024);
+    create_destination(&stack.destination, DB, "Events");
+    // The first export fails after writing part of its files; one ingestion fails; one
+    // ingestion adds its data twice.
+    stack.source.script_fault(Some(CommandKind::Export), Fault::ExportPartialFailure, 1);
+    stack.destination.script_fault(Some(CommandKind::Ingest), Fault::IngestionFailure, 1);
+    // Scripted faults of one kind all meet the next request of that kind: the first ingestion
+    // fails (its duplication is moot), the second adds its data twice.
+    stack.destination.script_fault(Some(CommandKind::Ingest), Fault::DuplicateIngestion, 2);
+    let engine = engine(&stack);
+    let job = submit(&engine, serde_json::json!({
+        "source": format!("{}/{DB}/Events", stack.source.url()),
+        "destination": format!("{}/{DB}", stack.destination.url()),
+        "stagingDirectory": format!("{}/staging/faults", stack.azurite.blob_endpoint()),
+    }))
+    .await;
+    let first = engine.start_job(&job).await.unwrap();
+    let ran = run_job(engine.clone(), first).await;
+    // The faults really happened: a second export and extra ingestions ran.
+    let exports = ran.iter().filter(|m| m.step == "export").count();
+    let ingests = ran.iter().filter(|m| m.step == "ingest").count();
+    assert!(exports >= 5 && ingests >= 6, "exports {exports}, ingests {ingests}");
+
+    let (expected, ages) = query_rows(&stack.source, DB, "Events | order by Id asc");
+    let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
+    assert_eq!(copied.len(), 400);
+    assert_eq!(copied, expected, "no row lost, none duplicated");
+    assert_eq!(rows_by_creation(&stack.destination, "Events"), ages);
+    assert_no_leftovers(&stack, DB, &["Events"]).await;
 }

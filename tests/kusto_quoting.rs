@@ -310,10 +310,9 @@ fn the_exact_text_of_each_builder() {
             .unwrap()
             .expose_text(),
         "['Events']\n| where cursor_after('c0') and cursor_before_or_at('c1')\n\
-         | extend ['kc_ingestion_time'] = ingestion_time(), ['kc_extent_id'] = extent_id()\n\
-         | summarize RowCount = count(), MinIngestionTime = min(['kc_ingestion_time']), \
-         MaxIngestionTime = max(['kc_ingestion_time']) by IngestionTimeBin = bin(['kc_ingestion_time'], 3600s), \
-         ExtentId = tostring(['kc_extent_id'])\n| order by IngestionTimeBin asc"
+         | summarize RowCount = count(), MinIngestionTime = min(ingestion_time()), \
+         MaxIngestionTime = max(ingestion_time()) by IngestionTimeBin = bin(ingestion_time(), 3600s), \
+         ExtentId = tostring(extent_id())\n| order by IngestionTimeBin asc"
     );
 }
 

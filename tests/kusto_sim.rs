@@ -243,11 +243,9 @@ async fn a_wrong_audience_is_refused_permanently() {
     assert!(!err.is_transient());
 }
 
-/// Documented KQL the simulator does not run yet: the `extent_tags()` function. Run with
-/// `--ignored` once it does.
+/// Counting rows by tag with `extent_tags()` and `set_has_element()`.
 #[tokio::test]
-#[ignore = "kusto-sim lacks the extent_tags() function"]
-async fn builders_the_simulator_lacks() {
+async fn rows_are_counted_by_extent_tag() {
     let (cluster, client) = seeded().await;
     let events = Ident::new("Events").unwrap();
     let stage = Ident::new("kc-Events-0002").unwrap();

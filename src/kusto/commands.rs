@@ -187,8 +187,9 @@ pub fn cursor_current() -> Command {
 /// query. Columns: `IngestionTimeBin` (null for rows without ingestion time, which must be
 /// reported), `ExtentId`, `RowCount`, `MinIngestionTime`, `MaxIngestionTime`.
 ///
-/// Ingestion time and extent id are captured before the user query, so a query that
-/// projects columns cannot turn them into nulls; one that drops them fails loudly.
+/// `ingestion_time()` and `extent_id()` are read after the user query, as the original
+/// kusto-copy does: they are row metadata, which `where` and `project` keep, whereas columns
+/// captured before the query would be dropped by a `project` that does not name them.
 pub fn row_counts_by_ingestion_bin(
     table: &Ident,
     window: &CursorWindow,
@@ -198,19 +199,15 @@ pub fn row_counts_by_ingestion_bin(
     if bin.is_zero() {
         return Err(KustoError::invalid_input("bin size must be positive"));
     }
-    let mut q = format!(
-        "{}\n{}\n| extend ['kc_ingestion_time'] = ingestion_time(), ['kc_extent_id'] = extent_id()\n",
-        table.quoted(),
-        window.filter()?
-    );
+    let mut q = format!("{}\n{}\n", table.quoted(), window.filter()?);
     if let Some(user) = user_query {
         q.push_str(user.as_str());
         q.push('\n');
     }
     q.push_str(&format!(
-        "| summarize RowCount = count(), MinIngestionTime = min(['kc_ingestion_time']), \
-         MaxIngestionTime = max(['kc_ingestion_time']) \
-         by IngestionTimeBin = bin(['kc_ingestion_time'], {}), ExtentId = tostring(['kc_extent_id'])\n\
+        "| summarize RowCount = count(), MinIngestionTime = min(ingestion_time()), \
+         MaxIngestionTime = max(ingestion_time()) \
+         by IngestionTimeBin = bin(ingestion_time(), {}), ExtentId = tostring(extent_id())\n\
          | order by IngestionTimeBin asc",
         timespan_literal(bin)
     ));
