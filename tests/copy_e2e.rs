@@ -382,3 +382,125 @@ async fn failed_exports_and_ingestions_are_redone_and_their_strays_never_arrive(
     assert_eq!(rows_by_creation(&stack.destination, "Events"), ages);
     assert_no_leftovers(&stack, DB, &["Events"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backfill_and_new_copies_rows_that_arrive_between_iterations_once() {
+    let stack = stack().await;
+    seed(&stack.source, DB, "Events", 300, 3, JAN_2024);
+    create_destination(&stack.destination, DB, "Events");
+    let engine = engine(&stack);
+    let job = submit(&engine, serde_json::json!({
+        "source": format!("{}/{DB}/Events", stack.source.url()),
+        "destination": format!("{}/{DB}", stack.destination.url()),
+        "stagingDirectory": format!("{}/staging/continuous", stack.azurite.blob_endpoint()),
+        "copyMode": "BackfillAndNew",
+        "iterationPeriod": "1s",
+    }))
+    .await;
+    let first = engine.start_job(&job).await.unwrap();
+    run_job(engine.clone(), first).await;
+    let record = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert_eq!((record.iteration, record.state.clone(), record.copied_rows), (1, ActivityState::Idle, 300));
+
+    // New rows land on the source (a new extent, ingested after the first iteration's cursor).
+    let fresh: Vec<Vec<Value>> = (0..50)
+        .map(|i| {
+            vec![
+                Value::Long(10_000 + i),
+                Value::String(format!("new-{i}")),
+                Value::DateTime(JAN_2024 + 600 * DAY),
+                Value::Real(i as f64),
+                Value::Dynamic(serde_json::json!({"fresh": i})),
+            ]
+        })
+        .collect();
+    stack
+        .source
+        .seed_extent(DB, "Events", kusto_sim::SeedExtent { rows: fresh, creation_time: JAN_2024 + 700 * DAY, ingestion_time: Some(JAN_2024 + 800 * DAY), tags: vec![] })
+        .unwrap();
+
+    // The scheduler's tick starts iteration 2 once the period has passed.
+    let not_yet = engine.tick(&Tick { now: time::OffsetDateTime::now_utc() - time::Duration::seconds(10), past_due: false }).await.unwrap();
+    assert!(not_yet.is_empty(), "not due before the period: {not_yet:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let due = engine.tick(&Tick { now: time::OffsetDateTime::now_utc(), past_due: false }).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].message.step.as_str(), due[0].message.iteration), ("plan", Some(2)));
+    run_job(engine.clone(), due).await;
+    // And an iteration with nothing new completes cleanly.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let due = engine.tick(&Tick { now: time::OffsetDateTime::now_utc(), past_due: false }).await.unwrap();
+    run_job(engine.clone(), due).await;
+    let record = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert_eq!((record.iteration, record.copied_rows), (3, 350));
+
+    let (expected, ages) = query_rows(&stack.source, DB, "Events | order by Id asc");
+    let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
+    assert_eq!(expected.len(), 350);
+    assert_eq!(copied, expected, "each row once");
+    assert_eq!(rows_by_creation(&stack.destination, "Events"), ages);
+    assert_no_leftovers(&stack, DB, &["Events"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kc_copy_killed_midway_resumes_from_its_checkpoints() {
+    let azurite = Azurite::start();
+    // Slow operations, so the kill lands in the middle of the copy.
+    let config = ClusterConfig {
+        async_duration: Duration::from_millis(1500),
+        ca_cert_pem: Some(std::fs::read(&azurite.ca_pem_path).unwrap()),
+        ..ClusterConfig::default()
+    };
+    let stack = Stack {
+        source: Cluster::start("source", config.clone()).await.unwrap(),
+        destination: Cluster::start("destination", config).await.unwrap(),
+        azurite,
+    };
+    seed(&stack.source, DB, "Events", 800, 8, JAN_2024);
+    create_destination(&stack.destination, DB, "Events");
+    let args = [
+        "copy".to_string(),
+        "-s".into(),
+        format!("{}/{DB}/Events", stack.source.url()),
+        "-d".into(),
+        format!("{}/{DB}", stack.destination.url()),
+        "-t".into(),
+        format!("{}/staging/cli", stack.azurite.blob_endpoint()),
+        "--export".into(),
+        "2".into(),
+    ];
+    let kc = || {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_kc"));
+        c.args(&args)
+            .env("KC_CREDENTIAL", "emulator")
+            .env("KC_CA_CERT", &stack.azurite.ca_pem_path)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        c
+    };
+    let mut first = kc().spawn().unwrap();
+    // Kill it once some blocks have reached the destination, but not all.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let arrived: usize = stack.destination.extents(DB, "Events").unwrap().iter().map(|e| e.row_count).sum();
+        if arrived > 0 {
+            assert!(arrived < 800, "the copy finished before it could be interrupted");
+            break;
+        }
+        assert!(first.try_wait().unwrap().is_none(), "kc copy exited early");
+        assert!(tokio::time::Instant::now() < deadline, "no block arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill().await.unwrap();
+
+    let out = kc().output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("800 rows copied"), "{}", String::from_utf8_lossy(&out.stdout));
+    let (expected, ages) = query_rows(&stack.source, DB, "Events | order by Id asc");
+    let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
+    assert_eq!(copied, expected);
+    assert_eq!(rows_by_creation(&stack.destination, "Events"), ages);
+    assert_no_leftovers(&stack, DB, &["Events"]).await;
+}
