@@ -91,7 +91,8 @@ fn copy(args: &kusto_copy::cli::copy::CopyArgs) -> ExitCode {
     let environment = kusto_copy::cli::copy::Environment {
         credential,
         ca_cert: env.get(config::names::CA_CERT).map(std::path::PathBuf::from),
-        engine_options: engine::copy::EngineOptions::default(),
+        // In process there is no queue granularity: look at short operations soon.
+        engine_options: engine::copy::EngineOptions { min_poll: std::time::Duration::from_millis(500), ..Default::default() },
         show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");

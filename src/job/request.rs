@@ -226,6 +226,9 @@ fn validate_query(field: &str, query: Option<&str>) -> Result<Option<String>, St
     if !q.starts_with('|') {
         return Err(format!("{field}: '{q}' must start with '|': it is applied to the source table, like \"| where Level == 'Error' | project Timestamp, Message\""));
     }
+    // The same check the engine makes before it sends the query, so a query that could
+    // reach outside its place is refused now rather than when the copy plans.
+    crate::kusto::UserQuery::new(q).map_err(|e| format!("{field}: {}", e.message))?;
     Ok(Some(q.to_owned()))
 }
 
@@ -308,6 +311,15 @@ mod tests {
         assert_eq!(spec.activities[1].destination.table, "LogsCopy");
         assert_eq!(spec.iteration_period_secs, Some(600));
         assert_eq!(spec.export_count, 8);
+    }
+
+    #[test]
+    fn queries_that_could_escape_their_place_are_refused() {
+        for bad in ["| where a == 1; .drop table T", "| where a == 'open", "| take 1 <| .show tables", "| where (a"] {
+            let text = minimal().replace("}", &format!(",\"query\":{}}}", serde_json::to_string(bad).unwrap()));
+            let err = parse(&text).unwrap().validate().unwrap_err();
+            assert!(err.0.starts_with("query:"), "{bad}: {}", err.0);
+        }
     }
 
     #[test]

@@ -52,6 +52,16 @@ impl Frame {
 pub trait Catalog {
     /// The rows of a table, or `None` when it does not exist.
     fn table(&self, database: Option<&str>, name: &str) -> Result<Option<Frame>, KqlError>;
+
+    /// The rows of a table for which `keep` holds. `keep` sees each row's metadata only (its
+    /// values are empty): a scan that filters on ingestion time or cursors copies just the
+    /// rows it keeps, which is what makes block exports of a large table affordable.
+    fn scan(&self, database: Option<&str>, name: &str, keep: &mut dyn FnMut(&Row) -> bool) -> Result<Option<Frame>, KqlError> {
+        Ok(self.table(database, name)?.map(|mut f| {
+            f.rows.retain(|r| keep(&Row { values: vec![], meta: r.meta.clone() }));
+            f
+        }))
+    }
 }
 
 pub struct Env<'a> {
@@ -143,11 +153,64 @@ fn parameter_value(name: &str, ty: ScalarType, text: &str) -> Result<Value, KqlE
 }
 
 fn pipeline(p: &Pipeline, env: &Env<'_>, b: &Bindings) -> Result<Frame, KqlError> {
-    let mut frame = source(&p.source, env, b)?;
-    for op in &p.operators {
+    let (mut frame, rest) = match scan_with_meta_filters(p, env, b)? {
+        Some((frame, skipped)) => (frame, &p.operators[skipped..]),
+        None => (source(&p.source, env, b)?, &p.operators[..]),
+    };
+    for op in rest {
         frame = operator(op, frame, env, b)?;
     }
     Ok(frame)
+}
+
+/// A table source followed by `where`s that read only row metadata (ingestion time, cursors,
+/// extent id or tags) and constants: run those filters during the scan, so only kept rows are
+/// copied out of the table. Same answer as running them as operators; `None` when the pipeline
+/// does not start that way.
+fn scan_with_meta_filters(p: &Pipeline, env: &Env<'_>, b: &Bindings) -> Result<Option<(Frame, usize)>, KqlError> {
+    let Source::Named { database, name } = &p.source else { return Ok(None) };
+    if database.is_none() && b.tabular.contains_key(name) {
+        return Ok(None);
+    }
+    let preds: Vec<&Expr> = p
+        .operators
+        .iter()
+        .map_while(|op| match op {
+            Operator::Where(e) if reads_only_meta(e, b) => Some(e),
+            _ => None,
+        })
+        .collect();
+    if preds.is_empty() {
+        return Ok(None);
+    }
+    // Type-check against the table's columns, exactly as the `where` operator would.
+    let Some(columns) = env.catalog.scan(database.as_deref(), name, &mut |_| false)?.map(|f| f.columns) else {
+        return Ok(None); // let `source` report the missing table
+    };
+    let empty = Frame { columns, rows: vec![], has_meta: true };
+    let scope = Scope { frame: &empty, b, op: "where" };
+    for pred in &preds {
+        let ty = infer(pred, &scope)?;
+        if ty != ScalarType::Bool {
+            return Err(KqlError::semantic(format!("SEM0012: 'where' operator: the predicate must be of type bool, not '{ty}'")));
+        }
+    }
+    let mut keep = |row: &Row| preds.iter().all(|pred| eval(pred, &scope, row, env) == Value::Bool(true));
+    let frame = env.catalog.scan(database.as_deref(), name, &mut keep)?.expect("the table existed a moment ago");
+    Ok(Some((frame, preds.len())))
+}
+
+fn reads_only_meta(e: &Expr, b: &Bindings) -> bool {
+    match e {
+        Expr::Literal(..) => true,
+        Expr::Name(n) => b.scalars.contains_key(n),
+        Expr::Member(..) => false,
+        Expr::Call { args, .. } => args.iter().all(|a| reads_only_meta(a, b)),
+        Expr::Neg(x) => reads_only_meta(x, b),
+        Expr::Binary { left, right, .. } => reads_only_meta(left, b) && reads_only_meta(right, b),
+        Expr::In { expr, list, .. } => reads_only_meta(expr, b) && list.iter().all(|x| reads_only_meta(x, b)),
+        Expr::Between { expr, low, high, .. } => reads_only_meta(expr, b) && reads_only_meta(low, b) && reads_only_meta(high, b),
+    }
 }
 
 fn source(s: &Source, env: &Env<'_>, b: &Bindings) -> Result<Frame, KqlError> {
@@ -207,7 +270,7 @@ fn operator(op: &Operator, input: Frame, env: &Env<'_>, b: &Bindings) -> Result<
             }
             let keep: Vec<bool> =
                 input.rows.iter().map(|r| eval(pred, &scope, r, env) == Value::Bool(true)).collect();
-            let mut out = input.clone();
+            let mut out = input;
             let mut it = keep.into_iter();
             out.rows.retain(|_| it.next().unwrap_or(false));
             Ok(out)

@@ -234,6 +234,28 @@ impl Catalog for ClusterCatalog<'_> {
         };
         Ok(db.tables.get(name).map(table_frame))
     }
+
+    fn scan(&self, database: Option<&str>, name: &str, keep: &mut dyn FnMut(&crate::kql::eval::Row) -> bool) -> Result<Option<Frame>, KqlError> {
+        let db_name = database.unwrap_or(self.default_db);
+        let Some(db) = self.state.databases.get(db_name) else {
+            return Err(KqlError::semantic(format!(
+                "SEM0100: 'database' operator: Failed to resolve database expression named '{db_name}'"
+            )));
+        };
+        let Some(t) = db.tables.get(name) else { return Ok(None) };
+        let mut rows = Vec::new();
+        for e in &t.extents {
+            let tags = std::sync::Arc::new(e.tags.clone());
+            for (r, it) in e.rows.iter().zip(&e.ingestion_times) {
+                let meta = RowMeta { ingestion_time: *it, extent_id: e.id, extent_tags: tags.clone() };
+                let probe = Row { values: vec![], meta: Some(meta) };
+                if keep(&probe) {
+                    rows.push(Row { values: r.clone(), meta: probe.meta });
+                }
+            }
+        }
+        Ok(Some(Frame { columns: t.columns.clone(), rows, has_meta: true }))
+    }
 }
 
 /// Columns helper for command answers.
