@@ -15,6 +15,7 @@ use kusto_copy::storage::checkpoint::BlobCheckpointStore;
 use kusto_copy::engine::{Delivery, EngineError, Outgoing, StepMessage, Tick};
 use kusto_copy::job::JobRecord;
 use kusto_sim::{Cluster, ClusterConfig, Column, CommandKind, Fault, ScalarType, SeedPlan, Value};
+use common::{query_rows, rows_by_creation};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,29 +71,6 @@ fn engine(stack: &Stack) -> Arc<CopyEngine> {
     Arc::new(CopyEngine::new(store, connections, options))
 }
 
-/// Rows by Id, as debug text of their values (exact, nulls included).
-fn rows(cluster: &Cluster, table: &str) -> BTreeMap<i64, String> {
-    let frame = cluster.query(DB, &format!("{table} | order by Id asc")).unwrap();
-    frame
-        .rows
-        .iter()
-        .map(|r| match &r.values[0] {
-            Value::Long(id) => (*id, format!("{:?}", r.values)),
-            other => panic!("Id is {other:?}"),
-        })
-        .collect()
-}
-
-/// Rows by extent creation time.
-fn rows_by_creation(cluster: &Cluster, table: &str) -> BTreeMap<i64, usize> {
-    let mut out = BTreeMap::new();
-    for e in cluster.extents(DB, table).unwrap() {
-        *out.entry(e.max_created_on).or_default() += e.row_count;
-        assert_eq!(e.min_created_on, e.max_created_on);
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_table_is_copied_exactly_with_its_creation_times() {
     let stack = stack().await;
@@ -131,11 +109,12 @@ async fn one_table_is_copied_exactly_with_its_creation_times() {
     assert_eq!(activity.copied_rows, 1_000);
 
     // Row by row, every column, nulls and dynamic values included.
-    let (src, dst) = (rows(&stack.source, "Events"), rows(&stack.destination, "Events"));
+    let (src, _) = query_rows(&stack.source, DB, "Events | order by Id asc");
+    let (dst, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
     assert_eq!(src.len(), 1_000);
     assert_eq!(src, dst);
     // Ages preserved: the same rows under the same creation times.
-    assert_eq!(rows_by_creation(&stack.source, "Events"), rows_by_creation(&stack.destination, "Events"));
+    assert_eq!(rows_by_creation(&stack.source, DB, "Events"), rows_by_creation(&stack.destination, DB, "Events"));
     // No tag left on the destination, no staging table, no staging folder.
     assert!(stack.destination.extents(DB, "Events").unwrap().iter().all(|e| e.tags.is_empty()));
     let tables = stack.destination.query(DB, ".show tables");
@@ -196,31 +175,6 @@ async fn run_job(engine: Arc<dyn Engine>, first: Vec<Outgoing>) -> Vec<StepMessa
     ran
 }
 
-/// Rows of a query as text by Id, and how many of them sit in extents of each creation time.
-fn query_rows(cluster: &Cluster, db: &str, query: &str) -> (BTreeMap<i64, String>, BTreeMap<i64, usize>) {
-    let frame = cluster.query(db, query).unwrap();
-    let created: std::collections::HashMap<uuid::Uuid, i64> = {
-        let table = query.split_whitespace().next().unwrap();
-        cluster.extents(db, table).unwrap().into_iter().map(|e| (e.id, e.max_created_on)).collect()
-    };
-    let mut by_id = BTreeMap::new();
-    let mut by_creation = BTreeMap::new();
-    for r in &frame.rows {
-        let Value::Long(id) = r.values[0] else { panic!("Id first") };
-        // Decimals compare by value: 1.50 and 1.5 are the same decimal, and Parquet keeps the
-        // number, not the way its text was written.
-        let values: Vec<Value> = r.values.iter().cloned().map(|v| match v {
-            Value::Decimal(text) if text.contains('.') => Value::Decimal(text.trim_end_matches('0').trim_end_matches('.').to_owned()),
-            other => other,
-        }).collect();
-        by_id.insert(id, format!("{values:?}"));
-        if let Some(meta) = &r.meta {
-            *by_creation.entry(created[&meta.extent_id]).or_default() += 1;
-        }
-    }
-    (by_id, by_creation)
-}
-
 async fn assert_no_leftovers(stack: &Stack, db: &str, tables: &[&str]) {
     for t in tables {
         assert!(stack.destination.extents(db, t).unwrap().iter().all(|e| e.tags.is_empty()), "tags left on {t}");
@@ -257,7 +211,7 @@ async fn a_query_that_filters_and_projects_is_copied_exactly() {
     assert_eq!(expected.len(), 200);
     let (copied, _) = query_rows(&stack.destination, DB, "Thirds | order by Id asc");
     assert_eq!(copied, expected);
-    assert_eq!(rows_by_creation(&stack.destination, "Thirds"), expected_ages);
+    assert_eq!(rows_by_creation(&stack.destination, DB, "Thirds"), expected_ages);
     assert_no_leftovers(&stack, DB, &["Thirds"]).await;
 }
 
@@ -341,7 +295,7 @@ async fn duplicated_and_stale_messages_change_nothing() {
     let (expected, ages) = query_rows(&stack.source, DB, "Events | order by Id asc");
     let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
     assert_eq!(copied, expected);
-    assert_eq!(rows_by_creation(&stack.destination, "Events"), ages);
+    assert_eq!(rows_by_creation(&stack.destination, DB, "Events"), ages);
 
     // Every message of the run again, as a late duplicate and as a redelivery: all stale.
     for message in &ran {
@@ -385,7 +339,7 @@ async fn failed_exports_and_ingestions_are_redone_and_their_strays_never_arrive(
     let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
     assert_eq!(copied.len(), 400);
     assert_eq!(copied, expected, "no row lost, none duplicated");
-    assert_eq!(rows_by_creation(&stack.destination, "Events"), ages);
+    assert_eq!(rows_by_creation(&stack.destination, DB, "Events"), ages);
     assert_no_leftovers(&stack, DB, &["Events"]).await;
 }
 
@@ -444,7 +398,7 @@ async fn backfill_and_new_copies_rows_that_arrive_between_iterations_once() {
     let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
     assert_eq!(expected.len(), 350);
     assert_eq!(copied, expected, "each row once");
-    assert_eq!(rows_by_creation(&stack.destination, "Events"), ages);
+    assert_eq!(rows_by_creation(&stack.destination, DB, "Events"), ages);
     assert_no_leftovers(&stack, DB, &["Events"]).await;
 }
 
@@ -507,7 +461,7 @@ async fn kc_copy_killed_midway_resumes_from_its_checkpoints() {
     let (expected, ages) = query_rows(&stack.source, DB, "Events | order by Id asc");
     let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
     assert_eq!(copied, expected);
-    assert_eq!(rows_by_creation(&stack.destination, "Events"), ages);
+    assert_eq!(rows_by_creation(&stack.destination, DB, "Events"), ages);
     assert_no_leftovers(&stack, DB, &["Events"]).await;
 }
 
@@ -571,6 +525,6 @@ async fn every_scalar_type_and_nulls_survive_the_copy() {
     if let Some((id, want)) = expected.iter().find(|(id, row)| copied.get(id) != Some(row)) {
         panic!("row {id} differs:\n  source      {want}\n  destination {}", copied.get(id).map(String::as_str).unwrap_or("(missing)"));
     }
-    assert_eq!(rows_by_creation(&stack.destination, "AllTypes"), ages);
+    assert_eq!(rows_by_creation(&stack.destination, DB, "AllTypes"), ages);
     assert_no_leftovers(&stack, DB, &["AllTypes"]).await;
 }

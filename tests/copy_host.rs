@@ -7,9 +7,7 @@ mod common;
 use common::harness::{Host, Outcome};
 use kc_test_stack::Azurite;
 use kusto_copy::storage::queue::MessageSender;
-use kusto_sim::{Cluster, ClusterConfig, Column, ScalarType, SeedPlan, Value};
-use std::collections::BTreeMap;
-use std::process::Stdio;
+use kusto_sim::{Cluster, ClusterConfig, Column, ScalarType, SeedPlan};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,50 +15,6 @@ const DB: &str = "db";
 const HOUR: i64 = 3600 * 10_000_000;
 const DAY: i64 = 24 * HOUR;
 const JAN_2023: i64 = 1_672_531_200 * 10_000_000;
-
-fn spawn_kc(azurite: &Azurite, port: u16) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_kc"))
-        .arg("serve")
-        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
-        .env("KC_BLOB_ENDPOINT", azurite.blob_endpoint())
-        .env("KC_QUEUE_ENDPOINT", azurite.queue_endpoint())
-        .env("KC_CREDENTIAL", "emulator")
-        .env("KC_CA_CERT", &azurite.ca_pem_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_ready(port: u16) {
-    let http = reqwest::Client::new();
-    for _ in 0..400 {
-        if http.get(format!("http://127.0.0.1:{port}/")).send().await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("kc serve on {port} never became ready");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn rows(cluster: &Cluster, table: &str) -> BTreeMap<i64, String> {
-    let frame = cluster.query(DB, &format!("{table} | order by Id asc")).unwrap();
-    frame.rows.iter().map(|r| match &r.values[0] { Value::Long(id) => (*id, format!("{:?}", r.values)), v => panic!("{v:?}") }).collect()
-}
-
-fn rows_by_creation(cluster: &Cluster, table: &str) -> BTreeMap<i64, usize> {
-    let mut out = BTreeMap::new();
-    for e in cluster.extents(DB, table).unwrap() {
-        *out.entry(e.max_created_on).or_default() += e.row_count;
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_and_a_restart_still_copy_exactly() {
@@ -85,11 +39,11 @@ async fn two_instances_and_a_restart_still_copy_exactly() {
         .unwrap();
     destination.command(DB, ".create table Logs (Id:long, Name:string, At:datetime)").unwrap();
 
-    let (port_a, port_b) = (free_port(), free_port());
-    let mut a = spawn_kc(&azurite, port_a);
-    let _b = spawn_kc(&azurite, port_b);
-    wait_ready(port_a).await;
-    wait_ready(port_b).await;
+    let (port_a, port_b) = (common::free_port(), common::free_port());
+    let mut a = common::spawn_kc_serve(&azurite, port_a);
+    let _b = common::spawn_kc_serve(&azurite, port_b);
+    common::wait_ready(port_a).await;
+    common::wait_ready(port_b).await;
     let urls = [format!("http://127.0.0.1:{port_a}"), format!("http://127.0.0.1:{port_b}")];
     let mut host = Host::load_many(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), &[&urls[0], &urls[1]], common::clients(&azurite));
     host.settings.visibility_timeout = Duration::from_secs(1);
@@ -108,8 +62,8 @@ async fn two_instances_and_a_restart_still_copy_exactly() {
     host.run_until(Duration::from_secs(60), |o| o.iter().filter(|x| matches!(x, Outcome::Succeeded { function, .. } if function == "steps")).count() >= 6).await;
     a.kill().await.unwrap();
     let failed_while_down = host.poll_once().await;
-    a = spawn_kc(&azurite, port_a);
-    wait_ready(port_a).await;
+    a = common::spawn_kc_serve(&azurite, port_a);
+    common::wait_ready(port_a).await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     loop {
@@ -131,8 +85,9 @@ async fn two_instances_and_a_restart_still_copy_exactly() {
     let _ = failed_while_down;
     drop(a);
 
-    assert_eq!(rows(&source, "Logs"), rows(&destination, "Logs"));
-    assert_eq!(rows_by_creation(&source, "Logs"), rows_by_creation(&destination, "Logs"));
+    let query = "Logs | order by Id asc";
+    assert_eq!(common::query_rows(&source, DB, query).0, common::query_rows(&destination, DB, query).0);
+    assert_eq!(common::rows_by_creation(&source, DB, "Logs"), common::rows_by_creation(&destination, DB, "Logs"));
     assert!(destination.extents(DB, "Logs").unwrap().iter().all(|e| e.tags.is_empty()));
     let tables = format!("{:?}", destination.command(DB, ".show tables").unwrap().rows);
     assert!(!tables.contains("kc_staging"), "{tables}");

@@ -12,7 +12,6 @@ use kusto_copy::handler::{router, AppState};
 use kusto_copy::job::JobRecord;
 use kusto_copy::storage::checkpoint::MemoryCheckpointStore;
 use kusto_copy::storage::queue::{MessageEncoding, MessageSender, StorageQueue};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,33 +26,15 @@ const VALID: &str = r#"{"jobId":"j-valid","source":"http://127.0.0.1:9/Sales/Ord
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kc_serve_under_the_harness_records_rejects_and_poisons() {
     let azurite = Azurite::start();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _kc = tokio::process::Command::new(env!("CARGO_BIN_EXE_kc"))
-        .arg("serve")
-        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
-        .env("KC_BLOB_ENDPOINT", azurite.blob_endpoint())
-        .env("KC_QUEUE_ENDPOINT", azurite.queue_endpoint())
-        .env("KC_CREDENTIAL", "emulator")
-        .env("KC_CA_CERT", &azurite.ca_pem_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let port = common::free_port();
+    let _kc = common::spawn_kc_serve(&azurite, port);
     let mut host = Host::load(repo(), &format!("http://127.0.0.1:{port}"), common::clients(&azurite));
     assert_eq!(host.settings.encoding, MessageEncoding::None, "read from host.json");
     assert_eq!(host.settings.max_dequeue_count, 5, "read from host.json");
     // host.json says 30 s; a test cannot wait 5 x 30 s for the poison queue.
     host.settings.visibility_timeout = Duration::from_secs(1);
     let host = Arc::new(host);
-    // Wait for the readiness probe like the host.
-    let http = reqwest::Client::new();
-    for _ in 0..200 {
-        if http.get(format!("http://127.0.0.1:{port}/")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    common::wait_ready(port).await;
 
     let requests = host.queue("kc-requests").await;
     requests.send(VALID, Duration::ZERO).await.unwrap();

@@ -77,7 +77,8 @@ async fn serves_records_jobs_in_azurite_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let text = r#"{"jobId":"orders-eu","source":"https://src.westeurope.kusto.windows.net/Sales/Orders","destination":"https://dst.northeurope.kusto.windows.net/Sales","stagingDirectory":"https://stagingacct.blob.core.windows.net/staging"}"#;
+    // Clusters on a closed loopback port: nothing in a test may reach beyond this machine.
+    let text = r#"{"jobId":"orders-eu","source":"http://127.0.0.1:9/Sales/Orders","destination":"http://127.0.0.1:9/Sales","stagingDirectory":"https://127.0.0.1:9/devstoreaccount1/staging"}"#;
     let payload = json!({
         "Data": {"request": serde_json::to_string(text).unwrap()},
         "Metadata": {"DequeueCount": "1", "Id": "\"m1\"", "sys": {"UtcNow": "2026-11-23T10:00:00Z"}}
