@@ -528,3 +528,29 @@ async fn every_scalar_type_and_nulls_survive_the_copy() {
     assert_eq!(rows_by_creation(&stack.destination, DB, "AllTypes"), ages);
     assert_no_leftovers(&stack, DB, &["AllTypes"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_destination_that_cannot_take_the_rows_stops_the_activity_before_any_export() {
+    let stack = stack().await;
+    seed(&stack.source, DB, "Events", 100, 2, JAN_2024);
+    // Amount is real at the source; here it is a string, and Props is missing.
+    stack.destination.command(DB, ".create table Events (Id:long, Name:string, When:datetime, Amount:string)").unwrap();
+    let engine = engine(&stack);
+    let job = submit(&engine, serde_json::json!({
+        "source": format!("{}/{DB}/Events", stack.source.url()),
+        "destination": format!("{}/{DB}", stack.destination.url()),
+        "stagingDirectory": format!("{}/staging/schema", stack.azurite.blob_endpoint()),
+    }))
+    .await;
+    let first = engine.start_job(&job).await.unwrap();
+    let failures = local::run(engine.clone(), first, 2, |_| {}).await;
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].contains("column Amount is Real in the copy but String"), "{}", failures[0]);
+    assert!(failures[0].contains("column Props (Dynamic) has no column"), "{}", failures[0]);
+    let record = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert!(matches!(record.state, ActivityState::Failed { .. }), "{record:?}");
+    assert!(engine.job_finished(&job).await.unwrap(), "a failed activity ends the job");
+    // Nothing was exported or staged.
+    assert!(stack.destination.extents(DB, "Events").unwrap().is_empty());
+    assert_no_leftovers(&stack, DB, &["Events"]).await;
+}

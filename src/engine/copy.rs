@@ -385,6 +385,17 @@ impl CopyEngine {
         let table = ident(&place.activity.source.table)?;
         let window = CursorWindow { from: iteration.cursor_from.clone(), to: iteration.cursor_to.clone() };
         let user_query = place.activity.query.as_deref().map(UserQuery::new).transpose().map_err(|e| EngineError::Permanent(e.to_string()))?;
+        // Before anything is exported: can the destination take what the copy produces?
+        let schema = |answer: Result<crate::kusto::DataSet, KustoError>, what: &str| {
+            answer.and_then(|a| a.primary().map(|t| t.columns.clone())).map_err(|e| kusto_err(what, e))
+        };
+        let produced = schema(source.execute(&place.activity.source.database, &commands::result_schema(&table, user_query.as_ref()), &request_id("schema")).await, "read the copy's schema")?;
+        let accepted = schema(dest.execute(&place.activity.destination.database, &commands::result_schema(&dest_table, None), &request_id("schema")).await, "read the destination schema")?;
+        if let Some(problem) = super::plan::schema_mismatch(&produced, &accepted) {
+            return self
+                .fail_activity(place, format!("destination table {} cannot take this copy: {problem}", dest_table.as_str()))
+                .await;
+        }
         let bin = self.options.limits.bin.unsigned_abs();
         let counts_cmd = commands::row_counts_by_ingestion_bin(&table, &window, user_query.as_ref(), bin).map_err(|e| kusto_err("plan", e))?;
         let counts = source

@@ -132,6 +132,24 @@ pub fn plan(counts: &[RowCountBin], extents: &[Extent], limits: &PlanLimits) -> 
     Plan { blocks, rows_without_ingestion_time }
 }
 
+/// Why the destination cannot take what the copy produces, naming the columns; `None` when
+/// it can. Every produced column must exist at the destination with the same type (else rows
+/// would lose values or fail to ingest); a destination column the copy does not produce is
+/// allowed and stays empty.
+pub fn schema_mismatch(produced: &[crate::kusto::Column], destination: &[crate::kusto::Column]) -> Option<String> {
+    let mut problems = Vec::new();
+    for column in produced {
+        match destination.iter().find(|d| d.name == column.name) {
+            None => problems.push(format!("column {} ({:?}) has no column in the destination table", column.name, column.kind)),
+            Some(d) if d.kind != column.kind => {
+                problems.push(format!("column {} is {:?} in the copy but {:?} in the destination table", column.name, column.kind, d.kind))
+            }
+            Some(_) => {}
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +221,17 @@ mod tests {
         assert_eq!(p.blocks.iter().map(|b| b.rows).collect::<Vec<_>>(), vec![500, 10]);
         assert_eq!(p.blocks[1].from, H0 + Duration::hours(1));
         assert_eq!(p.blocks[1].to, H0 + Duration::hours(6));
+    }
+
+    #[test]
+    fn schemas_must_match_by_name_and_type() {
+        use crate::kusto::{Column, KustoType};
+        let col = |n: &str, k| Column { name: n.into(), kind: k };
+        let produced = [col("Id", KustoType::Long), col("Name", KustoType::String)];
+        assert_eq!(schema_mismatch(&produced, &[col("Name", KustoType::String), col("Id", KustoType::Long), col("Extra", KustoType::Real)]), None);
+        let wrong = schema_mismatch(&produced, &[col("Id", KustoType::Int)]).unwrap();
+        assert!(wrong.contains("column Id is Long in the copy but Int"), "{wrong}");
+        assert!(wrong.contains("column Name (String) has no column"), "{wrong}");
     }
 
     #[test]

@@ -219,6 +219,18 @@ fn timespan_literal(d: Duration) -> String {
     format!("{}s", d.as_secs().max(1))
 }
 
+/// The columns a copy produces, and nothing else: the table with the user query, no rows.
+/// Compared with the destination's before anything is exported.
+pub fn result_schema(table: &Ident, user_query: Option<&UserQuery>) -> Command {
+    let mut q = format!("{}\n", table.quoted());
+    if let Some(user) = user_query {
+        q.push_str(user.as_str());
+        q.push('\n');
+    }
+    q.push_str("| take 0");
+    Command::new(CommandKind::Query, text(q), true)
+}
+
 /// `.show table T extents [where tags has 'tag']`: extent ids, row counts, creation times and
 /// tags. `has` is a term match, so callers compare tags exactly on the returned rows.
 pub fn show_extents(table: &Ident, tag: Option<&str>) -> Result<Command, KustoError> {
