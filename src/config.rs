@@ -20,6 +20,7 @@ pub mod names {
     pub const IDENTITY_CLIENT_ID: &str = "KC_IDENTITY_CLIENT_ID";
     pub const CA_CERT: &str = "KC_CA_CERT";
     pub const LOG_FORMAT: &str = "KC_LOG_FORMAT";
+    pub const INGESTION: &str = "KC_INGESTION";
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -67,6 +68,8 @@ pub struct StorageSettings {
 pub struct Settings {
     pub storage: StorageSettings,
     pub credential: CredentialKind,
+    /// `.ingest async` on the engine endpoint instead of the ingest-v2 queued API.
+    pub direct_ingestion: bool,
 }
 
 /// Reads settings from a name → value map (the process environment in production, a literal
@@ -106,6 +109,11 @@ pub fn from_map(env: &HashMap<String, String>) -> Result<Settings, ConfigError> 
             }
         }
     }
+    let direct_ingestion = match get(names::INGESTION) {
+        None | Some("queued") => false,
+        Some("direct") => true,
+        Some(other) => return Err(ConfigError::new(names::INGESTION, format!("'{other}' is not one of queued, direct"))),
+    };
     let ca_cert = get(names::CA_CERT).map(PathBuf::from);
     if let Some(path) = &ca_cert {
         if !path.is_file() {
@@ -121,6 +129,7 @@ pub fn from_map(env: &HashMap<String, String>) -> Result<Settings, ConfigError> 
             ca_cert,
         },
         credential,
+        direct_ingestion,
     })
 }
 

@@ -48,6 +48,9 @@ pub struct CopyArgs {
     /// Client id of a user-assigned managed identity (then the managed identity is used).
     #[arg(long = "clientId")]
     pub client_id: Option<String>,
+    /// Ingest with `.ingest async` on the engine endpoint instead of the queued ingest API.
+    #[arg(long = "direct-ingestion")]
+    pub direct_ingestion: bool,
     /// Iterations to run in a continuous copy before stopping (default: until interrupted).
     #[arg(long, hide = true)]
     pub iterations: Option<u64>,
@@ -129,7 +132,11 @@ pub async fn run(args: &CopyArgs, env: Environment) -> Result<String, String> {
         RecordOutcome::Rejected(job) => return Err(job.reason.unwrap_or_default()),
     };
     let connections = Arc::new(LiveConnections::new(credential, env.ca_cert.clone(), crate::engine::copy::step_client_options()));
-    let engine = Arc::new(CopyEngine::new(store.clone(), connections, env.engine_options.clone()));
+    let mut options = env.engine_options.clone();
+    if args.direct_ingestion {
+        options.ingest_route = crate::engine::records::IngestRoute::Direct;
+    }
+    let engine = Arc::new(CopyEngine::new(store.clone(), connections, options));
     let workers = (spec.export_count as usize * 2).clamp(2, 64);
     let progress = Progress::new(env.show_progress);
 

@@ -13,7 +13,7 @@
 //!   tag, or a tag gone from both tables, mean it was done.
 
 use super::plan::{plan, PlanLimits};
-use super::records::{ingest_verdict, BlockRecord, BlockState, IngestVerdict, IterationRecord, IterationState, MessageAction, Step};
+use super::records::{ingest_verdict, BlockRecord, BlockState, IngestRoute, IngestVerdict, IterationRecord, IterationState, MessageAction, Step};
 use super::{Delivery, Engine, EngineError, Outgoing, StepMessage, Tick};
 use crate::job::record::{list_jobs, read_job};
 use crate::job::{Activity, CopyMode, JobRecord, JobSpec, JobState};
@@ -41,11 +41,13 @@ pub struct EngineOptions {
     pub min_poll: Duration,
     pub max_poll: Duration,
     pub sas_lifetime: time::Duration,
+    pub ingest_route: IngestRoute,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
+            ingest_route: IngestRoute::Queued,
             limits: PlanLimits::default(),
             min_poll: Duration::from_secs(2),
             max_poll: Duration::from_secs(60),
@@ -643,7 +645,14 @@ impl CopyEngine {
         }
         block.ingest_attempt += 1;
         let tag = tag_for(&place.id(), &block);
-        block.state = BlockState::Ingesting { blobs: blobs.clone(), rows, tag: tag.clone(), operation_id: None, started_at: OffsetDateTime::now_utc() };
+        block.state = BlockState::Ingesting {
+            blobs: blobs.clone(),
+            rows,
+            tag: tag.clone(),
+            route: self.options.ingest_route,
+            operations: vec![],
+            started_at: OffsetDateTime::now_utc(),
+        };
         if !self.swap(key, &block, &etag).await? {
             return Ok(vec![]);
         }
@@ -652,22 +661,74 @@ impl CopyEngine {
         let staging = self.connections.staging(&place.spec.staging[0].account_url)?;
         let folder = block.folders.last().cloned().unwrap_or_default();
         let sas = staging.sas.folder_url(&folder, Access::IngestRead, self.options.sas_lifetime).await.map_err(storage_err)?;
-        let urls: Vec<SecretUrl> = blobs.iter().map(|b| SecretUrl::from_url(sas.blob(b).expose().clone())).collect();
         let mut props = commands::IngestProperties::parquet();
         props.creation_time = block.creation_time;
         props.tags = vec![tag.clone()];
         let table = ident(&place.staging_table())?;
-        let cmd = commands::ingest_async(&table, &urls, &props).map_err(|e| kusto_err("build the ingestion", e))?;
+        let database = ident(&place.activity.destination.database)?;
         let dest = self.connections.kusto(&place.activity.destination.cluster)?;
         let rid = ClientRequestId::new("ingest", &place.job.id, &block.number.to_string(), block.ingest_attempt);
-        let answer = dest.execute(&place.activity.destination.database, &cmd, &rid).await;
-        let op = answer.and_then(|a| results::operation_id(&a)).map_err(|e| kusto_err("start the ingestion", e))?;
+        let route = self.options.ingest_route;
+        let mut operations = Vec::new();
+        match route {
+            IngestRoute::Queued => {
+                // Blobs sent by an earlier call of this attempt are strays under this tag if a
+                // later call fails: the retry is a new attempt with a new tag.
+                for chunk in blobs.chunks(crate::kusto::MAX_BLOBS_PER_CALL) {
+                    let queued: Vec<crate::kusto::QueuedBlob> = chunk
+                        .iter()
+                        .map(|b| crate::kusto::QueuedBlob {
+                            url: SecretUrl::from_url(sas.blob(b).expose().clone()),
+                            source_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("{folder}/{b}").as_bytes()),
+                            raw_size: None,
+                        })
+                        .collect();
+                    let op = dest.queue_ingestion(&database, &table, &queued, &props, &rid).await.map_err(|e| kusto_err("queue the ingestion", e))?;
+                    operations.push(op);
+                }
+            }
+            IngestRoute::Direct => {
+                let urls: Vec<SecretUrl> = blobs.iter().map(|b| SecretUrl::from_url(sas.blob(b).expose().clone())).collect();
+                let cmd = commands::ingest_async(&table, &urls, &props).map_err(|e| kusto_err("build the ingestion", e))?;
+                let answer = dest.execute(&place.activity.destination.database, &cmd, &rid).await;
+                let op = answer.and_then(|a| results::operation_id(&a)).map_err(|e| kusto_err("start the ingestion", e))?;
+                operations.push(op.to_string());
+            }
+        }
         let started_at = OffsetDateTime::now_utc();
-        block.state = BlockState::Ingesting { blobs, rows, tag, operation_id: Some(op), started_at };
+        block.state = BlockState::Ingesting { blobs, rows, tag, route, operations, started_at };
         if !self.swap(key, &block, &etag).await? {
             return Ok(vec![]);
         }
         Ok(vec![place.later(Step::AwaitIngest, Some(block.number), self.options.min_poll)])
+    }
+
+    /// Whether the ingestion's operations have finished, and whether any failed.
+    async fn ingestion_outcome(&self, place: &Place, route: IngestRoute, operations: &[String], rid: &ClientRequestId) -> Result<(bool, bool), EngineError> {
+        let dest = self.connections.kusto(&place.activity.destination.cluster)?;
+        let db = &place.activity.destination.database;
+        match route {
+            IngestRoute::Direct => {
+                let id = operations.first().and_then(|o| o.parse::<uuid::Uuid>().ok()).ok_or_else(|| EngineError::Permanent("bad ingestion operation id".into()))?;
+                // A record aged out of `.show operations` has long finished: the count decides.
+                Ok(match self.operation(&dest, db, id, rid).await?.map(|o| o.state) {
+                    None => (true, false),
+                    Some(s) if s.is_pending() => (false, false),
+                    Some(results::OperationState::Completed) => (true, false),
+                    Some(_) => (true, true),
+                })
+            }
+            IngestRoute::Queued => {
+                let (database, table) = (ident(db)?, ident(&place.staging_table())?);
+                let (mut finished, mut failed) = (true, false);
+                for op in operations {
+                    let status = dest.ingestion_status(&database, &table, op, rid).await.map_err(|e| kusto_err("read ingestion status", e))?;
+                    finished &= status.is_finished();
+                    failed |= status.failed > 0 || status.canceled > 0;
+                }
+                Ok((finished, failed))
+            }
+        }
     }
 
     /// Rows in `table` under exactly `tag` (`has` in `.show extents` is a term match).
@@ -679,18 +740,14 @@ impl CopyEngine {
     }
 
     async fn await_ingest(&self, place: &Place, key: &str, mut block: BlockRecord, etag: ETag) -> Result<Vec<Outgoing>, EngineError> {
-        let BlockState::Ingesting { blobs, rows, tag, operation_id: Some(op), started_at } = block.state.clone() else { return Ok(vec![]) };
+        let BlockState::Ingesting { blobs, rows, tag, route, operations, started_at } = block.state.clone() else { return Ok(vec![]) };
+        if operations.is_empty() {
+            return Ok(vec![]);
+        }
         let dest = self.connections.kusto(&place.activity.destination.cluster)?;
         let db = &place.activity.destination.database;
         let rid = ClientRequestId::new("await-ingest", &place.job.id, &block.number.to_string(), block.ingest_attempt);
-        let operation = self.operation(&dest, db, op, &rid).await?;
-        // A record aged out of `.show operations` has long finished: the count decides.
-        let (finished, failed) = match operation.as_ref().map(|o| &o.state) {
-            None => (true, false),
-            Some(s) if s.is_pending() => (false, false),
-            Some(results::OperationState::Completed) => (true, false),
-            Some(_) => (true, true),
-        };
+        let (finished, failed) = self.ingestion_outcome(place, route, &operations, &rid).await?;
         let staging = ident(&place.staging_table())?;
         let tagged = self.tagged_rows(&dest, db, &staging, &tag, &rid).await?;
         match ingest_verdict(finished, failed, tagged, rows) {

@@ -58,6 +58,18 @@ impl Step {
     }
 }
 
+/// How a block's blobs are ingested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum IngestRoute {
+    /// The ingest-v2 REST API on the cluster's ingest endpoint: what Kusto recommends for
+    /// volume, with per-blob status.
+    #[default]
+    Queued,
+    /// `.ingest async into table` on the engine endpoint, tracked by `.show operations`.
+    Direct,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "camelCase")]
 pub enum BlockState {
@@ -75,12 +87,16 @@ pub enum BlockState {
         blobs: Vec<String>,
         rows: u64,
     },
+    /// Recorded before the ingestion is sent; `operations` after (empty: interrupted in
+    /// between, so this tag is abandoned and a new attempt gets a new one).
     Ingesting {
         blobs: Vec<String>,
         rows: u64,
         tag: String,
-        #[serde(rename = "operationId")]
-        operation_id: Option<Uuid>,
+        route: IngestRoute,
+        /// Ingest-v2 operation ids (one per call of up to 20 blobs), or the `.ingest async`
+        /// operation id.
+        operations: Vec<String>,
         #[serde(rename = "startedAt", with = "time::serde::rfc3339")]
         started_at: OffsetDateTime,
     },
@@ -142,7 +158,7 @@ impl BlockRecord {
             BlockState::Exporting { operation_id: None, .. } => Step::Export,
             BlockState::Exporting { .. } => Step::AwaitExport,
             BlockState::Exported { .. } => Step::Ingest,
-            BlockState::Ingesting { operation_id: None, .. } => Step::Ingest,
+            BlockState::Ingesting { operations, .. } if operations.is_empty() => Step::Ingest,
             BlockState::Ingesting { .. } => Step::AwaitIngest,
             BlockState::Ingested { .. } => Step::Commit,
             BlockState::Committed { .. } => Step::Cleanup,
@@ -259,8 +275,8 @@ mod tests {
             (BlockState::Exporting { operation_id: None, started_at: T }, Some(Step::Export)),
             (BlockState::Exporting { operation_id: id, started_at: T }, Some(Step::AwaitExport)),
             (BlockState::Exported { blobs: vec![], rows: 1 }, Some(Step::Ingest)),
-            (BlockState::Ingesting { blobs: vec![], rows: 1, tag: "t".into(), operation_id: None, started_at: T }, Some(Step::Ingest)),
-            (BlockState::Ingesting { blobs: vec![], rows: 1, tag: "t".into(), operation_id: id, started_at: T }, Some(Step::AwaitIngest)),
+            (BlockState::Ingesting { blobs: vec![], rows: 1, tag: "t".into(), route: IngestRoute::Queued, operations: vec![], started_at: T }, Some(Step::Ingest)),
+            (BlockState::Ingesting { blobs: vec![], rows: 1, tag: "t".into(), route: IngestRoute::Queued, operations: vec!["op".into()], started_at: T }, Some(Step::AwaitIngest)),
             (BlockState::Ingested { rows: 1, tag: "t".into() }, Some(Step::Commit)),
             (BlockState::Committed { rows: 1 }, Some(Step::Cleanup)),
             (BlockState::Done { rows: 1 }, None),
@@ -300,7 +316,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_through_json() {
-        let b = block(BlockState::Ingesting { blobs: vec!["a.parquet".into()], rows: 3, tag: "drop-by:kc".into(), operation_id: Some(Uuid::from_u128(7)), started_at: T });
+        let b = block(BlockState::Ingesting { blobs: vec!["a.parquet".into()], rows: 3, tag: "drop-by:kc".into(), route: IngestRoute::Direct, operations: vec![Uuid::from_u128(7).to_string()], started_at: T });
         let json = serde_json::to_string(&b).unwrap();
         assert!(json.contains("\"state\":\"ingesting\""), "{json}");
         assert_eq!(serde_json::from_str::<BlockRecord>(&json).unwrap(), b);

@@ -193,7 +193,15 @@ impl AppState {
         let queue = clients.queue(steps_queue).map_err(|e| e.to_string())?;
         let store: Arc<dyn CheckpointStore> = Arc::new(BlobCheckpointStore::new(container));
         let connections = Arc::new(LiveConnections::new(credential, settings.storage.ca_cert.clone(), crate::engine::copy::step_client_options()));
-        let engine = Arc::new(CopyEngine::new(store.clone(), connections, EngineOptions::default()));
+        let options = EngineOptions {
+            ingest_route: if settings.direct_ingestion {
+                crate::engine::records::IngestRoute::Direct
+            } else {
+                crate::engine::records::IngestRoute::Queued
+            },
+            ..EngineOptions::default()
+        };
+        let engine = Arc::new(CopyEngine::new(store.clone(), connections, options));
         Ok(AppState {
             store,
             steps: Arc::new(StorageQueue::new(queue, steps_queue, MessageEncoding::None)),

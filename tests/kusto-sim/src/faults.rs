@@ -116,6 +116,11 @@ impl FaultPlan {
         self.random.push(Random { kind, fault, probability });
     }
 
+    /// Scripted faults not yet met (tests check that a scenario really met its faults).
+    pub fn pending(&self) -> u32 {
+        self.scripted.iter().map(|s| s.remaining).sum()
+    }
+
     pub fn clear(&mut self) {
         self.scripted.clear();
         self.random.clear();
