@@ -140,20 +140,48 @@ pub async fn run(args: &CopyArgs, env: Environment) -> Result<String, String> {
     let workers = (spec.export_count as usize * 2).clamp(2, 64);
     let progress = Progress::new(env.show_progress);
 
+    // Rows and blocks from the checkpoints, once a second: the bar's rate and ETA follow.
+    let progress = Arc::new(progress);
+    let watcher = {
+        let (engine, job, progress) = (engine.clone(), job.clone(), progress.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(p) = engine.progress(&job).await {
+                    progress.rows(p);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    let result = drive(&engine, &job, &spec, args, workers, &progress).await;
+    watcher.abort();
+    if let Ok(p) = engine.progress(&job).await {
+        progress.rows(p);
+    }
+    progress.finish();
+    result
+}
+
+async fn drive(
+    engine: &Arc<CopyEngine>,
+    job: &JobRecord,
+    spec: &crate::job::JobSpec,
+    args: &CopyArgs,
+    workers: usize,
+    progress: &Progress,
+) -> Result<String, String> {
     let mut iterations_run = 0u64;
     loop {
-        let first = engine.resume(&job).await.map_err(|e| e.to_string())?;
+        let first = engine.resume(job).await.map_err(|e| e.to_string())?;
         let engine_dyn: Arc<dyn Engine> = engine.clone();
         let failures = local::run(engine_dyn, first, workers, |e| progress.on_event(e)).await;
         iterations_run += 1;
         if !failures.is_empty() {
-            progress.finish();
             return Err(format!("{} step(s) failed; first: {}", failures.len(), failures[0]));
         }
-        let summary = summarize(&engine, &job).await?;
+        let summary = summarize(engine, job).await?;
         let continuous = spec.copy_mode.is_continuous() && spec.iteration_period_secs.is_some();
         if !continuous || args.iterations.is_some_and(|n| iterations_run >= n) {
-            progress.finish();
             return Ok(summary);
         }
         progress.note(&format!("iteration done ({}); next in {} s", summary, spec.iteration_period_secs.unwrap_or(0)));
@@ -192,17 +220,41 @@ struct Progress {
     ingested: AtomicU64,
     committed: AtomicU64,
     retries: AtomicU64,
+    blocks: AtomicU64,
+    blocks_done: AtomicU64,
 }
 
 impl Progress {
     fn new(show: bool) -> Self {
         let bar = show.then(|| {
-            let bar = ProgressBar::new_spinner();
-            bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"));
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:24} {human_pos}/{human_len} rows, {per_sec}, ETA {eta}\n  {msg}")
+                    .expect("valid template"),
+            );
             bar.enable_steady_tick(Duration::from_millis(250));
             bar
         });
-        Progress { bar, exports: 0.into(), exported: 0.into(), ingested: 0.into(), committed: 0.into(), retries: 0.into() }
+        Progress {
+            bar,
+            exports: 0.into(),
+            exported: 0.into(),
+            ingested: 0.into(),
+            committed: 0.into(),
+            retries: 0.into(),
+            blocks: 0.into(),
+            blocks_done: 0.into(),
+        }
+    }
+
+    fn rows(&self, p: crate::engine::copy::JobProgress) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(p.planned_rows);
+            bar.set_position(p.copied_rows);
+        }
+        self.blocks.store(p.blocks, Ordering::Relaxed);
+        self.blocks_done.store(p.blocks_done, Ordering::Relaxed);
+        self.refresh();
     }
 
     fn on_event(&self, event: &Event) {
@@ -228,11 +280,13 @@ impl Progress {
     fn refresh(&self) {
         if let Some(bar) = &self.bar {
             bar.set_message(format!(
-                "blocks: exports started {}, exported {}, ingested {}, committed {} (transient retries {})",
+                "blocks: {} planned, exports started {}, exported {}, ingested {}, committed {}, done {} (transient retries {})",
+                self.blocks.load(Ordering::Relaxed),
                 self.exports.load(Ordering::Relaxed),
                 self.exported.load(Ordering::Relaxed),
                 self.ingested.load(Ordering::Relaxed),
                 self.committed.load(Ordering::Relaxed),
+                self.blocks_done.load(Ordering::Relaxed),
                 self.retries.load(Ordering::Relaxed),
             ));
         }

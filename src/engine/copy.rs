@@ -423,7 +423,14 @@ impl CopyEngine {
             let record = BlockRecord::planned(i as u64, b.from, b.to, b.rows, b.creation_time);
             checkpoint::create_json(self.store.as_ref(), &keys::block(job, activity, n, i as u64), &record).await.map_err(storage_err)?;
         }
-        let slots = place.spec.export_count.max(1) as u64;
+        // Exports in flight: the job's export count, never more than the cluster can run.
+        let capacity = source
+            .execute(&place.activity.source.database, &commands::show_capacity(), &request_id("capacity"))
+            .await
+            .and_then(|a| results::capacities(&a))
+            .map(|caps| caps.into_iter().find(|c| c.resource == "DataExport").map(|c| c.total.max(1) as u64))
+            .map_err(|e| kusto_err("read the source's export capacity", e))?;
+        let slots = export_slots(place.spec.export_count, capacity);
         let first = (planned.blocks.len() as u64).min(slots);
         loop {
             let mut next = iteration.clone();
@@ -944,14 +951,49 @@ impl CopyEngine {
         Ok(true)
     }
 
+    /// Blocks and rows of the current iterations of a job's activities, for progress views.
+    pub async fn progress(&self, job: &JobRecord) -> Result<JobProgress, EngineError> {
+        let mut p = JobProgress::default();
+        let Some(spec) = &job.spec else { return Ok(p) };
+        for activity in &spec.activities {
+            let Some((record, _)) = self.read::<ActivityRecord>(&keys::activity(&job.id, &activity.name)).await? else { continue };
+            let place = Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration: record.iteration };
+            if let Some((it, _)) = self.read::<IterationRecord>(&keys::iteration(&job.id, &activity.name, record.iteration)).await? {
+                p.blocks += it.blocks;
+                p.planned_rows += it.planned_rows;
+            }
+            if let Some((done, _)) = self.read::<Progress>(&done_key(&place)).await? {
+                p.blocks_done += done.done;
+                p.copied_rows += done.rows;
+            }
+        }
+        Ok(p)
+    }
+
     pub async fn activity(&self, job: &str, activity: &str) -> Result<Option<ActivityRecord>, EngineError> {
         Ok(self.read::<ActivityRecord>(&keys::activity(job, activity)).await?.map(|(r, _)| r))
     }
 }
 
+/// Exports one iteration runs at once: the job's `exportCount`, capped by the cluster's
+/// `DataExport` capacity when it reports one (exports beyond it are throttled anyway).
+fn export_slots(export_count: u32, cluster_capacity: Option<u64>) -> u64 {
+    let wanted = export_count.max(1) as u64;
+    cluster_capacity.map_or(wanted, |c| wanted.min(c.max(1)))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Slots {
     handed: u64,
+}
+
+/// See [`CopyEngine::progress`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobProgress {
+    pub blocks: u64,
+    pub blocks_done: u64,
+    pub planned_rows: u64,
+    pub copied_rows: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1039,6 +1081,14 @@ mod tests {
         assert_eq!(blob_name_in("https://127.0.0.1:1/devstoreaccount1/kcs-x-1-1/d/b.parquet?sv=1", "kcs-x-1-1").unwrap(), "d/b.parquet");
         assert_eq!(blob_name_in("b1_0.parquet", "kcs-x-1-1").unwrap(), "b1_0.parquet");
         assert!(blob_name_in("https://a.blob.core.windows.net/other/b.parquet", "kcs-x-1-1").is_err());
+    }
+
+    #[test]
+    fn export_slots_respect_the_cluster_capacity() {
+        assert_eq!(export_slots(20, Some(4)), 4);
+        assert_eq!(export_slots(2, Some(4)), 2);
+        assert_eq!(export_slots(8, None), 8);
+        assert_eq!(export_slots(0, Some(0)), 1, "never zero: the copy must move");
     }
 
     #[test]
