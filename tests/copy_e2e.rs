@@ -587,3 +587,58 @@ async fn the_direct_ingestion_route_copies_exactly_too() {
     assert_eq!(rows_by_creation(&stack.destination, DB, "Events"), ages);
     assert_no_leftovers(&stack, DB, &["Events"]).await;
 }
+
+/// Loses every message for one step, as a crashed host or a poisoned message would.
+struct Losing {
+    inner: Arc<CopyEngine>,
+    step: &'static str,
+}
+
+#[async_trait::async_trait]
+impl Engine for Losing {
+    async fn start_job(&self, job: &JobRecord) -> Result<Vec<Outgoing>, EngineError> {
+        self.inner.start_job(job).await
+    }
+    async fn step(&self, m: &StepMessage, d: &Delivery) -> Result<Vec<Outgoing>, EngineError> {
+        let out = self.inner.step(m, d).await?;
+        Ok(out.into_iter().filter(|o| o.message.step != self.step).collect())
+    }
+    async fn tick(&self, t: &Tick) -> Result<Vec<Outgoing>, EngineError> {
+        self.inner.tick(t).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sweeper_finds_blocks_whose_messages_were_lost() {
+    let stack = stack().await;
+    seed(&stack.source, DB, "Events", 300, 3, JAN_2024);
+    create_destination(&stack.destination, DB, "Events");
+    let engine = engine(&stack);
+    let job = submit(&engine, serde_json::json!({
+        "source": format!("{}/{DB}/Events", stack.source.url()),
+        "destination": format!("{}/{DB}", stack.destination.url()),
+        "stagingDirectory": format!("{}/staging/sweep", stack.azurite.blob_endpoint()),
+    }))
+    .await;
+    let losing: Arc<dyn Engine> = Arc::new(Losing { inner: engine.clone(), step: "ingest" });
+    let first = losing.start_job(&job).await.unwrap();
+    run_job(losing, first).await;
+    // Every block is exported, none ingested: the copy stalled.
+    assert!(!engine.job_finished(&job).await.unwrap());
+    assert!(stack.destination.extents(DB, "Events").unwrap().is_empty());
+
+    // A tick now finds nothing stalled yet; one past the stall time re-sends each block's step.
+    let now = time::OffsetDateTime::now_utc();
+    assert!(engine.tick(&Tick { now, past_due: false }).await.unwrap().is_empty(), "blocks touched just now are not stalled");
+    let swept = engine.tick(&Tick { now: now + time::Duration::hours(1), past_due: false }).await.unwrap();
+    assert_eq!(swept.len(), 3, "{swept:?}");
+    assert!(swept.iter().all(|o| o.message.step == "ingest"));
+    run_job(engine.clone(), swept).await;
+
+    assert!(engine.job_finished(&job).await.unwrap());
+    let (expected, ages) = query_rows(&stack.source, DB, "Events | order by Id asc");
+    let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
+    assert_eq!(copied, expected);
+    assert_eq!(rows_by_creation(&stack.destination, DB, "Events"), ages);
+    assert_no_leftovers(&stack, DB, &["Events"]).await;
+}

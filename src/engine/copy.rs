@@ -42,12 +42,15 @@ pub struct EngineOptions {
     pub max_poll: Duration,
     pub sas_lifetime: time::Duration,
     pub ingest_route: IngestRoute,
+    /// A block untouched for this long is swept: its due step is sent again.
+    pub stall_after: time::Duration,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             ingest_route: IngestRoute::Queued,
+            stall_after: time::Duration::minutes(10),
             limits: PlanLimits::default(),
             min_poll: Duration::from_secs(2),
             max_poll: Duration::from_secs(60),
@@ -147,6 +150,9 @@ pub struct ActivityRecord {
     /// Rows the last plans could not copy because they have no ingestion time.
     pub rows_without_ingestion_time: u64,
     pub copied_rows: u64,
+    /// The last iteration whose rows are counted above (finishing is idempotent by it).
+    #[serde(default)]
+    pub last_finished_iteration: u64,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_finished_at: Option<OffsetDateTime>,
 }
@@ -299,6 +305,13 @@ impl CopyEngine {
         Ok(matches!(checkpoint::replace_json(self.store.as_ref(), key, next, etag).await.map_err(storage_err)?, Written::Done(_)))
     }
 
+    /// Writes a block record with its `touched_at` set now, so the sweeper can tell a block in
+    /// progress from one whose message was lost.
+    async fn swap_block(&self, key: &str, block: &mut BlockRecord, etag: &ETag) -> Result<bool, EngineError> {
+        block.touched_at = OffsetDateTime::now_utc();
+        self.swap(key, block, etag).await
+    }
+
     async fn fail_activity(&self, place: &Place, reason: String) -> Result<Vec<Outgoing>, EngineError> {
         let key = keys::activity(&place.job.id, &place.activity.name);
         loop {
@@ -359,7 +372,14 @@ impl CopyEngine {
         };
         let activity_key = keys::activity(job, activity);
         if self.read::<ActivityRecord>(&activity_key).await?.is_none() {
-            let record = ActivityRecord { iteration: n, state: ActivityState::Running, rows_without_ingestion_time: 0, copied_rows: 0, last_finished_at: None };
+            let record = ActivityRecord {
+                iteration: n,
+                state: ActivityState::Running,
+                rows_without_ingestion_time: 0,
+                copied_rows: 0,
+                last_finished_iteration: 0,
+                last_finished_at: None,
+            };
             checkpoint::create_json(self.store.as_ref(), &activity_key, &record).await.map_err(storage_err)?;
         }
 
@@ -437,8 +457,7 @@ impl CopyEngine {
             next.blocks = planned.blocks.len() as u64;
             next.planned_rows = planned.blocks.iter().map(|b| b.rows).sum();
             next.rows_without_ingestion_time = planned.rows_without_ingestion_time;
-            next.state = if planned.blocks.is_empty() { IterationState::Done } else { IterationState::Copying };
-            next.finished_at = planned.blocks.is_empty().then(OffsetDateTime::now_utc);
+            next.state = IterationState::Copying;
             if self.swap(&key, &next, &etag).await? {
                 iteration = next;
                 break;
@@ -450,7 +469,7 @@ impl CopyEngine {
             (iteration, etag) = (again, e);
         }
         self.set_slots_handed(place, first).await?;
-        if iteration.state == IterationState::Done {
+        if iteration.blocks == 0 {
             // An empty window completes cleanly.
             self.finish_iteration(place, &iteration).await?;
             return Ok(vec![]);
@@ -526,7 +545,7 @@ impl CopyEngine {
         let folder = folder_name(&place.id(), block.number, block.export_attempt);
         block.folders.push(folder.clone());
         block.state = BlockState::Exporting { operation_id: None, started_at: OffsetDateTime::now_utc() };
-        if !self.swap(key, &block, &etag).await? {
+        if !self.swap_block(key, &mut block, &etag).await? {
             return Ok(vec![]);
         }
         let etag = self.read::<BlockRecord>(key).await?.map(|(_, e)| e).ok_or_else(|| EngineError::Transient("block vanished".into()))?;
@@ -565,13 +584,13 @@ impl CopyEngine {
             Err(e) => {
                 block.last_error = Some(e.to_string());
                 block.state = BlockState::Planned;
-                self.swap(key, &block, &etag).await?;
+                self.swap_block(key, &mut block, &etag).await?;
                 return Err(kusto_err("start the export", e));
             }
         };
         let started_at = OffsetDateTime::now_utc();
         block.state = BlockState::Exporting { operation_id: Some(operation_id), started_at };
-        if !self.swap(key, &block, &etag).await? {
+        if !self.swap_block(key, &mut block, &etag).await? {
             return Ok(vec![]);
         }
         Ok(vec![place.later(Step::AwaitExport, Some(block.number), self.options.min_poll)])
@@ -599,7 +618,11 @@ impl CopyEngine {
         let operation = self.operation(&source, db, op, &rid).await?;
         let state = operation.as_ref().map(|o| o.state.clone());
         match state {
-            Some(s) if s.is_pending() => Ok(vec![place.later(Step::AwaitExport, Some(block.number), self.poll_delay(started_at))]),
+            Some(s) if s.is_pending() => {
+                // Seen alive: the sweeper leaves it alone. Losing this race changes nothing.
+                self.swap_block(key, &mut block, &etag).await?;
+                Ok(vec![place.later(Step::AwaitExport, Some(block.number), self.poll_delay(started_at))])
+            }
             Some(results::OperationState::Completed) => {
                 let details = source.execute(db, &commands::show_operation_details(op), &rid).await.map_err(|e| kusto_err("read export details", e))?;
                 let exported = results::exported_blobs(&details).map_err(|e| kusto_err("read export details", e))?;
@@ -608,7 +631,7 @@ impl CopyEngine {
                 let rows: u64 = exported.iter().map(|b| b.records.max(0) as u64).sum();
                 block.state = if rows == 0 { BlockState::Committed { rows: 0 } } else { BlockState::Exported { blobs, rows } };
                 block.last_error = None;
-                if !self.swap(key, &block, &etag).await? {
+                if !self.swap_block(key, &mut block, &etag).await? {
                     return Ok(vec![]);
                 }
                 let (_, blocks) = self.iteration_blocks(place).await?;
@@ -624,7 +647,7 @@ impl CopyEngine {
                     (Some(s), None) => format!("export {s:?}"),
                 });
                 block.state = BlockState::Planned;
-                if !self.swap(key, &block, &etag).await? {
+                if !self.swap_block(key, &mut block, &etag).await? {
                     return Ok(vec![]);
                 }
                 Ok(vec![place.now(Step::Export, Some(block.number))])
@@ -660,7 +683,7 @@ impl CopyEngine {
             operations: vec![],
             started_at: OffsetDateTime::now_utc(),
         };
-        if !self.swap(key, &block, &etag).await? {
+        if !self.swap_block(key, &mut block, &etag).await? {
             return Ok(vec![]);
         }
         let etag = self.read::<BlockRecord>(key).await?.map(|(_, e)| e).ok_or_else(|| EngineError::Transient("block vanished".into()))?;
@@ -704,7 +727,7 @@ impl CopyEngine {
         }
         let started_at = OffsetDateTime::now_utc();
         block.state = BlockState::Ingesting { blobs, rows, tag, route, operations, started_at };
-        if !self.swap(key, &block, &etag).await? {
+        if !self.swap_block(key, &mut block, &etag).await? {
             return Ok(vec![]);
         }
         Ok(vec![place.later(Step::AwaitIngest, Some(block.number), self.options.min_poll)])
@@ -758,11 +781,14 @@ impl CopyEngine {
         let staging = ident(&place.staging_table())?;
         let tagged = self.tagged_rows(&dest, db, &staging, &tag, &rid).await?;
         match ingest_verdict(finished, failed, tagged, rows) {
-            IngestVerdict::Wait => Ok(vec![place.later(Step::AwaitIngest, Some(block.number), self.poll_delay(started_at))]),
+            IngestVerdict::Wait => {
+                self.swap_block(key, &mut block, &etag).await?;
+                Ok(vec![place.later(Step::AwaitIngest, Some(block.number), self.poll_delay(started_at))])
+            }
             IngestVerdict::Complete => {
                 block.state = BlockState::Ingested { rows, tag };
                 block.last_error = None;
-                if !self.swap(key, &block, &etag).await? {
+                if !self.swap_block(key, &mut block, &etag).await? {
                     return Ok(vec![]);
                 }
                 Ok(vec![place.now(Step::Commit, Some(block.number))])
@@ -776,7 +802,7 @@ impl CopyEngine {
                 }
                 block.last_error = Some(format!("ingestion under {tag} gave {tagged} rows of {rows}{}", if failed { " and failed" } else { "" }));
                 block.state = BlockState::Exported { blobs, rows };
-                if !self.swap(key, &block, &etag).await? {
+                if !self.swap_block(key, &mut block, &etag).await? {
                     return Ok(vec![]);
                 }
                 Ok(vec![place.now(Step::Ingest, Some(block.number))])
@@ -810,7 +836,7 @@ impl CopyEngine {
         let cmd = commands::drop_extent_tags(&dest_table, &[tag.as_str()], None).map_err(|e| kusto_err("drop tag", e))?;
         dest.execute(db, &cmd, &rid).await.map_err(|e| kusto_err("drop the block's tag", e))?;
         block.state = BlockState::Committed { rows };
-        if !self.swap(key, &block, &etag).await? {
+        if !self.swap_block(key, &mut block, &etag).await? {
             return Ok(vec![]);
         }
         Ok(vec![place.now(Step::Cleanup, Some(block.number))])
@@ -828,7 +854,7 @@ impl CopyEngine {
             }
         }
         block.state = BlockState::Done { rows };
-        if !self.swap(key, &block, &etag).await? {
+        if !self.swap_block(key, &mut block, &etag).await? {
             return Ok(vec![]);
         }
         self.block_done(place, rows).await
@@ -860,6 +886,9 @@ impl CopyEngine {
         Ok(vec![])
     }
 
+    /// Ends an iteration: drops its staging table, records the activity's progress, then marks
+    /// the iteration done. Safe to repeat: the activity counts an iteration once (by number),
+    /// and the iteration is marked last, so a crash in between leaves it for the sweeper.
     async fn finish_iteration(&self, place: &Place, iteration: &IterationRecord) -> Result<(), EngineError> {
         let key = keys::iteration(&place.job.id, &place.activity.name, place.iteration);
         if iteration.blocks > 0 {
@@ -870,24 +899,14 @@ impl CopyEngine {
                 .await
                 .map_err(|e| kusto_err("drop the staging table", e))?;
         }
-        loop {
-            let Some((mut it, etag)) = self.read::<IterationRecord>(&key).await? else { break };
-            if it.finished_at.is_some() && it.state == IterationState::Done {
-                break;
-            }
-            it.state = IterationState::Done;
-            it.finished_at = Some(OffsetDateTime::now_utc());
-            if self.swap(&key, &it, &etag).await? {
-                break;
-            }
-        }
         let rows = self.read::<Progress>(&done_key(place)).await?.map(|(p, _)| p.rows).unwrap_or(0);
         let activity_key = keys::activity(&place.job.id, &place.activity.name);
         loop {
             let Some((mut record, etag)) = self.read::<ActivityRecord>(&activity_key).await? else { break };
-            if record.iteration > place.iteration || matches!(record.state, ActivityState::Completed | ActivityState::Failed { .. }) {
+            if record.last_finished_iteration >= place.iteration || matches!(record.state, ActivityState::Failed { .. }) {
                 break;
             }
+            record.last_finished_iteration = place.iteration;
             record.copied_rows += rows;
             record.rows_without_ingestion_time = iteration.rows_without_ingestion_time;
             record.last_finished_at = Some(OffsetDateTime::now_utc());
@@ -896,14 +915,37 @@ impl CopyEngine {
                 break;
             }
         }
+        loop {
+            let Some((mut it, etag)) = self.read::<IterationRecord>(&key).await? else { break };
+            if it.state == IterationState::Done {
+                break;
+            }
+            it.state = IterationState::Done;
+            it.finished_at = Some(OffsetDateTime::now_utc());
+            if self.swap(&key, &it, &etag).await? {
+                break;
+            }
+        }
         tracing::info!(job = %place.job.id, activity = %place.activity.name, iteration = place.iteration, rows, "iteration done");
         Ok(())
     }
 
     /// The messages that move a job on from its checkpoints: what a restarted `kc copy`
-    /// sends first, and what the sweeper re-sends when a message was lost.
+    /// sends first.
     pub async fn resume(&self, job: &JobRecord) -> Result<Vec<Outgoing>, EngineError> {
+        self.due_messages(job, None).await
+    }
+
+    /// The sweeper: the due steps of blocks nobody has touched since `stalled_before` (their
+    /// message was lost, or poisoned after repeated failures), of plans stuck as long, and
+    /// the end of iterations whose blocks are all done but which were never closed.
+    pub async fn sweep(&self, job: &JobRecord, stalled_before: OffsetDateTime) -> Result<Vec<Outgoing>, EngineError> {
+        self.due_messages(job, Some(stalled_before)).await
+    }
+
+    async fn due_messages(&self, job: &JobRecord, stalled_before: Option<OffsetDateTime>) -> Result<Vec<Outgoing>, EngineError> {
         let Some(spec) = job.spec.clone() else { return Ok(vec![]) };
+        let stalled = |t: OffsetDateTime| stalled_before.is_none_or(|limit| t < limit);
         let mut out = Vec::new();
         for activity in &spec.activities {
             let place = |n| Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration: n };
@@ -920,18 +962,23 @@ impl CopyEngine {
                 continue;
             };
             match iteration.state {
-                IterationState::Planning => out.push(p.now(Step::Plan, None)),
-                IterationState::Done => {}
+                IterationState::Planning if stalled(iteration.started_at) => out.push(p.now(Step::Plan, None)),
+                IterationState::Planning | IterationState::Done => {}
                 IterationState::Copying => {
                     let handed = self.read::<Slots>(&slots_key(&p)).await?.map(|(s, _)| s.handed).unwrap_or(0);
+                    let mut all_done = true;
                     for key in self.store.list(&keys::blocks(&job.id, &activity.name, record.iteration)).await.map_err(storage_err)? {
                         let Some((block, _)) = self.read::<BlockRecord>(&key).await? else { continue };
+                        all_done &= block.due().is_none();
                         match block.due() {
                             // Not yet given an export slot: the slot hand-over will reach it.
                             Some(Step::Export) if block.number >= handed && block.export_attempt == 0 => {}
-                            Some(step) => out.push(p.now(step, Some(block.number))),
-                            None => {}
+                            Some(step) if stalled(block.touched_at) => out.push(p.now(step, Some(block.number))),
+                            _ => {}
                         }
+                    }
+                    if all_done && stalled_before.is_some() {
+                        self.finish_iteration(&p, &iteration).await?;
                     }
                 }
             }
@@ -1050,6 +1097,9 @@ impl Engine for CopyEngine {
         let mut out = Vec::new();
         for job in list_jobs(self.store.as_ref()).await.map_err(record_err)? {
             let Some(spec) = &job.spec else { continue };
+            if !self.job_finished(&job).await? {
+                out.extend(self.sweep(&job, tick.now - self.options.stall_after).await?);
+            }
             let Some(period) = spec.iteration_period_secs.filter(|_| spec.copy_mode.is_continuous()) else { continue };
             for activity in &spec.activities {
                 let key = keys::activity(&job.id, &activity.name);

@@ -133,6 +133,10 @@ pub struct BlockRecord {
     pub state: BlockState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// When a step last wrote or looked at this block; a block untouched for long had its
+    /// message lost (or poisoned), and the sweeper sends its due step again.
+    #[serde(with = "time::serde::rfc3339")]
+    pub touched_at: OffsetDateTime,
 }
 
 impl BlockRecord {
@@ -148,6 +152,7 @@ impl BlockRecord {
             folders: Vec::new(),
             state: BlockState::Planned,
             last_error: None,
+            touched_at: OffsetDateTime::now_utc(),
         }
     }
 
