@@ -642,3 +642,35 @@ async fn the_sweeper_finds_blocks_whose_messages_were_lost() {
     assert_eq!(rows_by_creation(&stack.destination, DB, "Events"), ages);
     assert_no_leftovers(&stack, DB, &["Events"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_destination_table_is_created_only_when_the_job_asks() {
+    let stack = stack().await;
+    seed(&stack.source, DB, "Events", 200, 2, JAN_2024);
+    stack.destination.create_database("fresh");
+    let engine = engine(&stack);
+    let request = |create: bool, folder: &str| {
+        serde_json::json!({
+            "source": format!("{}/{DB}/Events", stack.source.url()),
+            "destination": format!("{}/fresh/Slim", stack.destination.url()),
+            "stagingDirectory": format!("{}/staging/{folder}", stack.azurite.blob_endpoint()),
+            "query": "| project Id, Amount, Props",
+            "createDestinationTable": create,
+        })
+    };
+    // Not asked: the activity stops and says what to do.
+    let job = submit(&engine, request(false, "nocreate")).await;
+    let first = engine.start_job(&job).await.unwrap();
+    let failures = local::run(engine.clone(), first, 2, |_| {}).await;
+    assert!(failures.len() == 1 && failures[0].contains("does not exist") && failures[0].contains("createDestinationTable"), "{failures:?}");
+
+    // Asked: created with the columns the query produces, then copied.
+    let job = submit(&engine, request(true, "create")).await;
+    let first = engine.start_job(&job).await.unwrap();
+    run_job(engine.clone(), first).await;
+    let schema = format!("{:?}", stack.destination.command("fresh", ".show table Slim cslschema").unwrap().rows);
+    assert!(schema.contains("Id:long") && schema.contains("Amount:real") && schema.contains("Props:dynamic") && !schema.contains("Name"), "{schema}");
+    let (expected, _) = query_rows(&stack.source, DB, "Events | project Id, Amount, Props | order by Id asc");
+    let (copied, _) = query_rows(&stack.destination, "fresh", "Slim | order by Id asc");
+    assert_eq!(copied, expected);
+}

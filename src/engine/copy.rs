@@ -385,39 +385,42 @@ impl CopyEngine {
 
         // The destination must be able to take the rows before anything is exported.
         let dest_table = ident(&place.activity.destination.table)?;
+        let table = ident(&place.activity.source.table)?;
+        let user_query = place.activity.query.as_deref().map(UserQuery::new).transpose().map_err(|e| EngineError::Permanent(e.to_string()))?;
+        let schema = |answer: Result<crate::kusto::DataSet, KustoError>, what: &str| {
+            answer.and_then(|a| a.primary().map(|t| t.columns.clone())).map_err(|e| kusto_err(what, e))
+        };
+        let produced = schema(source.execute(&place.activity.source.database, &commands::result_schema(&table, user_query.as_ref()), &request_id("schema")).await, "read the copy's schema")?;
         let tables = dest
             .execute(&place.activity.destination.database, &commands::show_tables(), &request_id("show-tables"))
             .await
             .map_err(|e| kusto_err("list destination tables", e))?;
         let tables = results::table_names(&tables).map_err(|e| kusto_err("list destination tables", e))?;
         if !tables.iter().any(|t| t == dest_table.as_str()) {
-            return self
-                .fail_activity(
-                    place,
-                    format!(
-                        "destination table {} does not exist in database {} of {}: create it with the schema the copy produces, then submit the job again",
-                        dest_table.as_str(),
-                        place.activity.destination.database,
-                        place.activity.destination.cluster
-                    ),
-                )
-                .await;
+            if !place.spec.create_destination_table {
+                return self
+                    .fail_activity(
+                        place,
+                        format!(
+                            "destination table {} does not exist in database {} of {}: create it with the schema the copy produces, or submit the job with createDestinationTable",
+                            dest_table.as_str(),
+                            place.activity.destination.database,
+                            place.activity.destination.cluster
+                        ),
+                    )
+                    .await;
+            }
+            let cmd = commands::create_table(&dest_table, &produced).map_err(|e| kusto_err("create the destination table", e))?;
+            dest.execute(&place.activity.destination.database, &cmd, &request_id("create-table")).await.map_err(|e| kusto_err("create the destination table", e))?;
         }
-
-        let table = ident(&place.activity.source.table)?;
-        let window = CursorWindow { from: iteration.cursor_from.clone(), to: iteration.cursor_to.clone() };
-        let user_query = place.activity.query.as_deref().map(UserQuery::new).transpose().map_err(|e| EngineError::Permanent(e.to_string()))?;
         // Before anything is exported: can the destination take what the copy produces?
-        let schema = |answer: Result<crate::kusto::DataSet, KustoError>, what: &str| {
-            answer.and_then(|a| a.primary().map(|t| t.columns.clone())).map_err(|e| kusto_err(what, e))
-        };
-        let produced = schema(source.execute(&place.activity.source.database, &commands::result_schema(&table, user_query.as_ref()), &request_id("schema")).await, "read the copy's schema")?;
         let accepted = schema(dest.execute(&place.activity.destination.database, &commands::result_schema(&dest_table, None), &request_id("schema")).await, "read the destination schema")?;
         if let Some(problem) = super::plan::schema_mismatch(&produced, &accepted) {
             return self
                 .fail_activity(place, format!("destination table {} cannot take this copy: {problem}", dest_table.as_str()))
                 .await;
         }
+        let window = CursorWindow { from: iteration.cursor_from.clone(), to: iteration.cursor_to.clone() };
         let bin = self.options.limits.bin.unsigned_abs();
         let counts_cmd = commands::row_counts_by_ingestion_bin(&table, &window, user_query.as_ref(), bin).map_err(|e| kusto_err("plan", e))?;
         let counts = source

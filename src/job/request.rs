@@ -48,6 +48,8 @@ pub struct CopyRequest {
     pub iteration_period: Option<String>,
     pub export_count: Option<u32>,
     pub managed_identity_client_id: Option<String>,
+    /// Create a missing destination table with the columns the copy produces.
+    pub create_destination_table: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -77,6 +79,8 @@ pub struct JobSpec {
     /// Seconds between iterations of a continuous job.
     pub iteration_period_secs: Option<u64>,
     pub export_count: u32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create_destination_table: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,7 +181,8 @@ impl CopyRequest {
         if !(1..=MAX_EXPORT_COUNT).contains(&export_count) {
             return Err(reject(format!("exportCount {export_count} must be between 1 and {MAX_EXPORT_COUNT}")));
         }
-        Ok(JobSpec { activities, staging, copy_mode, iteration_period_secs, export_count })
+        let create_destination_table = self.create_destination_table.unwrap_or(false);
+        Ok(JobSpec { activities, staging, copy_mode, iteration_period_secs, export_count, create_destination_table })
     }
 }
 

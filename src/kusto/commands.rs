@@ -338,6 +338,20 @@ pub fn create_table_based_on(
     Ok(Command::new(CommandKind::Management, text(t), true))
 }
 
+/// `.create table T (c:type, ...)`: a destination table with the columns a copy produces.
+/// Kusto answers success without change if the table already exists.
+pub fn create_table(table: &Ident, columns: &[super::Column]) -> Result<Command, KustoError> {
+    if columns.is_empty() {
+        return Err(KustoError::invalid_input("a table needs at least one column"));
+    }
+    let list = columns
+        .iter()
+        .map(|c| Ok(format!("{}:{}", Ident::new(c.name.clone())?.quoted(), c.kind.name())))
+        .collect::<Result<Vec<_>, KustoError>>()?
+        .join(", ");
+    Ok(Command::new(CommandKind::Management, text(format!(".create table {} ({list})", table.quoted())), true))
+}
+
 /// Turns merges and rebuilds off, so each tagged extent keeps its rows countable by tag.
 pub fn disable_merges(table: &Ident) -> Result<Command, KustoError> {
     let policy = r#"{"AllowRebuild": false, "AllowMerge": false}"#;
