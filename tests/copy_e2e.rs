@@ -674,3 +674,47 @@ async fn a_missing_destination_table_is_created_only_when_the_job_asks() {
     let (copied, _) = query_rows(&stack.destination, "fresh", "Slim | order by Id asc");
     assert_eq!(copied, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_jobs_on_one_source_share_its_export_capacity() {
+    let azurite = Azurite::start();
+    // A source that runs one export at a time and refuses (429) any beyond.
+    let config = |capacity| ClusterConfig {
+        async_duration: Duration::from_millis(200),
+        export_capacity: capacity,
+        ca_cert_pem: Some(std::fs::read(&azurite.ca_pem_path).unwrap()),
+        ..ClusterConfig::default()
+    };
+    let stack = Stack {
+        source: Cluster::start("source", config(1)).await.unwrap(),
+        destination: Cluster::start("destination", config(8)).await.unwrap(),
+        azurite,
+    };
+    seed(&stack.source, DB, "Events", 300, 3, JAN_2024);
+    seed(&stack.source, DB, "Audit", 300, 3, JAN_2024 + 3 * DAY);
+    create_destination(&stack.destination, DB, "Events");
+    create_destination(&stack.destination, DB, "Audit");
+    let engine = engine(&stack);
+    let mut first = Vec::new();
+    let mut jobs = Vec::new();
+    for table in ["Events", "Audit"] {
+        let job = submit(&engine, serde_json::json!({
+            "source": format!("{}/{DB}/{table}", stack.source.url()),
+            "destination": format!("{}/{DB}", stack.destination.url()),
+            "stagingDirectory": format!("{}/staging/shared-{}", stack.azurite.blob_endpoint(), table.to_lowercase()),
+            "exportCount": 3,
+        }))
+        .await;
+        first.extend(engine.start_job(&job).await.unwrap());
+        jobs.push(job);
+    }
+    // Both jobs run at once, each allowed 3 exports: together they still hold one at a time.
+    run_job(engine.clone(), first).await;
+    assert_eq!(stack.source.with_state(|s| s.throttled_exports), 0, "no export was refused for capacity");
+    for (job, table) in jobs.iter().zip(["Events", "Audit"]) {
+        assert!(engine.job_finished(job).await.unwrap());
+        let (expected, _) = query_rows(&stack.source, DB, &format!("{table} | order by Id asc"));
+        let (copied, _) = query_rows(&stack.destination, DB, &format!("{table} | order by Id asc"));
+        assert_eq!(copied, expected, "{table}");
+    }
+}

@@ -471,7 +471,7 @@ impl CopyEngine {
             }
             (iteration, etag) = (again, e);
         }
-        self.set_slots_handed(place, first).await?;
+        self.set_slots_handed(place, first, capacity).await?;
         if iteration.blocks == 0 {
             // An empty window completes cleanly.
             self.finish_iteration(place, &iteration).await?;
@@ -495,9 +495,9 @@ impl CopyEngine {
 
     /// Export slots: blocks `[0, handed)` have been given one. Each finished export hands
     /// its slot to the next block at once.
-    async fn set_slots_handed(&self, place: &Place, handed: u64) -> Result<(), EngineError> {
+    async fn set_slots_handed(&self, place: &Place, handed: u64, cluster_capacity: Option<u64>) -> Result<(), EngineError> {
         let key = slots_key(place);
-        match checkpoint::create_json(self.store.as_ref(), &key, &Slots { handed }).await.map_err(storage_err)? {
+        match checkpoint::create_json(self.store.as_ref(), &key, &Slots { handed, cluster_capacity }).await.map_err(storage_err)? {
             Written::Done(_) | Written::Conflict => Ok(()),
         }
     }
@@ -509,7 +509,7 @@ impl CopyEngine {
             if slots.handed >= blocks {
                 return Ok(vec![]);
             }
-            if self.swap(&key, &Slots { handed: slots.handed + 1 }, &etag).await? {
+            if self.swap(&key, &Slots { handed: slots.handed + 1, cluster_capacity: slots.cluster_capacity }, &etag).await? {
                 return Ok(vec![place.now(Step::Export, Some(slots.handed))]);
             }
         }
@@ -541,6 +541,10 @@ impl CopyEngine {
         if block.export_attempt >= MAX_EXPORT_ATTEMPTS {
             let reason = format!("block {} failed to export {MAX_EXPORT_ATTEMPTS} times; last error: {}", block.number, block.last_error.clone().unwrap_or_default());
             return self.fail_activity(place, reason).await;
+        }
+        // A slot of the source cluster, shared with every other job exporting from it.
+        if !self.cluster_slot(place, &block, SlotAction::Acquire).await? {
+            return Ok(vec![place.later(Step::Export, Some(block.number), self.options.min_poll)]);
         }
         // Record the attempt before sending the export: a crash after sending costs one
         // export into a folder nobody will read.
@@ -599,6 +603,20 @@ impl CopyEngine {
         Ok(vec![place.later(Step::AwaitExport, Some(block.number), self.options.min_poll)])
     }
 
+    /// Takes, renews or gives up this block's slot of its source cluster. Always `true` when
+    /// the cluster's capacity is unknown.
+    async fn cluster_slot(&self, place: &Place, block: &BlockRecord, action: SlotAction) -> Result<bool, EngineError> {
+        let Some((slots, _)) = self.read::<Slots>(&slots_key(place)).await? else { return Ok(true) };
+        let Some(capacity) = slots.cluster_capacity else { return Ok(true) };
+        let owner = format!("{}/{}/{}/{}", place.job.id, place.activity.name, place.iteration, block.number);
+        let (store, cluster, now) = (self.store.as_ref(), place.activity.source.cluster.as_str(), OffsetDateTime::now_utc());
+        match action {
+            SlotAction::Acquire => super::slots::acquire(store, cluster, capacity, &owner, now).await.map_err(storage_err),
+            SlotAction::Renew => super::slots::renew(store, cluster, capacity, &owner, now).await.map(|_| true).map_err(storage_err),
+            SlotAction::Release => super::slots::release(store, cluster, capacity, &owner, now).await.map(|_| true).map_err(storage_err),
+        }
+    }
+
     async fn block_window(&self, place: &Place, block: &BlockRecord) -> Result<(CursorWindow, IngestionRange), EngineError> {
         let (iteration, _) = self
             .read::<IterationRecord>(&keys::iteration(&place.job.id, &place.activity.name, place.iteration))
@@ -622,7 +640,9 @@ impl CopyEngine {
         let state = operation.as_ref().map(|o| o.state.clone());
         match state {
             Some(s) if s.is_pending() => {
-                // Seen alive: the sweeper leaves it alone. Losing this race changes nothing.
+                // Seen alive: the sweeper leaves it alone, the cluster slot stays held. Losing
+                // this race changes nothing.
+                self.cluster_slot(place, &block, SlotAction::Renew).await?;
                 self.swap_block(key, &mut block, &etag).await?;
                 Ok(vec![place.later(Step::AwaitExport, Some(block.number), self.poll_delay(started_at))])
             }
@@ -637,6 +657,7 @@ impl CopyEngine {
                 if !self.swap_block(key, &mut block, &etag).await? {
                     return Ok(vec![]);
                 }
+                self.cluster_slot(place, &block, SlotAction::Release).await?;
                 let (_, blocks) = self.iteration_blocks(place).await?;
                 let mut next = self.hand_over_slot(place, blocks).await?;
                 next.push(place.now(if rows == 0 { Step::Cleanup } else { Step::Ingest }, Some(block.number)));
@@ -653,6 +674,7 @@ impl CopyEngine {
                 if !self.swap_block(key, &mut block, &etag).await? {
                     return Ok(vec![]);
                 }
+                self.cluster_slot(place, &block, SlotAction::Release).await?;
                 Ok(vec![place.now(Step::Export, Some(block.number))])
             }
         }
@@ -1025,6 +1047,13 @@ impl CopyEngine {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+enum SlotAction {
+    Acquire,
+    Renew,
+    Release,
+}
+
 /// Exports one iteration runs at once: the job's `exportCount`, capped by the cluster's
 /// `DataExport` capacity when it reports one (exports beyond it are throttled anyway).
 fn export_slots(export_count: u32, cluster_capacity: Option<u64>) -> u64 {
@@ -1035,6 +1064,10 @@ fn export_slots(export_count: u32, cluster_capacity: Option<u64>) -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Slots {
     handed: u64,
+    /// The source's `DataExport` capacity, read at planning; exports across all jobs on
+    /// that cluster hold claims below it (see [`super::slots`]).
+    #[serde(default)]
+    cluster_capacity: Option<u64>,
 }
 
 /// See [`CopyEngine::progress`].

@@ -9,11 +9,13 @@
 //! - [`records`]: checkpoint records and their transitions (pure).
 //! - [`copy`]: [`copy::CopyEngine`], the steps with their side effects.
 //! - [`local`]: the in-process driver of `kc copy`.
+//! - [`slots`]: export slots of a source cluster, shared across jobs.
 
 pub mod copy;
 pub mod local;
 pub mod plan;
 pub mod records;
+pub mod slots;
 
 use crate::job::JobRecord;
 use async_trait::async_trait;

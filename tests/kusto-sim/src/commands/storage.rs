@@ -65,6 +65,7 @@ async fn export(
         let mut s = lock(state);
         let running = s.operations.in_progress(EXPORT_OPERATION);
         if running >= s.config.export_capacity {
+            s.throttled_exports += 1;
             return Err(KustoError::throttled(format!(
                 "The control command was aborted due to throttling. Retrying after some backoff might succeed. CommandType: 'DataExport', Capacity: {}, Origin: 'CapacityPolicy/Export'",
                 s.config.export_capacity

@@ -55,6 +55,9 @@ pub struct ClusterState {
     pub faults: FaultPlan,
     /// The last ingestion time handed out: ingestion times only grow, so cursors are exact.
     pub last_ingestion: i64,
+    /// Exports refused because the `DataExport` capacity was in use (tests check that a
+    /// client's flow control keeps this at zero).
+    pub throttled_exports: u64,
     /// Shifts the cluster's clock (tests use it to age operation records).
     pub clock_offset: i64,
     pub started_on: i64,
@@ -79,6 +82,7 @@ impl ClusterState {
             config,
             faults: FaultPlan::default(),
             last_ingestion: 0,
+            throttled_exports: 0,
             clock_offset: 0,
             started_on: now,
             blobs,

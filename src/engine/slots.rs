@@ -1,0 +1,119 @@
+//! Export slots of a source cluster, shared by every job that exports from it.
+//!
+//! A cluster runs at most its `DataExport` capacity of exports at once; more are throttled.
+//! Each running export holds one claim record `clusters/<cluster>/export-slots/<n>.json`
+//! (n below the capacity), taken with create-if-absent or by replacing an expired claim, kept
+//! alive while the export is polled, and given up when it ends. A claim left by a crashed
+//! step expires on its own, so a slot is never lost for good.
+
+use crate::storage::checkpoint::{self, CheckpointStore, Written};
+use crate::storage::StorageError;
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+
+/// How long a claim holds without being renewed (polls renew it far more often).
+pub const CLAIM_TTL: Duration = Duration::minutes(30);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Claim {
+    /// Who holds the slot: one block of one iteration (its export attempts share it).
+    owner: String,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+}
+
+fn slot_key(cluster: &str, n: u64) -> String {
+    let name: String = cluster
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .collect();
+    format!("clusters/{name}/export-slots/{n:03}.json")
+}
+
+/// Takes a slot for `owner`, or keeps the one it holds. `false`: all slots are busy.
+pub async fn acquire(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime) -> Result<bool, StorageError> {
+    let claim = Claim { owner: owner.to_owned(), expires_at: now + CLAIM_TTL };
+    let mut free = None;
+    for n in 0..capacity.max(1) {
+        let key = slot_key(cluster, n);
+        match checkpoint::read_json::<Claim>(store, &key).await.map_err(record_to_storage)? {
+            Some((held, etag)) if held.owner == owner => {
+                return Ok(matches!(checkpoint::replace_json(store, &key, &claim, &etag).await?, Written::Done(_)));
+            }
+            Some((held, etag)) if held.expires_at <= now => free = free.or(Some((key, Some(etag)))),
+            Some(_) => {}
+            None => free = free.or(Some((key, None))),
+        }
+    }
+    let Some((key, etag)) = free else { return Ok(false) };
+    let written = match etag {
+        None => checkpoint::create_json(store, &key, &claim).await?,
+        Some(etag) => checkpoint::replace_json(store, &key, &claim, &etag).await?,
+    };
+    // Lost the race for that slot: report busy; the export asks again shortly.
+    Ok(matches!(written, Written::Done(_)))
+}
+
+/// Extends the claim `owner` holds, if any (a poll of a running export).
+pub async fn renew(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime) -> Result<(), StorageError> {
+    set(store, cluster, capacity, owner, now + CLAIM_TTL).await
+}
+
+/// Gives up the claim `owner` holds, if any: it expires at once.
+pub async fn release(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime) -> Result<(), StorageError> {
+    set(store, cluster, capacity, owner, now).await
+}
+
+async fn set(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, expires_at: OffsetDateTime) -> Result<(), StorageError> {
+    for n in 0..capacity.max(1) {
+        let key = slot_key(cluster, n);
+        if let Some((held, etag)) = checkpoint::read_json::<Claim>(store, &key).await.map_err(record_to_storage)? {
+            if held.owner == owner {
+                // A lost race means the claim changed hands after expiring: nothing to do.
+                checkpoint::replace_json(store, &key, &Claim { owner: owner.to_owned(), expires_at }, &etag).await?;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn record_to_storage(e: checkpoint::RecordError) -> StorageError {
+    match e {
+        checkpoint::RecordError::Storage(s) => s,
+        corrupt => StorageError::Permanent { what: "read an export slot".into(), detail: corrupt.to_string() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::checkpoint::MemoryCheckpointStore;
+    use time::macros::datetime;
+
+    const T: OffsetDateTime = datetime!(2026-01-01 0:00 UTC);
+    const C: &str = "https://src.kusto.windows.net";
+
+    #[tokio::test]
+    async fn claims_are_bounded_kept_released_and_expire() {
+        let store = MemoryCheckpointStore::default();
+        assert!(acquire(&store, C, 2, "job1/a/1/0", T).await.unwrap());
+        assert!(acquire(&store, C, 2, "job2/a/1/0", T).await.unwrap());
+        assert!(!acquire(&store, C, 2, "job1/a/1/1", T).await.unwrap(), "both slots are held");
+        assert!(acquire(&store, C, 2, "job1/a/1/0", T).await.unwrap(), "a holder keeps its slot");
+        // Another cluster has its own slots.
+        assert!(acquire(&store, "https://other.kusto.windows.net", 2, "job1/a/1/1", T).await.unwrap());
+
+        release(&store, C, 2, "job2/a/1/0", T).await.unwrap();
+        assert!(acquire(&store, C, 2, "job1/a/1/1", T).await.unwrap(), "a released slot is free");
+
+        // A crashed holder's claim expires; renewing pushes the expiry out.
+        renew(&store, C, 2, "job1/a/1/0", T + Duration::minutes(20)).await.unwrap();
+        let later = T + CLAIM_TTL + Duration::minutes(1);
+        assert!(acquire(&store, C, 2, "job3/a/1/0", later).await.unwrap(), "job1/a/1/1's claim expired");
+        assert!(!acquire(&store, C, 2, "job4/a/1/0", later).await.unwrap(), "job1/a/1/0 renewed and still holds");
+    }
+}
