@@ -68,7 +68,8 @@ fn engine_with(stack: &Stack, ingest_route: IngestRoute) -> Arc<CopyEngine> {
     };
     let connections = Arc::new(LiveConnections::new(Arc::new(EmulatorCredential::default()), Some(stack.azurite.ca_pem_path.clone()), kusto_options));
     let options = EngineOptions {
-        limits: PlanLimits { max_rows: 250, max_creation_spread: time::Duration::days(1), bin: time::Duration::hours(1) },
+        // Three bins a planning step: every copy here plans in several chunks.
+        limits: PlanLimits { max_rows: 250, max_creation_spread: time::Duration::days(1), bin: time::Duration::hours(1), bins_per_step: 3 },
         min_poll: Duration::from_millis(50),
         max_poll: Duration::from_millis(500),
         ingest_route,

@@ -334,7 +334,7 @@ impl CopyEngine {
         let key = keys::iteration(job, activity, n);
         let request_id = |what: &str| ClientRequestId::new(what, job, &format!("{activity}/{n}"), 1);
 
-        let (mut iteration, mut etag) = match self.read::<IterationRecord>(&key).await? {
+        let (iteration, etag) = match self.read::<IterationRecord>(&key).await? {
             Some((it, _)) if it.state != IterationState::Planning => return Ok(vec![]), // planned already
             Some(found) => found,
             None => {
@@ -361,6 +361,10 @@ impl CopyEngine {
                     planned_rows: 0,
                     rows_without_ingestion_time: 0,
                     staging_table: place.staging_table(),
+                    summarized: false,
+                    plan_next: None,
+                    plan_end: None,
+                    pending: Vec::new(),
                     started_at: OffsetDateTime::now_utc(),
                     finished_at: None,
                 };
@@ -383,68 +387,90 @@ impl CopyEngine {
             checkpoint::create_json(self.store.as_ref(), &activity_key, &record).await.map_err(storage_err)?;
         }
 
-        // The destination must be able to take the rows before anything is exported.
-        let dest_table = ident(&place.activity.destination.table)?;
         let table = ident(&place.activity.source.table)?;
+        let dest_table = ident(&place.activity.destination.table)?;
         let user_query = place.activity.query.as_deref().map(UserQuery::new).transpose().map_err(|e| EngineError::Permanent(e.to_string()))?;
-        let schema = |answer: Result<crate::kusto::DataSet, KustoError>, what: &str| {
-            answer.and_then(|a| a.primary().map(|t| t.columns.clone())).map_err(|e| kusto_err(what, e))
-        };
-        let produced = schema(source.execute(&place.activity.source.database, &commands::result_schema(&table, user_query.as_ref()), &request_id("schema")).await, "read the copy's schema")?;
-        let tables = dest
-            .execute(&place.activity.destination.database, &commands::show_tables(), &request_id("show-tables"))
-            .await
-            .map_err(|e| kusto_err("list destination tables", e))?;
-        let tables = results::table_names(&tables).map_err(|e| kusto_err("list destination tables", e))?;
-        if !tables.iter().any(|t| t == dest_table.as_str()) {
-            if !place.spec.create_destination_table {
-                return self
-                    .fail_activity(
-                        place,
-                        format!(
-                            "destination table {} does not exist in database {} of {}: create it with the schema the copy produces, or submit the job with createDestinationTable",
-                            dest_table.as_str(),
-                            place.activity.destination.database,
-                            place.activity.destination.cluster
-                        ),
-                    )
-                    .await;
-            }
-            let cmd = commands::create_table(&dest_table, &produced).map_err(|e| kusto_err("create the destination table", e))?;
-            dest.execute(&place.activity.destination.database, &cmd, &request_id("create-table")).await.map_err(|e| kusto_err("create the destination table", e))?;
-        }
-        // Before anything is exported: can the destination take what the copy produces?
-        let accepted = schema(dest.execute(&place.activity.destination.database, &commands::result_schema(&dest_table, None), &request_id("schema")).await, "read the destination schema")?;
-        if let Some(problem) = super::plan::schema_mismatch(&produced, &accepted) {
-            return self
-                .fail_activity(place, format!("destination table {} cannot take this copy: {problem}", dest_table.as_str()))
-                .await;
-        }
         let window = CursorWindow { from: iteration.cursor_from.clone(), to: iteration.cursor_to.clone() };
-        let bin = self.options.limits.bin.unsigned_abs();
-        let counts_cmd = commands::row_counts_by_ingestion_bin(&table, &window, user_query.as_ref(), bin).map_err(|e| kusto_err("plan", e))?;
-        let counts = source
-            .execute(&place.activity.source.database, &counts_cmd, &request_id("plan-counts"))
-            .await
-            .map_err(|e| kusto_err("count source rows", e))?;
-        let counts = results::row_count_bins(&counts).map_err(|e| kusto_err("count source rows", e))?;
-        let extents_cmd = commands::show_extents(&table, None).map_err(|e| kusto_err("plan", e))?;
-        let extents = source
-            .execute(&place.activity.source.database, &extents_cmd, &request_id("plan-extents"))
-            .await
-            .map_err(|e| kusto_err("list source extents", e))?;
-        let extents = results::extents(&extents).map_err(|e| kusto_err("list source extents", e))?;
-        let planned = plan(&counts, &extents, &self.options.limits);
-        if planned.rows_without_ingestion_time > 0 {
-            tracing::warn!(job, activity, rows = planned.rows_without_ingestion_time, "rows without ingestion time cannot be copied by cursor");
+        let bin = self.options.limits.bin;
+
+        if !iteration.summarized {
+            // First planning step of the iteration: the destination must be able to take the
+            // rows before anything is exported, and the window's extent bounds the chunks.
+            self.check_destination(place, &source, &dest, &table, &dest_table, user_query.as_ref()).await?;
+            let summary = source
+                .execute(&place.activity.source.database, &commands::window_summary(&table, &window, user_query.as_ref()).map_err(|e| kusto_err("plan", e))?, &request_id("plan-window"))
+                .await
+                .and_then(|a| results::window_summary(&a))
+                .map_err(|e| kusto_err("measure the copy window", e))?;
+            if summary.rows_without_ingestion_time > 0 {
+                tracing::warn!(job, activity, rows = summary.rows_without_ingestion_time, "rows without ingestion time cannot be copied by cursor");
+            }
+            let mut next = iteration.clone();
+            next.summarized = true;
+            next.rows_without_ingestion_time = summary.rows_without_ingestion_time.max(0) as u64;
+            next.plan_next = summary.first.map(|t| align_down(t, bin));
+            // Half-open: one microsecond past the last ingestion time keeps it in range.
+            next.plan_end = summary.last.map(|t| t + time::Duration::microseconds(1));
+            if !self.swap(&key, &next, &etag).await? {
+                return Ok(vec![]); // another delivery is planning this iteration
+            }
+            return Ok(vec![place.now(Step::Plan, None)]);
         }
 
-        if !planned.blocks.is_empty() {
-            self.prepare_staging_table(place, &dest, &dest_table).await?;
+        // Blocks decided by an earlier step are written from the record that decided them:
+        // whoever writes them writes the same blocks, and a crash in between loses nothing.
+        if !iteration.pending.is_empty() {
+            for block in &iteration.pending {
+                checkpoint::create_json(self.store.as_ref(), &keys::block(job, activity, n, block.number), block).await.map_err(storage_err)?;
+            }
+            let mut next = iteration.clone();
+            next.pending.clear();
+            if !self.swap(&key, &next, &etag).await? {
+                return Ok(vec![]);
+            }
+            return Ok(vec![place.now(Step::Plan, None)]);
         }
-        for (i, b) in planned.blocks.iter().enumerate() {
-            let record = BlockRecord::planned(i as u64, b.from, b.to, b.rows, b.creation_time);
-            checkpoint::create_json(self.store.as_ref(), &keys::block(job, activity, n, i as u64), &record).await.map_err(storage_err)?;
+
+        // One bounded chunk of bins per step, so no step outlives a function's time limit
+        // however large the window. The chunk's blocks are decided here and recorded with the
+        // same compare-and-swap that moves planning on: two deliveries of this step cannot
+        // both decide (merges between their looks at the extents could make them disagree).
+        if let (Some(from), Some(end)) = (iteration.plan_next, iteration.plan_end) {
+            if from < end {
+                let to = (from + bin * self.options.limits.bins_per_step as i32).min(end);
+                let range = IngestionRange { from, to };
+                let counts_cmd = commands::row_counts_in_range(&table, &window, Some(&range), user_query.as_ref(), bin.unsigned_abs()).map_err(|e| kusto_err("plan", e))?;
+                let counts = source
+                    .execute(&place.activity.source.database, &counts_cmd, &request_id("plan-counts"))
+                    .await
+                    .and_then(|a| results::row_count_bins(&a))
+                    .map_err(|e| kusto_err("count source rows", e))?;
+                let extents = source
+                    .execute(&place.activity.source.database, &commands::show_extents(&table, None).map_err(|e| kusto_err("plan", e))?, &request_id("plan-extents"))
+                    .await
+                    .and_then(|a| results::extents(&a))
+                    .map_err(|e| kusto_err("list source extents", e))?;
+                let planned = plan(&counts, &extents, &self.options.limits);
+                let mut next = iteration.clone();
+                next.pending = planned
+                    .blocks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| BlockRecord::planned(iteration.blocks + i as u64, b.from, b.to, b.rows, b.creation_time))
+                    .collect();
+                next.blocks += planned.blocks.len() as u64;
+                next.planned_rows += planned.blocks.iter().map(|b| b.rows).sum::<u64>();
+                next.plan_next = Some(to);
+                if !self.swap(&key, &next, &etag).await? {
+                    return Ok(vec![]);
+                }
+                return Ok(vec![place.now(Step::Plan, None)]);
+            }
+        }
+
+        // Planned: stage, hand out export slots, start copying.
+        if iteration.blocks > 0 {
+            self.prepare_staging_table(place, &dest, &dest_table).await?;
         }
         // Exports in flight: the job's export count, never more than the cluster can run.
         let capacity = source
@@ -454,30 +480,63 @@ impl CopyEngine {
             .map(|caps| caps.into_iter().find(|c| c.resource == "DataExport").map(|c| c.total.max(1) as u64))
             .map_err(|e| kusto_err("read the source's export capacity", e))?;
         let slots = export_slots(place.spec.export_count, capacity);
-        let first = (planned.blocks.len() as u64).min(slots);
-        loop {
-            let mut next = iteration.clone();
-            next.blocks = planned.blocks.len() as u64;
-            next.planned_rows = planned.blocks.iter().map(|b| b.rows).sum();
-            next.rows_without_ingestion_time = planned.rows_without_ingestion_time;
-            next.state = IterationState::Copying;
-            if self.swap(&key, &next, &etag).await? {
-                iteration = next;
-                break;
-            }
-            let (again, e) = self.read::<IterationRecord>(&key).await?.ok_or_else(|| EngineError::Transient("iteration vanished".into()))?;
-            if again.state != IterationState::Planning {
-                return Ok(vec![]);
-            }
-            (iteration, etag) = (again, e);
-        }
+        let first = iteration.blocks.min(slots);
         self.set_slots_handed(place, first, capacity).await?;
-        if iteration.blocks == 0 {
+        let mut next = iteration.clone();
+        next.state = IterationState::Copying;
+        if !self.swap(&key, &next, &etag).await? {
+            return Ok(vec![]);
+        }
+        if next.blocks == 0 {
             // An empty window completes cleanly.
-            self.finish_iteration(place, &iteration).await?;
+            self.finish_iteration(place, &next).await?;
             return Ok(vec![]);
         }
         Ok((0..first).map(|b| place.now(Step::Export, Some(b))).collect())
+    }
+
+    /// Can the destination take what the copy produces? Creates a missing table when the job
+    /// asks; otherwise stops the activity with a message naming what is wrong.
+    async fn check_destination(
+        &self,
+        place: &Place,
+        source: &Arc<dyn KustoApi>,
+        dest: &Arc<dyn KustoApi>,
+        table: &Ident,
+        dest_table: &Ident,
+        user_query: Option<&UserQuery>,
+    ) -> Result<(), EngineError> {
+        let request_id = |what: &str| ClientRequestId::new(what, &place.job.id, &format!("{}/{}", place.activity.name, place.iteration), 1);
+        let schema = |answer: Result<crate::kusto::DataSet, KustoError>, what: &str| {
+            answer.and_then(|a| a.primary().map(|t| t.columns.clone())).map_err(|e| kusto_err(what, e))
+        };
+        let produced = schema(source.execute(&place.activity.source.database, &commands::result_schema(table, user_query), &request_id("schema")).await, "read the copy's schema")?;
+        let tables = dest
+            .execute(&place.activity.destination.database, &commands::show_tables(), &request_id("show-tables"))
+            .await
+            .and_then(|a| results::table_names(&a))
+            .map_err(|e| kusto_err("list destination tables", e))?;
+        if !tables.iter().any(|t| t == dest_table.as_str()) {
+            if !place.spec.create_destination_table {
+                self.fail_activity(
+                    place,
+                    format!(
+                        "destination table {} does not exist in database {} of {}: create it with the schema the copy produces, or submit the job with createDestinationTable",
+                        dest_table.as_str(),
+                        place.activity.destination.database,
+                        place.activity.destination.cluster
+                    ),
+                )
+                .await?;
+            }
+            let cmd = commands::create_table(dest_table, &produced).map_err(|e| kusto_err("create the destination table", e))?;
+            dest.execute(&place.activity.destination.database, &cmd, &request_id("create-table")).await.map_err(|e| kusto_err("create the destination table", e))?;
+        }
+        let accepted = schema(dest.execute(&place.activity.destination.database, &commands::result_schema(dest_table, None), &request_id("schema")).await, "read the destination schema")?;
+        if let Some(problem) = super::plan::schema_mismatch(&produced, &accepted) {
+            self.fail_activity(place, format!("destination table {} cannot take this copy: {problem}", dest_table.as_str())).await?;
+        }
+        Ok(())
     }
 
     async fn prepare_staging_table(&self, place: &Place, dest: &Arc<dyn KustoApi>, dest_table: &Ident) -> Result<(), EngineError> {
@@ -1052,6 +1111,14 @@ enum SlotAction {
     Acquire,
     Renew,
     Release,
+}
+
+/// `t` rounded down to a multiple of `bin` since the Unix epoch, as Kusto's `bin()` rounds
+/// (for bins that divide a day, the epoch and Kusto's year-1 origin agree).
+fn align_down(t: OffsetDateTime, bin: time::Duration) -> OffsetDateTime {
+    let step = bin.whole_nanoseconds().max(1);
+    let nanos = t.unix_timestamp_nanos();
+    OffsetDateTime::from_unix_timestamp_nanos(nanos - nanos.rem_euclid(step)).unwrap_or(t)
 }
 
 /// Exports one iteration runs at once: the job's `exportCount`, capped by the cluster's

@@ -22,11 +22,13 @@ pub struct PlanLimits {
     pub max_creation_spread: Duration,
     /// The bin size the counts were made with.
     pub bin: Duration,
+    /// Bins counted by one planning step (one chunk of the window's ingestion times).
+    pub bins_per_step: u32,
 }
 
 impl Default for PlanLimits {
     fn default() -> Self {
-        PlanLimits { max_rows: 16_000_000, max_creation_spread: Duration::days(1), bin: Duration::hours(1) }
+        PlanLimits { max_rows: 16_000_000, max_creation_spread: Duration::days(1), bin: Duration::hours(1), bins_per_step: 2_000 }
     }
 }
 
@@ -167,7 +169,7 @@ mod tests {
     const H0: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
 
     fn limits(max_rows: u64, spread_hours: i64) -> PlanLimits {
-        PlanLimits { max_rows, max_creation_spread: Duration::hours(spread_hours), bin: Duration::hours(1) }
+        PlanLimits { max_rows, max_creation_spread: Duration::hours(spread_hours), bin: Duration::hours(1), bins_per_step: 100 }
     }
 
     #[test]

@@ -253,6 +253,17 @@ pub struct IterationRecord {
     /// Rows the window could not hold because they have no ingestion time.
     pub rows_without_ingestion_time: u64,
     pub staging_table: String,
+    /// Planning progress: the window was measured, and the chunk of ingestion times still to
+    /// plan is `[plan_next, plan_end)` (`None`: no row has an ingestion time).
+    #[serde(default)]
+    pub summarized: bool,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub plan_next: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub plan_end: Option<OffsetDateTime>,
+    /// Blocks a planning step decided whose records may not be written yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<BlockRecord>,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]

@@ -196,14 +196,22 @@ pub fn row_counts_by_ingestion_bin(
     user_query: Option<&UserQuery>,
     bin: Duration,
 ) -> Result<Command, KustoError> {
+    row_counts_in_range(table, window, None, user_query, bin)
+}
+
+/// [`row_counts_by_ingestion_bin`] limited to an ingestion-time range: one chunk of an
+/// incremental plan.
+pub fn row_counts_in_range(
+    table: &Ident,
+    window: &CursorWindow,
+    range: Option<&IngestionRange>,
+    user_query: Option<&UserQuery>,
+    bin: Duration,
+) -> Result<Command, KustoError> {
     if bin.is_zero() {
         return Err(KustoError::invalid_input("bin size must be positive"));
     }
-    let mut q = format!("{}\n{}\n", table.quoted(), window.filter()?);
-    if let Some(user) = user_query {
-        q.push_str(user.as_str());
-        q.push('\n');
-    }
+    let mut q = source_rows(table, window, range, user_query)?;
     q.push_str(&format!(
         "| summarize RowCount = count(), MinIngestionTime = min(ingestion_time()), \
          MaxIngestionTime = max(ingestion_time()) \
@@ -211,6 +219,18 @@ pub fn row_counts_by_ingestion_bin(
          | order by IngestionTimeBin asc",
         timespan_literal(bin)
     ));
+    Ok(Command::new(CommandKind::Query, text(q), true))
+}
+
+/// The size of a cursor window after the user query: `Rows`, `NoIngestionTime` (rows no
+/// window can hold), `First` and `Last` ingestion times. Planning walks from `First` to
+/// `Last` in bounded chunks.
+pub fn window_summary(table: &Ident, window: &CursorWindow, user_query: Option<&UserQuery>) -> Result<Command, KustoError> {
+    let mut q = source_rows(table, window, None, user_query)?;
+    q.push_str(
+        "| summarize Rows = count(), NoIngestionTime = countif(isnull(ingestion_time())), \
+         First = min(ingestion_time()), Last = max(ingestion_time())",
+    );
     Ok(Command::new(CommandKind::Query, text(q), true))
 }
 

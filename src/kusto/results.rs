@@ -253,3 +253,23 @@ pub fn count(answer: &DataSet) -> Result<i64, KustoError> {
         .ok_or_else(|| KustoError::protocol("count answered no row"))?;
     row.required("Count", Row::long)
 }
+
+/// The answer of `window_summary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSummary {
+    pub rows: i64,
+    pub rows_without_ingestion_time: i64,
+    pub first: Option<OffsetDateTime>,
+    pub last: Option<OffsetDateTime>,
+}
+
+pub fn window_summary(answer: &DataSet) -> Result<WindowSummary, KustoError> {
+    let table = answer.primary()?;
+    let row = table.rows().next().ok_or_else(|| KustoError::protocol("window summary answered no row"))?;
+    Ok(WindowSummary {
+        rows: row.required("Rows", Row::long)?,
+        rows_without_ingestion_time: row.long("NoIngestionTime")?.unwrap_or(0),
+        first: row.datetime("First")?,
+        last: row.datetime("Last")?,
+    })
+}
