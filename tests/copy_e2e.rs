@@ -467,7 +467,18 @@ async fn kc_copy_killed_midway_resumes_from_its_checkpoints() {
 
     let out = kc().output().await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("800 rows copied"), "{}", String::from_utf8_lossy(&out.stdout));
+    if !String::from_utf8_lossy(&out.stdout).contains("800 rows copied") {
+        let store = BlobCheckpointStore::new(common::clients(&stack.azurite).container_without_retries("staging").unwrap());
+        let mut dump = String::new();
+        for key in kusto_copy::storage::checkpoint::CheckpointStore::list(&store, "cli/tracking/").await.unwrap() {
+            if !key.contains("/blocks/") {
+                let v = kusto_copy::storage::checkpoint::CheckpointStore::read(&store, &key).await.unwrap().unwrap();
+                dump.push_str(&format!("{key}: {}\n", String::from_utf8_lossy(&v.value)));
+            }
+        }
+        let arrived: usize = stack.destination.extents(DB, "Events").unwrap().iter().map(|e| e.row_count).sum();
+        panic!("stdout {}\narrived {arrived}\n{dump}", String::from_utf8_lossy(&out.stdout));
+    }
     let (expected, ages) = query_rows(&stack.source, DB, "Events | order by Id asc");
     let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
     assert_eq!(copied, expected);

@@ -12,7 +12,7 @@
 //! - the move is checked before it is repeated: rows already at the destination under the
 //!   tag, or a tag gone from both tables, mean it was done.
 
-use super::plan::{plan, PlanLimits};
+use super::plan::PlanLimits;
 use super::records::{ingest_verdict, BlockRecord, BlockState, IngestRoute, IngestVerdict, IterationRecord, IterationState, MessageAction, Step};
 use super::{Delivery, Engine, EngineError, Outgoing, StepMessage, Tick};
 use crate::job::record::{list_jobs, read_job};
@@ -445,12 +445,33 @@ impl CopyEngine {
                     .await
                     .and_then(|a| results::row_count_bins(&a))
                     .map_err(|e| kusto_err("count source rows", e))?;
+                // A bin with more rows than a block holds is counted again by minute, and a
+                // minute still too large by second: rows that share one ingestion second
+                // cannot be split by ingestion time and stay one block.
+                let mut sized: Vec<(results::RowCountBin, time::Duration)> = counts.into_iter().map(|c| (c, bin)).collect();
+                for (coarse, fine) in [(bin, time::Duration::minutes(1)), (time::Duration::minutes(1), time::Duration::seconds(1))] {
+                    if fine >= coarse {
+                        continue;
+                    }
+                    let at_size: Vec<results::RowCountBin> = sized.iter().filter(|(_, s)| *s == coarse).map(|(c, _)| c.clone()).collect();
+                    for start in super::plan::oversized_bins(&at_size, self.options.limits.max_rows) {
+                        let range = IngestionRange { from: start, to: start + coarse };
+                        let cmd = commands::row_counts_in_range(&table, &window, Some(&range), user_query.as_ref(), fine.unsigned_abs()).map_err(|e| kusto_err("plan", e))?;
+                        let finer = source
+                            .execute(&place.activity.source.database, &cmd, &request_id("plan-refine"))
+                            .await
+                            .and_then(|a| results::row_count_bins(&a))
+                            .map_err(|e| kusto_err("count source rows", e))?;
+                        sized.retain(|(c, s)| !(*s == coarse && c.bin == Some(start)));
+                        sized.extend(finer.into_iter().map(|c| (c, fine)));
+                    }
+                }
                 let extents = source
                     .execute(&place.activity.source.database, &commands::show_extents(&table, None).map_err(|e| kusto_err("plan", e))?, &request_id("plan-extents"))
                     .await
                     .and_then(|a| results::extents(&a))
                     .map_err(|e| kusto_err("list source extents", e))?;
-                let planned = plan(&counts, &extents, &self.options.limits);
+                let planned = super::plan::plan_sized(&sized, &extents, &self.options.limits);
                 let mut next = iteration.clone();
                 next.pending = planned
                     .blocks
@@ -907,7 +928,16 @@ impl CopyEngine {
             let in_staging = self.tagged_rows(&dest, db, &staging, &tag, &rid).await?;
             if in_staging == rows && at_dest == 0 {
                 let cmd = commands::move_extents_with_tag(&staging, &dest_table, &tag, false).map_err(|e| kusto_err("move extents", e))?;
-                dest.execute(db, &cmd, &rid).await.map_err(|e| kusto_err("move the block's extents", e))?;
+                if let Err(e) = dest.execute(db, &cmd, &rid).await {
+                    // Another delivery of this step may have moved them first (the move is all
+                    // or nothing), or the answer was lost after the move ran: look again. At the
+                    // destination, or gone from both tables (moved and untagged): done.
+                    let now_at_dest = self.tagged_rows(&dest, db, &dest_table, &tag, &rid).await?;
+                    let now_in_staging = self.tagged_rows(&dest, db, &staging, &tag, &rid).await?;
+                    if !(now_at_dest == rows || (now_at_dest == 0 && now_in_staging == 0)) {
+                        return Err(kusto_err("move the block's extents", e));
+                    }
+                }
             } else if !(in_staging == 0 && at_dest == 0) {
                 // Neither "not moved" nor "moved and untagged": something else changed the
                 // tables. Stop rather than guess.
@@ -937,37 +967,41 @@ impl CopyEngine {
                 }
             }
         }
+        // Counted before the block is marked done, by block number: a repeat after a crash in
+        // between counts it once, and the block is never done without being counted.
+        let finished = self.count_done(place, block.number, rows).await?;
         block.state = BlockState::Done { rows };
         if !self.swap_block(key, &mut block, &etag).await? {
             return Ok(vec![]);
         }
-        self.block_done(place, rows).await
-    }
-
-    async fn block_done(&self, place: &Place, rows: u64) -> Result<Vec<Outgoing>, EngineError> {
-        let key = done_key(place);
-        let (done, blocks) = loop {
-            let (it, blocks) = self.iteration_blocks(place).await?;
-            let _ = it;
-            match self.read::<Progress>(&key).await? {
-                None => {
-                    if let Written::Done(_) = checkpoint::create_json(self.store.as_ref(), &key, &Progress { done: 1, rows }).await.map_err(storage_err)? {
-                        break (1, blocks);
-                    }
-                }
-                Some((p, etag)) => {
-                    let next = Progress { done: p.done + 1, rows: p.rows + rows };
-                    if self.swap(&key, &next, &etag).await? {
-                        break (next.done, blocks);
-                    }
-                }
-            }
-        };
-        if done >= blocks {
+        if finished {
             let (iteration, _) = self.iteration_blocks(place).await?;
             self.finish_iteration(place, &iteration).await?;
         }
         Ok(vec![])
+    }
+
+    /// Adds a block to the iteration's done set; `true` when that completes the iteration.
+    async fn count_done(&self, place: &Place, block: u64, rows: u64) -> Result<bool, EngineError> {
+        let key = done_key(place);
+        let (_, blocks) = self.iteration_blocks(place).await?;
+        loop {
+            let (mut progress, etag) = match self.read::<Progress>(&key).await? {
+                Some((p, etag)) => (p, Some(etag)),
+                None => (Progress::default(), None),
+            };
+            if !progress.blocks.insert(block) {
+                return Ok(progress.blocks.len() as u64 >= blocks);
+            }
+            progress.rows += rows;
+            let written = match etag {
+                None => checkpoint::create_json(self.store.as_ref(), &key, &progress).await.map_err(storage_err)?,
+                Some(etag) => checkpoint::replace_json(self.store.as_ref(), &key, &progress, &etag).await.map_err(storage_err)?,
+            };
+            if let Written::Done(_) = written {
+                return Ok(progress.blocks.len() as u64 >= blocks);
+            }
+        }
     }
 
     /// Ends an iteration: drops its staging table, records the activity's progress, then marks
@@ -983,7 +1017,14 @@ impl CopyEngine {
                 .await
                 .map_err(|e| kusto_err("drop the staging table", e))?;
         }
-        let rows = self.read::<Progress>(&done_key(place)).await?.map(|(p, _)| p.rows).unwrap_or(0);
+        // Counted from the blocks themselves: the running count in done.json drives progress
+        // and can fall one block short when a step stops between its two writes.
+        let mut rows = 0;
+        for key in self.store.list(&keys::blocks(&place.job.id, &place.activity.name, place.iteration)).await.map_err(storage_err)? {
+            if let Some((BlockRecord { state: BlockState::Done { rows: r }, .. }, _)) = self.read::<BlockRecord>(&key).await? {
+                rows += r;
+            }
+        }
         let activity_key = keys::activity(&place.job.id, &place.activity.name);
         loop {
             let Some((mut record, etag)) = self.read::<ActivityRecord>(&activity_key).await? else { break };
@@ -1061,7 +1102,9 @@ impl CopyEngine {
                             _ => {}
                         }
                     }
-                    if all_done && stalled_before.is_some() {
+                    // All blocks done, iteration still open: the step that finished the last block
+                    // stopped before closing it (its progress count may be short by that block).
+                    if all_done {
                         self.finish_iteration(&p, &iteration).await?;
                     }
                 }
@@ -1094,7 +1137,7 @@ impl CopyEngine {
                 p.planned_rows += it.planned_rows;
             }
             if let Some((done, _)) = self.read::<Progress>(&done_key(&place)).await? {
-                p.blocks_done += done.done;
+                p.blocks_done += done.blocks.len() as u64;
                 p.copied_rows += done.rows;
             }
         }
@@ -1146,9 +1189,10 @@ pub struct JobProgress {
     pub copied_rows: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Progress {
-    done: u64,
+    /// Numbers of the blocks done (a set, so counting is idempotent).
+    blocks: std::collections::BTreeSet<u64>,
     rows: u64,
 }
 

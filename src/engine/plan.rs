@@ -52,6 +52,7 @@ pub struct Plan {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Bin {
+    size: Duration,
     rows: u64,
     min_created: Option<OffsetDateTime>,
     max_created: Option<OffsetDateTime>,
@@ -71,14 +72,33 @@ fn max_opt(a: Option<OffsetDateTime>, b: Option<OffsetDateTime>) -> Option<Offse
     }
 }
 
+/// Plans counts that were all made with `limits.bin`.
 pub fn plan(counts: &[RowCountBin], extents: &[Extent], limits: &PlanLimits) -> Plan {
+    let sized: Vec<(RowCountBin, Duration)> = counts.iter().map(|c| (c.clone(), limits.bin)).collect();
+    plan_sized(&sized, extents, limits)
+}
+
+/// Bin starts whose rows exceed the block limit: worth counting again with smaller bins.
+pub fn oversized_bins(counts: &[RowCountBin], max_rows: u64) -> Vec<OffsetDateTime> {
+    let mut totals: BTreeMap<OffsetDateTime, u64> = BTreeMap::new();
+    for c in counts {
+        if let Some(start) = c.bin {
+            *totals.entry(start).or_default() += c.rows.max(0) as u64;
+        }
+    }
+    totals.into_iter().filter(|(_, rows)| *rows > max_rows).map(|(start, _)| start).collect()
+}
+
+/// Plans counts made with bins of different sizes (each count with its bin's size): a bin too
+/// large for one block is counted again with smaller bins, which then plan like any other.
+pub fn plan_sized(counts: &[(RowCountBin, Duration)], extents: &[Extent], limits: &PlanLimits) -> Plan {
     let created: HashMap<String, (Option<OffsetDateTime>, Option<OffsetDateTime>)> = extents
         .iter()
         .map(|e| (e.id.to_string().to_ascii_lowercase(), (e.min_created_on, e.max_created_on)))
         .collect();
     let mut bins: BTreeMap<OffsetDateTime, Bin> = BTreeMap::new();
     let mut rows_without_ingestion_time = 0;
-    for c in counts {
+    for (c, size) in counts {
         let rows = c.rows.max(0) as u64;
         let Some(start) = c.bin else {
             rows_without_ingestion_time += rows;
@@ -92,6 +112,7 @@ pub fn plan(counts: &[RowCountBin], extents: &[Extent], limits: &PlanLimits) -> 
             .and_then(|id| created.get(&id.to_ascii_lowercase()).copied())
             .unwrap_or((None, None));
         let bin = bins.entry(start).or_default();
+        bin.size = bin.size.max(*size);
         bin.rows += rows;
         bin.min_created = min_opt(bin.min_created, min_c);
         bin.max_created = max_opt(bin.max_created, max_c);
@@ -103,7 +124,7 @@ pub fn plan(counts: &[RowCountBin], extents: &[Extent], limits: &PlanLimits) -> 
         if bin.rows == 0 {
             continue;
         }
-        let end = start + limits.bin;
+        let end = start + bin.size;
         if let Some(block) = open.as_mut() {
             let oldest = min_opt(block.oldest_creation_time, bin.min_created);
             let newest = max_opt(block.creation_time, bin.max_created);
@@ -234,6 +255,21 @@ mod tests {
         let wrong = schema_mismatch(&produced, &[col("Id", KustoType::Int)]).unwrap();
         assert!(wrong.contains("column Id is Long in the copy but Int"), "{wrong}");
         assert!(wrong.contains("column Name (String) has no column"), "{wrong}");
+    }
+
+    #[test]
+    fn refined_bins_split_what_one_coarse_bin_could_not() {
+        let e = Uuid::from_u128(1);
+        let coarse = vec![count(Some(H0), e, 300), count(Some(H0 + Duration::hours(1)), e, 10)];
+        assert_eq!(oversized_bins(&coarse, 100), vec![H0]);
+        // The oversized hour counted again by minute: three minutes of 100 rows.
+        let mut sized: Vec<(RowCountBin, Duration)> =
+            (0..3).map(|m| (count(Some(H0 + Duration::minutes(m)), e, 100), Duration::minutes(1))).collect();
+        sized.push((coarse[1].clone(), Duration::hours(1)));
+        let p = plan_sized(&sized, &[extent(e, H0)], &limits(150, 24));
+        let shape: Vec<(i64, i64, u64)> =
+            p.blocks.iter().map(|b| ((b.from - H0).whole_minutes(), (b.to - H0).whole_minutes(), b.rows)).collect();
+        assert_eq!(shape, vec![(0, 1, 100), (1, 2, 100), (2, 120, 110)]);
     }
 
     #[test]
