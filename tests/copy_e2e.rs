@@ -182,6 +182,18 @@ async fn run_job(engine: Arc<dyn Engine>, first: Vec<Outgoing>) -> Vec<StepMessa
     ran
 }
 
+/// Source and destination `db.table` hold the same rows (every column) under the same
+/// creation times, and the copy left nothing behind.
+async fn assert_exact_copy(stack: &Stack, table: &str) {
+    let query = format!("{table} | order by Id asc");
+    let (expected, ages) = query_rows(&stack.source, DB, &query);
+    let (copied, _) = query_rows(&stack.destination, DB, &query);
+    assert_eq!(copied.len(), expected.len(), "row count");
+    assert_eq!(copied, expected, "no row lost, none duplicated, every value equal");
+    assert_eq!(rows_by_creation(&stack.destination, DB, table), ages, "creation times kept");
+    assert_no_leftovers(stack, DB, &[table]).await;
+}
+
 async fn assert_no_leftovers(stack: &Stack, db: &str, tables: &[&str]) {
     for t in tables {
         assert!(stack.destination.extents(db, t).unwrap().iter().all(|e| e.tags.is_empty()), "tags left on {t}");
@@ -479,11 +491,7 @@ async fn kc_copy_killed_midway_resumes_from_its_checkpoints() {
         let arrived: usize = stack.destination.extents(DB, "Events").unwrap().iter().map(|e| e.row_count).sum();
         panic!("stdout {}\narrived {arrived}\n{dump}", String::from_utf8_lossy(&out.stdout));
     }
-    let (expected, ages) = query_rows(&stack.source, DB, "Events | order by Id asc");
-    let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
-    assert_eq!(copied, expected);
-    assert_eq!(rows_by_creation(&stack.destination, DB, "Events"), ages);
-    assert_no_leftovers(&stack, DB, &["Events"]).await;
+    assert_exact_copy(&stack, "Events").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -593,11 +601,7 @@ async fn the_direct_ingestion_route_copies_exactly_too() {
     let first = engine.start_job(&job).await.unwrap();
     let ran = run_job(engine.clone(), first).await;
     assert!(ran.iter().filter(|m| m.step == "ingest").count() >= 5, "the failed ingestion was redone");
-    let (expected, ages) = query_rows(&stack.source, DB, "Events | order by Id asc");
-    let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
-    assert_eq!(copied, expected);
-    assert_eq!(rows_by_creation(&stack.destination, DB, "Events"), ages);
-    assert_no_leftovers(&stack, DB, &["Events"]).await;
+    assert_exact_copy(&stack, "Events").await;
 }
 
 /// Loses every message for one step, as a crashed host or a poisoned message would.
@@ -648,11 +652,7 @@ async fn the_sweeper_finds_blocks_whose_messages_were_lost() {
     run_job(engine.clone(), swept).await;
 
     assert!(engine.job_finished(&job).await.unwrap());
-    let (expected, ages) = query_rows(&stack.source, DB, "Events | order by Id asc");
-    let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
-    assert_eq!(copied, expected);
-    assert_eq!(rows_by_creation(&stack.destination, DB, "Events"), ages);
-    assert_no_leftovers(&stack, DB, &["Events"]).await;
+    assert_exact_copy(&stack, "Events").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
