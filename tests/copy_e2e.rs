@@ -162,6 +162,16 @@ fn create_destination(cluster: &Cluster, db: &str, table: &str) {
     cluster.command(db, &format!(".create table {table} (Id:long, Name:string, When:datetime, Amount:real, Props:dynamic)")).unwrap();
 }
 
+/// The request most tests send: `db.Events` from the source to the destination database,
+/// staged under `staging/<folder>`.
+fn events_request(stack: &Stack, folder: &str) -> serde_json::Value {
+    serde_json::json!({
+        "source": format!("{}/{DB}/Events", stack.source.url()),
+        "destination": format!("{}/{DB}", stack.destination.url()),
+        "stagingDirectory": format!("{}/staging/{folder}", stack.azurite.blob_endpoint()),
+    })
+}
+
 async fn submit(engine: &CopyEngine, request: serde_json::Value) -> JobRecord {
     match record_request(engine.store().as_ref(), &request.to_string(), time::OffsetDateTime::now_utc()).await.unwrap() {
         RecordOutcome::Accepted(job) => job,
@@ -302,12 +312,7 @@ async fn duplicated_and_stale_messages_change_nothing() {
     seed(&stack.source, DB, "Events", 500, 5, JAN_2024);
     create_destination(&stack.destination, DB, "Events");
     let engine = engine(&stack);
-    let job = submit(&engine, serde_json::json!({
-        "source": format!("{}/{DB}/Events", stack.source.url()),
-        "destination": format!("{}/{DB}", stack.destination.url()),
-        "stagingDirectory": format!("{}/staging/dups", stack.azurite.blob_endpoint()),
-    }))
-    .await;
+    let job = submit(&engine, events_request(&stack, "dups")).await;
     let duplicating: Arc<dyn Engine> = Arc::new(Duplicating(engine.clone()));
     let first = duplicating.start_job(&job).await.unwrap();
     let ran = run_job(duplicating, first).await;
@@ -342,12 +347,7 @@ async fn failed_exports_and_ingestions_are_redone_and_their_strays_never_arrive(
     stack.destination.script_fault(Some(CommandKind::QueuedIngest), Fault::IngestionFailure, 1);
     stack.destination.script_fault(Some(CommandKind::QueuedIngest), Fault::DuplicateIngestion, 2);
     let engine = engine(&stack);
-    let job = submit(&engine, serde_json::json!({
-        "source": format!("{}/{DB}/Events", stack.source.url()),
-        "destination": format!("{}/{DB}", stack.destination.url()),
-        "stagingDirectory": format!("{}/staging/faults", stack.azurite.blob_endpoint()),
-    }))
-    .await;
+    let job = submit(&engine, events_request(&stack, "faults")).await;
     let first = engine.start_job(&job).await.unwrap();
     let ran = run_job(engine.clone(), first).await;
     // The faults really happened: every scripted one was met, a second export and at least
@@ -565,12 +565,7 @@ async fn a_destination_that_cannot_take_the_rows_stops_the_activity_before_any_e
     // Amount is real at the source; here it is a string, and Props is missing.
     stack.destination.command(DB, ".create table Events (Id:long, Name:string, When:datetime, Amount:string)").unwrap();
     let engine = engine(&stack);
-    let job = submit(&engine, serde_json::json!({
-        "source": format!("{}/{DB}/Events", stack.source.url()),
-        "destination": format!("{}/{DB}", stack.destination.url()),
-        "stagingDirectory": format!("{}/staging/schema", stack.azurite.blob_endpoint()),
-    }))
-    .await;
+    let job = submit(&engine, events_request(&stack, "schema")).await;
     let first = engine.start_job(&job).await.unwrap();
     let failures = local::run(engine.clone(), first, 2, |_| {}).await;
     assert_eq!(failures.len(), 1, "{failures:?}");
@@ -592,12 +587,7 @@ async fn the_direct_ingestion_route_copies_exactly_too() {
     // One direct ingestion fails: the redo goes through the same route.
     stack.destination.script_fault(Some(CommandKind::Ingest), Fault::IngestionFailure, 1);
     let engine = engine_with(&stack, IngestRoute::Direct);
-    let job = submit(&engine, serde_json::json!({
-        "source": format!("{}/{DB}/Events", stack.source.url()),
-        "destination": format!("{}/{DB}", stack.destination.url()),
-        "stagingDirectory": format!("{}/staging/direct", stack.azurite.blob_endpoint()),
-    }))
-    .await;
+    let job = submit(&engine, events_request(&stack, "direct")).await;
     let first = engine.start_job(&job).await.unwrap();
     let ran = run_job(engine.clone(), first).await;
     assert!(ran.iter().filter(|m| m.step == "ingest").count() >= 5, "the failed ingestion was redone");
@@ -630,12 +620,7 @@ async fn the_sweeper_finds_blocks_whose_messages_were_lost() {
     seed(&stack.source, DB, "Events", 300, 3, JAN_2024);
     create_destination(&stack.destination, DB, "Events");
     let engine = engine(&stack);
-    let job = submit(&engine, serde_json::json!({
-        "source": format!("{}/{DB}/Events", stack.source.url()),
-        "destination": format!("{}/{DB}", stack.destination.url()),
-        "stagingDirectory": format!("{}/staging/sweep", stack.azurite.blob_endpoint()),
-    }))
-    .await;
+    let job = submit(&engine, events_request(&stack, "sweep")).await;
     let losing: Arc<dyn Engine> = Arc::new(Losing { inner: engine.clone(), step: "ingest" });
     let first = losing.start_job(&job).await.unwrap();
     run_job(losing, first).await;
