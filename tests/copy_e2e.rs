@@ -715,3 +715,26 @@ async fn two_jobs_on_one_source_share_its_export_capacity() {
         assert_eq!(copied, expected, "{table}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_without_ingestion_time_are_reported_not_silently_skipped() {
+    let stack = stack().await;
+    seed(&stack.source, DB, "Events", 200, 2, JAN_2024);
+    // An extent ingested while the IngestionTime policy was off: its rows have no ingestion time.
+    let timeless: Vec<Vec<Value>> = (0..7)
+        .map(|i| vec![Value::Long(90_000 + i), Value::String("no-time".into()), Value::DateTime(JAN_2024), Value::Real(1.0), Value::Null])
+        .collect();
+    stack
+        .source
+        .seed_extent(DB, "Events", kusto_sim::SeedExtent { rows: timeless, creation_time: JAN_2024, ingestion_time: None, tags: vec![] })
+        .unwrap();
+    create_destination(&stack.destination, DB, "Events");
+    let engine = engine(&stack);
+    let job = submit(&engine, events_request(&stack, "timeless")).await;
+    let first = engine.start_job(&job).await.unwrap();
+    run_job(engine.clone(), first).await;
+    let record = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert_eq!((record.copied_rows, record.rows_without_ingestion_time), (200, 7), "{record:?}");
+    let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
+    assert_eq!(copied.len(), 200);
+}

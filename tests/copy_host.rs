@@ -1,6 +1,9 @@
 //! End to end under the host harness: `kc serve` processes driven like the Functions host
-//! drives them, two instances sharing queues and checkpoints, one of them killed and started
-//! again mid-copy. The copy must still be exact, with creation times kept.
+//! drives them. Two instances sharing queues and checkpoints, one killed and started again
+//! mid-copy; three tables from two databases with a filtering and projecting query and a
+//! created destination table; a continuous copy whose second iteration the scheduler's timer
+//! starts, with an export and two ingestions failing along the way. Every copy must be exact,
+//! row by row, with creation times kept and nothing left behind.
 
 mod common;
 
@@ -91,4 +94,165 @@ async fn two_instances_and_a_restart_still_copy_exactly() {
     assert!(destination.extents(DB, "Logs").unwrap().iter().all(|e| e.tags.is_empty()));
     let tables = format!("{:?}", destination.command(DB, ".show tables").unwrap().rows);
     assert!(!tables.contains("kc_staging"), "{tables}");
+}
+
+/// Azurite, two simulated clusters and one `kc serve` under the harness.
+struct HostStack {
+    azurite: Azurite,
+    source: Cluster,
+    destination: Cluster,
+    host: Arc<Host>,
+    _kc: tokio::process::Child,
+}
+
+async fn host_stack() -> HostStack {
+    let azurite = Azurite::start();
+    let config = ClusterConfig {
+        async_duration: Duration::from_millis(200),
+        ca_cert_pem: Some(std::fs::read(&azurite.ca_pem_path).unwrap()),
+        ..ClusterConfig::default()
+    };
+    let source = Cluster::start("source", config.clone()).await.unwrap();
+    let destination = Cluster::start("destination", config).await.unwrap();
+    let port = common::free_port();
+    let kc = common::spawn_kc_serve(&azurite, port);
+    common::wait_ready(port).await;
+    let mut host = Host::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), &format!("http://127.0.0.1:{port}"), common::clients(&azurite));
+    host.settings.visibility_timeout = Duration::from_secs(1);
+    HostStack { azurite, source, destination, host: Arc::new(host), _kc: kc }
+}
+
+fn seed(cluster: &Cluster, db: &str, table: &str, rows: usize, extents: usize, first_creation: i64) {
+    cluster.create_database(db);
+    let columns = vec![
+        Column::new("Id", ScalarType::Long),
+        Column::new("Name", ScalarType::String),
+        Column::new("Amount", ScalarType::Real),
+        Column::new("Props", ScalarType::Dynamic),
+    ];
+    cluster
+        .seed_table(db, table, &columns, &SeedPlan {
+            rows,
+            extents,
+            first_creation,
+            creation_step: 30 * DAY,
+            first_ingestion: Some(JAN_2023 + 600 * DAY),
+            ingestion_step: HOUR,
+        })
+        .unwrap();
+}
+
+/// Delivers messages until every activity of the job reaches `state` (or fails the test).
+async fn run_until_activities(h: &HostStack, job: &str, state: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let (code, status) = h.host.http_get("status", &[("job", job)]).await;
+        // 404 until the request itself has been delivered.
+        assert!(code == 200 || code == 404, "{status}");
+        let activities = status["activities"].as_object().cloned().unwrap_or_default();
+        assert!(!activities.values().any(|a| a["state"] == "failed"), "{status}");
+        if !activities.is_empty() && activities.values().all(|a| a["state"] == state) {
+            return status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "job {job} did not reach {state}: {status}");
+        let outcomes = h.host.poll_once().await;
+        assert!(!outcomes.iter().any(|o| matches!(o, Outcome::Poisoned { .. })), "{outcomes:?}");
+        if outcomes.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn assert_same(h: &HostStack, (src_db, src_query): (&str, &str), (dst_db, dst_table): (&str, &str)) {
+    let (expected, ages) = common::query_rows(&h.source, src_db, src_query);
+    let (copied, _) = common::query_rows(&h.destination, dst_db, &format!("{dst_table} | order by Id asc"));
+    assert_eq!(copied.len(), expected.len(), "{dst_table}: row count");
+    assert_eq!(copied, expected, "{dst_table}: every row, every column");
+    assert_eq!(common::rows_by_creation(&h.destination, dst_db, dst_table), ages, "{dst_table}: creation times");
+    assert!(h.destination.extents(dst_db, dst_table).unwrap().iter().all(|e| e.tags.is_empty()), "{dst_table}: tags left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_host_three_tables_from_two_databases_one_through_a_query() {
+    let h = host_stack().await;
+    seed(&h.source, "sales", "Orders", 240, 3, JAN_2023);
+    seed(&h.source, "sales", "Returns", 120, 2, JAN_2023 + 5 * DAY);
+    seed(&h.source, "ops", "Audit", 200, 2, JAN_2023 + 9 * DAY);
+    h.destination.create_database("archive");
+    h.destination.command("archive", ".create table Orders (Id:long, Name:string, Amount:real, Props:dynamic)").unwrap();
+    h.destination.command("archive", ".create table BigReturns (Id:long, Amount:real)").unwrap();
+    let table = |db: &str, t: &str| serde_json::json!({"clusterUri": h.source.url(), "databaseName": db, "tableName": t});
+    let dest = |t: &str| serde_json::json!({"clusterUri": h.destination.url(), "databaseName": "archive", "tableName": t});
+    let request = serde_json::json!({
+        "jobId": "three-tables",
+        "activities": [
+            {"activityName": "orders", "source": table("sales", "Orders"), "destination": dest("Orders")},
+            {"activityName": "returns", "source": table("sales", "Returns"), "destination": dest("BigReturns"),
+             "kqlQuery": "| where Amount >= 20 | project Id, Amount"},
+            {"activityName": "audit", "source": table("ops", "Audit"), "destination": dest("AuditCopy")}
+        ],
+        "stagingStorageDirectories": [format!("{}/staging/three", h.azurite.blob_endpoint())],
+        "exportCount": 2,
+        "createDestinationTable": true
+    });
+    h.host.queue("kc-requests").await.send(&request.to_string(), Duration::ZERO).await.unwrap();
+    run_until_activities(&h, "three-tables", "completed").await;
+
+    assert_same(&h, ("sales", "Orders | order by Id asc"), ("archive", "Orders"));
+    assert_same(&h, ("sales", "Returns | where Amount >= 20 | project Id, Amount | order by Id asc"), ("archive", "BigReturns"));
+    assert_same(&h, ("ops", "Audit | order by Id asc"), ("archive", "AuditCopy"));
+    let tables = format!("{:?}", h.destination.command("archive", ".show tables").unwrap().rows);
+    assert!(!tables.contains("kc_staging"), "{tables}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_host_backfill_and_new_and_injected_failures() {
+    let h = host_stack().await;
+    seed(&h.source, DB, "Events", 300, 3, JAN_2023);
+    h.destination.command(DB, ".create table Events (Id:long, Name:string, Amount:real, Props:dynamic)").unwrap();
+    // An export fails after writing part of its files; a queued ingestion fails; another adds
+    // its data twice.
+    h.source.script_fault(Some(kusto_sim::CommandKind::Export), kusto_sim::Fault::ExportPartialFailure, 1);
+    h.destination.script_fault(Some(kusto_sim::CommandKind::QueuedIngest), kusto_sim::Fault::IngestionFailure, 1);
+    h.destination.script_fault(Some(kusto_sim::CommandKind::QueuedIngest), kusto_sim::Fault::DuplicateIngestion, 2);
+    let request = serde_json::json!({
+        "jobId": "continuous",
+        "source": format!("{}/{DB}/Events", h.source.url()),
+        "destination": format!("{}/{DB}", h.destination.url()),
+        "stagingDirectory": format!("{}/staging/continuous", h.azurite.blob_endpoint()),
+        "copyMode": "BackfillAndNew",
+        "iterationPeriod": "1s",
+    });
+    h.host.queue("kc-requests").await.send(&request.to_string(), Duration::ZERO).await.unwrap();
+    let status = run_until_activities(&h, "continuous", "idle").await;
+    assert_eq!(status["activities"]["default"]["copiedRows"], 300, "{status}");
+    assert_eq!(h.source.with_state(|s| s.faults.pending()) + h.destination.with_state(|s| s.faults.pending()), 0, "every fault was met");
+
+    // New rows arrive; the scheduler's timer starts the next iteration once the period passed.
+    let fresh: Vec<Vec<kusto_sim::Value>> = (0..40)
+        .map(|i| {
+            vec![
+                kusto_sim::Value::Long(50_000 + i),
+                kusto_sim::Value::String(format!("late-{i}")),
+                kusto_sim::Value::Real(i as f64),
+                kusto_sim::Value::Dynamic(serde_json::json!({"late": i})),
+            ]
+        })
+        .collect();
+    h.source
+        .seed_extent(DB, "Events", kusto_sim::SeedExtent { rows: fresh, creation_time: JAN_2023 + 700 * DAY, ingestion_time: Some(JAN_2023 + 900 * DAY), tags: vec![] })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(h.host.fire_timer("scheduler", false).await, Outcome::Succeeded { function: "scheduler".into(), outputs: 1 });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = run_until_activities(&h, "continuous", "idle").await;
+        if status["activities"]["default"]["iteration"] == 2 {
+            assert_eq!(status["activities"]["default"]["copiedRows"], 340, "{status}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        h.host.poll_once().await;
+    }
+    assert_same(&h, (DB, "Events | order by Id asc"), (DB, "Events"));
 }

@@ -402,12 +402,20 @@ impl CopyEngine {
                 .await
                 .and_then(|a| results::window_summary(&a))
                 .map_err(|e| kusto_err("measure the copy window", e))?;
-            if summary.rows_without_ingestion_time > 0 {
-                tracing::warn!(job, activity, rows = summary.rows_without_ingestion_time, "rows without ingestion time cannot be copied by cursor");
+            // Outside every cursor window, so counted over the whole table.
+            let no_time = source
+                .execute(&place.activity.source.database, &commands::rows_without_ingestion_time(&table, user_query.as_ref()), &request_id("plan-no-time"))
+                .await
+                .and_then(|a| results::count(&a))
+                .map_err(|e| kusto_err("count rows without ingestion time", e))?
+                .max(summary.rows_without_ingestion_time)
+                .max(0) as u64;
+            if no_time > 0 {
+                tracing::warn!(job, activity, rows = no_time, "rows without ingestion time cannot be copied by cursor");
             }
             let mut next = iteration.clone();
             next.summarized = true;
-            next.rows_without_ingestion_time = summary.rows_without_ingestion_time.max(0) as u64;
+            next.rows_without_ingestion_time = no_time;
             next.plan_next = summary.first.map(|t| align_down(t, bin));
             // Half-open: one microsecond past the last ingestion time keeps it in range.
             next.plan_end = summary.last.map(|t| t + time::Duration::microseconds(1));

@@ -234,6 +234,18 @@ pub fn window_summary(table: &Ident, window: &CursorWindow, user_query: Option<&
     Ok(Command::new(CommandKind::Query, text(q), true))
 }
 
+/// Rows of the table (after the user query) that have no ingestion time: no cursor window
+/// holds them, so a copy cannot take them and must say how many there are. Answers `Count`.
+pub fn rows_without_ingestion_time(table: &Ident, user_query: Option<&UserQuery>) -> Command {
+    let mut q = format!("{}\n", table.quoted());
+    if let Some(user) = user_query {
+        q.push_str(user.as_str());
+        q.push('\n');
+    }
+    q.push_str("| where isnull(ingestion_time())\n| count");
+    Command::new(CommandKind::Query, text(q), true)
+}
+
 fn timespan_literal(d: Duration) -> String {
     // Whole seconds are plenty for bins; `time(...)` accepts `Ns` style literals.
     format!("{}s", d.as_secs().max(1))
