@@ -738,3 +738,63 @@ async fn rows_without_ingestion_time_are_reported_not_silently_skipped() {
     let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
     assert_eq!(copied.len(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kc_copy_runs_a_yaml_job_of_several_tables() {
+    let stack = stack().await;
+    seed(&stack.source, "sales", "Orders", 200, 2, JAN_2024);
+    seed(&stack.source, "ops", "Audit", 150, 3, JAN_2024 + 4 * DAY);
+    create_destination(&stack.destination, "archive", "Orders");
+    let yaml = format!(
+        r#"# The original kusto-copy job file schema.
+activities:
+  - activityName: orders
+    source:
+      clusterUri: "{src}"
+      databaseName: sales
+      tableName: Orders
+    destination:
+      clusterUri: "{dst}"
+      databaseName: archive
+  - activityName: audit
+    source:
+      clusterUri: "{src}"
+      databaseName: ops
+      tableName: Audit
+    destination:
+      clusterUri: "{dst}"
+      databaseName: archive
+      tableName: AuditCopy
+    kqlQuery: "| where Amount > 10"
+stagingStorageDirectories:
+  - "{staging}"
+exportCount: 2
+createDestinationTable: true
+"#,
+        src = stack.source.url(),
+        dst = stack.destination.url(),
+        staging = format!("{}/staging/yaml", stack.azurite.blob_endpoint()),
+    );
+    let file = std::env::temp_dir().join(format!("kc-job-{}.yaml", uuid::Uuid::new_v4()));
+    std::fs::write(&file, yaml).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kc"))
+        .args(["copy", "-y"])
+        .arg(&file)
+        .env("KC_CREDENTIAL", "emulator")
+        .env("KC_CA_CERT", &stack.azurite.ca_pem_path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("orders: 200 rows copied") && stdout.contains("audit: "), "{stdout}");
+    for (src_db, query, dst) in [("sales", "Orders | order by Id asc", "Orders"), ("ops", "Audit | where Amount > 10 | order by Id asc", "AuditCopy")] {
+        let (expected, ages) = query_rows(&stack.source, src_db, query);
+        let (copied, _) = query_rows(&stack.destination, "archive", &format!("{dst} | order by Id asc"));
+        assert_eq!(copied, expected, "{dst}");
+        assert_eq!(rows_by_creation(&stack.destination, "archive", dst), ages, "{dst}");
+    }
+    assert_no_leftovers(&stack, "archive", &["Orders", "AuditCopy"]).await;
+}
