@@ -6,7 +6,8 @@ mod common;
 
 use azure_core::http::{RequestContent, StatusCode};
 use kc_test_stack::Azurite;
-use kusto_copy::storage::sas::{Access, SasUrl, StagingSas};
+use kusto_copy::kusto::SecretUrl;
+use kusto_copy::storage::sas::{Access, StagingSas};
 use time::Duration;
 
 fn status(err: azure_core::Error) -> StatusCode {
@@ -14,8 +15,8 @@ fn status(err: azure_core::Error) -> StatusCode {
 }
 
 /// The same SAS token on another container's URL.
-fn moved_to(sas: &SasUrl, container: &str) -> azure_core::http::Url {
-    let mut url = sas.expose().clone();
+fn moved_to(sas: &SecretUrl, container: &str) -> azure_core::http::Url {
+    let mut url = sas.expose_url().clone();
     let path = url.path().rsplit_once('/').unwrap().0.to_owned();
     url.set_path(&format!("{path}/{container}"));
     url
@@ -39,7 +40,7 @@ async fn staging_sas_grants_exactly_its_access() {
     assert!(!format!("{export} {ingest:?}").contains("sig="), "SAS URLs never print their signature");
 
     // Export SAS: create and write in its folder, list it...
-    let export_folder = clients.container_with_sas(export.expose().clone()).unwrap();
+    let export_folder = clients.container_with_sas(export.expose_url().clone()).unwrap();
     export_folder.blob_client("part-0.parquet").block_blob_client()
         .upload(RequestContent::from(b"exported rows".to_vec()), None).await.expect("export SAS writes");
     let mut pages = export_folder.list_blobs(None).unwrap().into_pages();
@@ -57,7 +58,7 @@ async fn staging_sas_grants_exactly_its_access() {
     assert_eq!(status(err), StatusCode::Forbidden);
 
     // Ingestion SAS: reads blobs in its folder...
-    let ingest_folder = clients.container_with_sas(ingest.expose().clone()).unwrap();
+    let ingest_folder = clients.container_with_sas(ingest.expose_url().clone()).unwrap();
     let body = ingest_folder.blob_client("part-0.parquet").download(None).await.expect("ingestion SAS reads").body.collect().await.unwrap();
     assert_eq!(&body[..], b"exported rows");
     // ...but cannot write, overwrite or list...
@@ -77,7 +78,7 @@ async fn staging_sas_grants_exactly_its_access() {
 
     // The delegation key is cached: a second SAS costs no round trip and still works.
     let again = sas.folder_url(&folder, Access::IngestRead, Duration::minutes(10)).await.unwrap();
-    clients.container_with_sas(again.expose().clone()).unwrap().blob_client("part-0.parquet").download(None).await.unwrap();
+    clients.container_with_sas(again.expose_url().clone()).unwrap().blob_client("part-0.parquet").download(None).await.unwrap();
 }
 
 #[tokio::test]
@@ -89,7 +90,7 @@ async fn an_expired_sas_is_refused() {
     let sas = StagingSas::new(clients.blob_service().unwrap());
     // Already expired: lifetimes are relative to now, so a negative one is in the past.
     let expired = sas.folder_url(&folder, Access::ExportWrite, Duration::minutes(-1)).await.unwrap();
-    let err = clients.container_with_sas(expired.expose().clone()).unwrap().blob_client("x").block_blob_client()
+    let err = clients.container_with_sas(expired.expose_url().clone()).unwrap().blob_client("x").block_blob_client()
         .upload(RequestContent::from(b"x".to_vec()), None).await.err().expect("expired SAS must be refused");
     assert_eq!(status(err), StatusCode::Forbidden);
 }

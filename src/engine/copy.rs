@@ -653,7 +653,7 @@ impl CopyEngine {
             }
         }
         let sas = staging.sas.folder_url(&folder, Access::ExportWrite, self.options.sas_lifetime).await.map_err(storage_err)?;
-        let destination = SecretUrl::from_url(sas.expose().clone());
+        let destination = sas;
         let table = ident(&place.activity.source.table)?;
         let (window, range) = self.block_window(place, &block).await?;
         let user_query = place.activity.query.as_deref().map(UserQuery::new).transpose().map_err(|e| EngineError::Permanent(e.to_string()))?;
@@ -821,7 +821,7 @@ impl CopyEngine {
                     let queued: Vec<crate::kusto::QueuedBlob> = chunk
                         .iter()
                         .map(|b| crate::kusto::QueuedBlob {
-                            url: SecretUrl::from_url(sas.blob(b).expose().clone()),
+                            url: sas.file(b),
                             source_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("{folder}/{b}").as_bytes()),
                             raw_size: None,
                         })
@@ -831,7 +831,7 @@ impl CopyEngine {
                 }
             }
             IngestRoute::Direct => {
-                let urls: Vec<SecretUrl> = blobs.iter().map(|b| SecretUrl::from_url(sas.blob(b).expose().clone())).collect();
+                let urls: Vec<SecretUrl> = blobs.iter().map(|b| sas.file(b)).collect();
                 let cmd = commands::ingest_async(&table, &urls, &props).map_err(|e| kusto_err("build the ingestion", e))?;
                 let answer = dest.execute(&place.activity.destination.database, &cmd, &rid).await;
                 let op = answer.and_then(|a| results::operation_id(&a)).map_err(|e| kusto_err("start the ingestion", e))?;

@@ -1,6 +1,6 @@
 //! Where a cluster's engine and ingest endpoints are, and which token scope each needs.
 
-use url::{Host, Url};
+use url::Url;
 
 use super::error::KustoError;
 
@@ -19,7 +19,7 @@ impl ClusterEndpoint {
         let engine = base_url(cluster)?;
         let ingest = match ingest_override {
             Some(text) => base_url(text)?,
-            None if is_loopback(&engine) => engine.clone(),
+            None if crate::config::is_loopback(&engine) => engine.clone(),
             None => {
                 let host = engine.host_str().unwrap_or_default();
                 let mut ingest = engine.clone();
@@ -63,7 +63,7 @@ fn base_url(text: &str) -> Result<Url, KustoError> {
     }
     match url.scheme() {
         "https" => {}
-        "http" if is_loopback(&url) => {}
+        "http" if crate::config::is_loopback(&url) => {}
         "http" => {
             return Err(KustoError::invalid_input(format!(
                 "cluster URL {text:?}: plain http is only allowed to a loopback host"
@@ -85,15 +85,6 @@ fn base_url(text: &str) -> Result<Url, KustoError> {
     base.set_path("/");
     base.set_fragment(None);
     Ok(base)
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
 }
 
 /// `<scheme>://<host[:port]>/.default`.

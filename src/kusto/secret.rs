@@ -28,6 +28,19 @@ impl SecretUrl {
         self.0.as_str()
     }
 
+    /// The same, parsed: for a client that authenticates with the SAS in it.
+    pub fn expose_url(&self) -> &Url {
+        &self.0
+    }
+
+    /// The URL of one blob in this folder, with the same SAS.
+    pub fn file(&self, name: &str) -> SecretUrl {
+        let mut url = self.0.clone();
+        let path = format!("{}/{}", url.path().trim_end_matches('/'), name.trim_start_matches('/'));
+        url.set_path(&path);
+        SecretUrl(url)
+    }
+
     /// The URL without its query: safe for logs.
     pub fn redacted(&self) -> String {
         let mut u = self.0.clone();

@@ -12,7 +12,8 @@
 //! every block attempt its own short-lived container, and deleting that container also sweeps
 //! up whatever a failed export left behind.
 //!
-//! [`SasUrl`] never prints its query: SAS tokens stay out of logs and error messages.
+//! The URLs are [`SecretUrl`]s, which never print their query: SAS tokens stay out of logs
+//! and error messages.
 
 use super::{classify, StorageError};
 use azure_core::http::{RequestContent, Url, XmlFormat};
@@ -20,7 +21,7 @@ use azure_storage_blob::models::KeyInfo;
 use azure_storage_blob::BlobServiceClient;
 use azure_storage_common::models::UserDelegationKey;
 use azure_storage_sas::SasBuilder;
-use std::fmt;
+use crate::kusto::SecretUrl;
 use time::{Duration, OffsetDateTime};
 use tokio::sync::Mutex;
 
@@ -31,39 +32,6 @@ pub enum Access {
     ExportWrite,
     /// For ingestion: read blobs; never write, list or delete them.
     IngestRead,
-}
-
-/// A URL carrying a SAS. Display and Debug show only the part before the query.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SasUrl(Url);
-
-impl SasUrl {
-    /// The full URL, secret included: only for the request that hands it to its user.
-    pub fn expose(&self) -> &Url {
-        &self.0
-    }
-
-    /// The URL of one blob in this folder, with the same SAS.
-    pub fn blob(&self, name: &str) -> SasUrl {
-        let mut url = self.0.clone();
-        let path = format!("{}/{}", url.path().trim_end_matches('/'), name.trim_start_matches('/'));
-        url.set_path(&path);
-        SasUrl(url)
-    }
-}
-
-impl fmt::Display for SasUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shown = self.0.clone();
-        shown.set_query(None);
-        write!(f, "{shown}?<SAS redacted>")
-    }
-}
-
-impl fmt::Debug for SasUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SasUrl({self})")
-    }
 }
 
 /// How long a user delegation key we ask for lives (the service allows up to 7 days).
@@ -87,7 +55,7 @@ impl StagingSas {
 
     /// A SAS URL for the container `folder`, valid for `lifetime` (capped at
     /// [`MAX_SAS_LIFETIME`]).
-    pub async fn folder_url(&self, folder: &str, access: Access, lifetime: Duration) -> Result<SasUrl, StorageError> {
+    pub async fn folder_url(&self, folder: &str, access: Access, lifetime: Duration) -> Result<SecretUrl, StorageError> {
         let now = OffsetDateTime::now_utc();
         let expiry = now + lifetime.min(MAX_SAS_LIFETIME);
         let key = self.delegation_key(now).await?;
@@ -103,7 +71,7 @@ impl StagingSas {
         let path = format!("{}/{}", url.path().trim_end_matches('/'), folder);
         url.set_path(&path);
         url.set_query(Some(&token));
-        Ok(SasUrl(url))
+        Ok(SecretUrl::from_url(url))
     }
 
     /// The cached key, or a new one if there is none or it would expire before the longest
@@ -154,12 +122,12 @@ mod tests {
 
     #[test]
     fn sas_urls_never_print_their_token() {
-        let url = SasUrl(Url::parse("https://a.blob.core.windows.net/c?sv=1&sig=SECRET").unwrap());
-        let blob = url.blob("x/y.parquet");
+        let url = SecretUrl::from_url(Url::parse("https://a.blob.core.windows.net/c?sv=1&sig=SECRET").unwrap());
+        let blob = url.file("x/y.parquet");
         for shown in [format!("{url}"), format!("{url:?}"), format!("{blob}"), format!("{blob:?}")] {
             assert!(!shown.contains("SECRET"), "{shown}");
         }
-        assert_eq!(blob.expose().path(), "/c/x/y.parquet");
-        assert_eq!(blob.expose().query(), Some("sv=1&sig=SECRET"));
+        assert_eq!(blob.expose_url().path(), "/c/x/y.parquet");
+        assert_eq!(blob.expose_url().query(), Some("sv=1&sig=SECRET"));
     }
 }

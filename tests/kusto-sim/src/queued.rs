@@ -45,17 +45,6 @@ pub struct QueuedOperation {
 /// Tracked queued ingestions, by operation id.
 pub type QueuedLog = BTreeMap<String, QueuedOperation>;
 
-fn ids(headers: &HeaderMap) -> RequestIds {
-    RequestIds {
-        client_request_id: headers
-            .get("x-ms-client-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("KSIM;{}", uuid::Uuid::new_v4())),
-        activity_id: uuid::Uuid::new_v4().to_string(),
-    }
-}
-
 /// What the HTTP layer does to one request.
 enum Gate {
     /// Answer this instead (bad token, injected fault).
@@ -67,7 +56,7 @@ enum Gate {
 /// Checks the token and applies request-level faults. `PartialQueryFailure` has no meaning
 /// for ingestion and is ignored here.
 fn gate(state: &Shared, headers: &HeaderMap, kind: CommandKind) -> Gate {
-    let ids = ids(headers);
+    let ids = RequestIds::from_headers(headers);
     let uri = lock(state).uri.clone();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if let Err(e) = check_bearer(headers.get("authorization").and_then(|v| v.to_str().ok()), &uri, now) {
@@ -115,7 +104,7 @@ pub async fn submit(
         Gate::Refuse(r) => return r,
         Gate::Run { drop_answer } => drop_answer,
     };
-    let request_ids = ids(&headers);
+    let request_ids = RequestIds::from_headers(&headers);
     let fail = |e: KustoError| crate::server::error_response(&e, &request_ids);
     let body: Json = match serde_json::from_str(&body) {
         Ok(b) => b,
@@ -219,7 +208,7 @@ pub async fn status(
     let details = query.get("details").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let s = lock(&state);
     let Some(o) = s.queued.get(&op) else {
-        return crate::server::error_response(&KustoError::not_found("IngestionOperation", &op), &ids(&headers));
+        return crate::server::error_response(&KustoError::not_found("IngestionOperation", &op), &RequestIds::from_headers(&headers));
     };
     let count = |st: &str| o.blobs.iter().filter(|b| b.status == st).count();
     let mut body = json!({

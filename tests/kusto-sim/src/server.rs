@@ -86,14 +86,7 @@ fn parse_body(body: &str) -> Result<Request, KustoError> {
 }
 
 async fn handle(state: Shared, headers: HeaderMap, body: String, endpoint: Endpoint) -> Response {
-    let ids = RequestIds {
-        client_request_id: headers
-            .get("x-ms-client-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("KSIM;{}", uuid::Uuid::new_v4())),
-        activity_id: uuid::Uuid::new_v4().to_string(),
-    };
+    let ids = RequestIds::from_headers(&headers);
     let (name, uri, now_unix) = {
         let s = lock(&state);
         (s.name.clone(), s.uri.clone(), time::OffsetDateTime::now_utc().unix_timestamp())

@@ -11,6 +11,20 @@ pub struct RequestIds {
     pub activity_id: String,
 }
 
+impl RequestIds {
+    /// The caller's `x-ms-client-request-id` (or one made up), and a new activity id.
+    pub fn from_headers(headers: &axum::http::HeaderMap) -> RequestIds {
+        RequestIds {
+            client_request_id: headers
+                .get("x-ms-client-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("KSIM;{}", uuid::Uuid::new_v4())),
+            activity_id: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+}
+
 /// A row's JSON cells. Kusto strings are never null: a null string is answered as "".
 pub fn cells(frame: &crate::kql::eval::Frame, values: &[crate::model::value::Value]) -> Vec<serde_json::Value> {
     values
