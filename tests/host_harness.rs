@@ -120,6 +120,7 @@ async fn outputs_retries_delays_and_timers_flow_through_the_harness() {
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
     let mut host = Host::load(repo(), &url, common::host_queues(&azurite));
     host.settings.visibility_timeout = Duration::from_secs(1);
+    host.app_settings.insert("KC_SCHEDULE".into(), "0 */1 * * * *".into());
     let host = Arc::new(host);
 
     host.queue("kc-requests").await.send(VALID, Duration::ZERO).await.unwrap();
@@ -131,7 +132,8 @@ async fn outputs_retries_delays_and_timers_flow_through_the_harness() {
     assert_eq!(seen, vec![("a".into(), 1), ("a".into(), 2), ("b".into(), 1), ("c".into(), 1)], "{seen:?}");
     assert!(started.elapsed() >= Duration::from_secs(2), "c arrived after its delay");
 
-    // The timer's schedule is read from function.json: every minute, on the minute.
+    // The timer's schedule is `%KC_SCHEDULE%` in function.json, resolved from the app
+    // settings as the host does: every minute, on the minute, is the documented default.
     let after = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:30Z").unwrap().with_timezone(&chrono::Utc);
     let next: Vec<String> = host.timer_occurrences("scheduler", after, 2).iter().map(|t| t.to_rfc3339()).collect();
     assert_eq!(next, vec!["2026-11-23T10:01:00+00:00", "2026-11-23T10:02:00+00:00"]);

@@ -103,6 +103,9 @@ pub struct Host {
     handlers: Vec<String>,
     http: reqwest::Client,
     service: Arc<dyn QueueService>,
+    /// App settings for `%NAME%` binding expressions (the timer's schedule), as the host
+    /// resolves them; starts as the process environment.
+    pub app_settings: HashMap<String, String>,
     queues: tokio::sync::Mutex<HashMap<String, Arc<dyn HostQueue>>>,
     invocations: std::sync::atomic::AtomicU64,
 }
@@ -157,6 +160,7 @@ impl Host {
             handlers: handlers.iter().map(|h| h.trim_end_matches('/').to_owned()).collect(),
             http: reqwest::Client::new(),
             service,
+            app_settings: std::env::vars().collect(),
             queues: Default::default(),
             invocations: Default::default(),
         }
@@ -328,6 +332,12 @@ impl Host {
     /// The next occurrences of a timer's NCRONTAB schedule (six fields, seconds first).
     pub fn timer_occurrences(&self, function: &str, after: chrono::DateTime<chrono::Utc>, count: usize) -> Vec<chrono::DateTime<chrono::Utc>> {
         let Trigger::Timer { schedule, .. } = &self.function(function).trigger else { panic!("{function} is not a timer") };
+        // `%NAME%` is an app setting; the host refuses to load the function without it.
+        let resolved = match schedule.strip_prefix('%').and_then(|s| s.strip_suffix('%')) {
+            Some(name) => self.app_settings.get(name).cloned().unwrap_or_else(|| panic!("the host would not load {function}: app setting {name} is missing")),
+            None => schedule.clone(),
+        };
+        let schedule = &resolved;
         let cron = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Required)
             .build()
