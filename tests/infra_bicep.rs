@@ -144,6 +144,23 @@ fn role_id(f: &File, value: Node) -> String {
     }
 }
 
+fn has_error_nodes(src: &str) -> bool {
+    let mut parser = Parser::new();
+    parser.set_language(&tree_sitter_bicep::LANGUAGE.into()).unwrap();
+    let tree = parser.parse(src, None).unwrap();
+    let f = File { path: PathBuf::new(), src: src.to_owned(), tree };
+    nodes(&f).into_iter().any(|n| n.is_error() || n.is_missing())
+}
+
+#[test]
+fn the_error_check_catches_broken_bicep() {
+    assert!(!has_error_nodes("param a string = 'x'\n"));
+    assert!(has_error_nodes("resource r 'T@1' = {\n  name: 'x'\n"), "unclosed object");
+    assert!(has_error_nodes("param a string = \n"), "missing value");
+    // Syntax this grammar lacks, so infra/ must not use it.
+    assert!(has_error_nodes("var b = {\n  ...a\n}\n"), "spread");
+}
+
 #[test]
 fn every_file_parses_without_error_nodes() {
     let files = files();
