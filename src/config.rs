@@ -214,6 +214,42 @@ fn validate_storage_name(name: &str, what: &str) -> Result<(), String> {
     }
 }
 
+/// Who must set a setting where. `infra/main.bicep` is checked against [`SETTINGS`] by
+/// `tests/infra_bicep.rs`: it sets every [`Need::Production`] setting and no
+/// [`Need::TestOnly`] or [`Need::Host`] one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// A deployment must set it (the code may have a default, but a deployed app needs the
+    /// deployment's own value).
+    Production,
+    /// Has a default that fits a deployment; set it to change behaviour.
+    Optional,
+    /// Only for local emulators and tests; never set in a deployment.
+    TestOnly,
+    /// Set by the Functions host itself; a deployment must not set it.
+    Host,
+}
+
+/// Every setting `kc serve` (or the host, for the app) reads, with who must set it.
+/// Names given as literals are read by code still landing on other branches (allow-lists,
+/// replications) or by the host alone (`KC_SCHEDULE`, in `functions/scheduler/function.json`).
+pub const SETTINGS: &[(&str, Need)] = &[
+    (names::PORT, Need::Host),
+    (names::HOST_STORAGE_ACCOUNT, Need::Production),
+    (names::IDENTITY_CLIENT_ID, Need::Production),
+    ("KC_ALLOWED_CLUSTERS", Need::Production),
+    ("KC_ALLOWED_STORAGE_ACCOUNTS", Need::Production),
+    ("KC_SCHEDULE", Need::Production),
+    (names::BLOB_ENDPOINT, Need::Optional),
+    (names::QUEUE_ENDPOINT, Need::Optional),
+    (names::CHECKPOINT_CONTAINER, Need::Optional),
+    (names::CREDENTIAL, Need::Optional),
+    (names::LOG_FORMAT, Need::Optional),
+    (names::INGESTION, Need::Optional),
+    ("KC_REPLICATIONS", Need::Optional),
+    (names::CA_CERT, Need::TestOnly),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +305,16 @@ mod tests {
             assert_eq!(err.name, names::PORT);
         }
         assert!(port_from_map(&map(&[])).unwrap_err().to_string().contains("missing"));
+    }
+
+    #[test]
+    fn every_named_setting_is_classified_once() {
+        let all = [
+            names::PORT, names::BLOB_ENDPOINT, names::QUEUE_ENDPOINT, names::HOST_STORAGE_ACCOUNT, names::CHECKPOINT_CONTAINER,
+            names::CREDENTIAL, names::IDENTITY_CLIENT_ID, names::CA_CERT, names::LOG_FORMAT, names::INGESTION,
+        ];
+        for name in all {
+            assert_eq!(SETTINGS.iter().filter(|(n, _)| *n == name).count(), 1, "{name} in SETTINGS once");
+        }
     }
 }

@@ -33,10 +33,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(json: bool) {
+/// Where log lines go. Under the Functions host, every stderr line of a custom handler is
+/// logged at Error level (Warning if it contains "warn") and stdout lines at Information
+/// (`shared/reference/functions-host.md`), so `kc serve` writes warnings and errors to stderr
+/// and everything else to stdout. The CLI keeps all logs on stderr, beside its progress view.
+#[derive(Clone, Copy, PartialEq)]
+enum LogStreams {
+    SplitByLevel,
+    StderrOnly,
+}
+
+fn init_tracing(json: bool, streams: LogStreams) {
+    use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,azure_core=warn,azure_storage_blob=warn,azure_storage_queue=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let writer = match streams {
+        LogStreams::SplitByLevel => BoxMakeWriter::new(std::io::stderr.with_max_level(tracing::Level::WARN).or_else(std::io::stdout)),
+        LogStreams::StderrOnly => BoxMakeWriter::new(std::io::stderr),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     if json {
         builder.json().with_current_span(true).init();
     } else {
@@ -52,7 +67,7 @@ fn serve() -> ExitCode {
         Some("json") => true,
         _ => env.contains_key("FUNCTIONS_WORKER_RUNTIME") || env.contains_key("WEBSITE_SITE_NAME"),
     };
-    init_tracing(json);
+    init_tracing(json, LogStreams::SplitByLevel);
     let port = match config::port_from_map(&env) {
         Ok(p) => p,
         Err(e) => return fail(&e.to_string()),
@@ -80,7 +95,7 @@ fn serve() -> ExitCode {
 }
 
 fn copy(args: &kusto_copy::cli::copy::CopyArgs) -> ExitCode {
-    init_tracing(false);
+    init_tracing(false, LogStreams::StderrOnly);
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     // A laptop signs in with the developer tools; KC_CREDENTIAL=emulator for the local stack.
     let credential = match env.get(config::names::CREDENTIAL).map(String::as_str) {

@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::harness::{Host, Outcome};
+use kc_host_harness::{Host, Outcome};
 use kc_test_stack::Azurite;
-use kusto_copy::storage::queue::MessageSender;
+
 use kusto_sim::{Cluster, ClusterConfig, Column, ScalarType, SeedPlan};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +48,7 @@ async fn two_instances_and_a_restart_still_copy_exactly() {
     common::wait_ready(port_a).await;
     common::wait_ready(port_b).await;
     let urls = [format!("http://127.0.0.1:{port_a}"), format!("http://127.0.0.1:{port_b}")];
-    let mut host = Host::load_many(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), &[&urls[0], &urls[1]], common::clients(&azurite));
+    let mut host = Host::load_many(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), &[&urls[0], &urls[1]], common::host_queues(&azurite));
     host.settings.visibility_timeout = Duration::from_secs(1);
     let host = Arc::new(host);
 
@@ -117,7 +117,7 @@ async fn host_stack() -> HostStack {
     let port = common::free_port();
     let kc = common::spawn_kc_serve(&azurite, port);
     common::wait_ready(port).await;
-    let mut host = Host::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), &format!("http://127.0.0.1:{port}"), common::clients(&azurite));
+    let mut host = Host::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), &format!("http://127.0.0.1:{port}"), common::host_queues(&azurite));
     host.settings.visibility_timeout = Duration::from_secs(1);
     HostStack { azurite, source, destination, host: Arc::new(host), _kc: kc }
 }

@@ -5,13 +5,13 @@
 mod common;
 
 use async_trait::async_trait;
-use common::harness::{Host, Outcome};
+use kc_host_harness::{Host, Outcome};
 use kc_test_stack::Azurite;
 use kusto_copy::engine::{Delivery, Engine, EngineError, Outgoing, StepMessage, Tick};
 use kusto_copy::handler::{router, AppState};
 use kusto_copy::job::JobRecord;
 use kusto_copy::storage::checkpoint::MemoryCheckpointStore;
-use kusto_copy::storage::queue::{MessageEncoding, MessageSender, StorageQueue};
+use kusto_copy::storage::queue::{MessageEncoding, StorageQueue};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,8 +28,8 @@ async fn kc_serve_under_the_harness_records_rejects_and_poisons() {
     let azurite = Azurite::start();
     let port = common::free_port();
     let _kc = common::spawn_kc_serve(&azurite, port);
-    let mut host = Host::load(repo(), &format!("http://127.0.0.1:{port}"), common::clients(&azurite));
-    assert_eq!(host.settings.encoding, MessageEncoding::None, "read from host.json");
+    let mut host = Host::load(repo(), &format!("http://127.0.0.1:{port}"), common::host_queues(&azurite));
+    assert_eq!(host.settings.encoding, kc_host_harness::MessageEncoding::None, "read from host.json");
     assert_eq!(host.settings.max_dequeue_count, 5, "read from host.json");
     // host.json says 30 s; a test cannot wait 5 x 30 s for the poison queue.
     host.settings.visibility_timeout = Duration::from_secs(1);
@@ -118,8 +118,9 @@ async fn outputs_retries_delays_and_timers_flow_through_the_harness() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    let mut host = Host::load(repo(), &url, common::clients(&azurite));
+    let mut host = Host::load(repo(), &url, common::host_queues(&azurite));
     host.settings.visibility_timeout = Duration::from_secs(1);
+    host.app_settings.insert("KC_SCHEDULE".into(), "0 */1 * * * *".into());
     let host = Arc::new(host);
 
     host.queue("kc-requests").await.send(VALID, Duration::ZERO).await.unwrap();
@@ -131,7 +132,8 @@ async fn outputs_retries_delays_and_timers_flow_through_the_harness() {
     assert_eq!(seen, vec![("a".into(), 1), ("a".into(), 2), ("b".into(), 1), ("c".into(), 1)], "{seen:?}");
     assert!(started.elapsed() >= Duration::from_secs(2), "c arrived after its delay");
 
-    // The timer's schedule is read from function.json: every minute, on the minute.
+    // The timer's schedule is `%KC_SCHEDULE%` in function.json, resolved from the app
+    // settings as the host does: every minute, on the minute, is the documented default.
     let after = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:00:30Z").unwrap().with_timezone(&chrono::Utc);
     let next: Vec<String> = host.timer_occurrences("scheduler", after, 2).iter().map(|t| t.to_rfc3339()).collect();
     assert_eq!(next, vec!["2026-11-23T10:01:00+00:00", "2026-11-23T10:02:00+00:00"]);

@@ -57,7 +57,7 @@ async fn serves_records_jobs_in_azurite_and_stops_on_sigterm() {
             .env("KC_CA_CERT", &azurite.ca_pem_path)
             .env("KC_CHECKPOINT_CONTAINER", "kc-checkpoints")
             .env("KC_LOG_FORMAT", "json")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         c
     })
@@ -94,6 +94,14 @@ async fn serves_records_jobs_in_azurite_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(answer["ReturnValue"]["state"], "Accepted", "{answer}");
+    // A request that names no table is rejected: a warning.
+    let bad = text.replace("orders-eu", "no-table").replace("/Sales/Orders", "/Sales");
+    let payload = json!({
+        "Data": {"request": serde_json::to_string(&bad).unwrap()},
+        "Metadata": {"DequeueCount": "1", "Id": "\"m2\"", "sys": {"UtcNow": "2026-11-23T10:00:00Z"}}
+    });
+    let answer: Value = http.post(format!("{base}/requests")).json(&payload).send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["ReturnValue"]["state"], "Rejected", "{answer}");
 
     // The record is really in Azurite: read it back with our own client.
     let store = BlobCheckpointStore::new(common::clients(&azurite).container_without_retries("kc-checkpoints").unwrap());
@@ -118,10 +126,19 @@ async fn serves_records_jobs_in_azurite_and_stops_on_sigterm() {
     Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits after SIGTERM").unwrap();
     assert!(status.success(), "{status}");
-    let mut stderr = String::new();
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).await.unwrap();
     tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).await.unwrap();
     // JSON log lines carrying the invocation id, and no bearer token anywhere.
-    let lines: Vec<Value> = stderr.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    assert!(lines.iter().any(|l| l.to_string().contains("inv-1")), "invocation id in the logs: {stderr}");
-    assert!(!stderr.contains("eyJ"), "a JWT leaked into the logs");
+    let parse = |text: &str| -> Vec<Value> { text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON line: {l}"))).collect() };
+    let (out_lines, err_lines) = (parse(&stdout), parse(&stderr));
+    assert!(out_lines.iter().any(|l| l.to_string().contains("inv-1")), "invocation id in the logs: {stdout}");
+    assert!(!stdout.contains("eyJ") && !stderr.contains("eyJ"), "a JWT leaked into the logs");
+    // The host logs every stderr line as an error: informational lines on stdout, warnings
+    // and errors on stderr, nothing else there.
+    let level = |l: &Value| l["level"].as_str().unwrap_or_default().to_owned();
+    assert!(out_lines.iter().any(|l| l["fields"]["message"] == "kc serve listening" && level(l) == "INFO"), "{stdout}");
+    assert!(out_lines.iter().all(|l| level(l) == "INFO" || level(l) == "DEBUG" || level(l) == "TRACE"), "{stdout}");
+    assert!(err_lines.iter().any(|l| level(l) == "WARN" && l["fields"]["message"] == "request rejected"), "the rejection is a warning on stderr: {stderr}");
+    assert!(err_lines.iter().all(|l| level(l) == "WARN" || level(l) == "ERROR"), "{stderr}");
 }

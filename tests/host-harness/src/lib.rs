@@ -8,15 +8,59 @@
 //! `<queue>-poison` once it has failed `maxDequeueCount` times, and fires timers on their
 //! NCRONTAB schedule. Messages of one poll are delivered concurrently, as the host does with
 //! a batch.
-#![allow(dead_code)]
+//!
+//! It is a library so that integration tests and binaries (the serverless demo, chaos and
+//! performance runs) share one host. It knows nothing of kusto-copy: queues come in through
+//! [`QueueService`], which the caller implements over Azurite (or anything else), so the
+//! workspace has no dependency cycle.
 
-use kusto_copy::storage::clients::StorageClients;
-use kusto_copy::storage::queue::{MessageEncoding, MessageSender, Received, StorageQueue};
+use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Any error of the queue service; the harness treats it as a bug in the test setup.
+pub type QueueError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How message text is stored in the queue (host.json `extensions.queues.messageEncoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageEncoding {
+    None,
+    Base64,
+}
+
+/// A received message, its text already decoded with the queue's encoding.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub id: String,
+    pub pop_receipt: String,
+    pub dequeue_count: u32,
+    pub text: String,
+    pub insertion_time: Option<time::OffsetDateTime>,
+    pub expiration_time: Option<time::OffsetDateTime>,
+    pub next_visible: Option<time::OffsetDateTime>,
+}
+
+/// One queue, as the host uses it.
+#[async_trait]
+pub trait HostQueue: Send + Sync {
+    fn name(&self) -> &str;
+    /// Sends `text`, invisible for `delay`.
+    async fn send(&self, text: &str, delay: Duration) -> Result<(), QueueError>;
+    /// Receives up to `max` messages, hiding them for `visibility`.
+    async fn receive(&self, max: u8, visibility: Duration) -> Result<Vec<Received>, QueueError>;
+    async fn delete(&self, id: &str, pop_receipt: &str) -> Result<(), QueueError>;
+    /// Makes a received message visible again after `visibility`.
+    async fn release(&self, id: &str, pop_receipt: &str, visibility: Duration) -> Result<(), QueueError>;
+}
+
+/// Opens queues by name, creating them if needed (the host creates its queues too).
+#[async_trait]
+pub trait QueueService: Send + Sync {
+    async fn open(&self, name: &str, encoding: MessageEncoding) -> Result<Arc<dyn HostQueue>, QueueError>;
+}
 
 #[derive(Debug, Clone)]
 pub enum Trigger {
@@ -58,8 +102,11 @@ pub struct Host {
     /// Handler instances; invocations go to them in turn (scale-out).
     handlers: Vec<String>,
     http: reqwest::Client,
-    clients: StorageClients,
-    queues: tokio::sync::Mutex<HashMap<String, Arc<StorageQueue>>>,
+    service: Arc<dyn QueueService>,
+    /// App settings for `%NAME%` binding expressions (the timer's schedule), as the host
+    /// resolves them; starts as the process environment.
+    pub app_settings: HashMap<String, String>,
+    queues: tokio::sync::Mutex<HashMap<String, Arc<dyn HostQueue>>>,
     invocations: std::sync::atomic::AtomicU64,
 }
 
@@ -70,12 +117,12 @@ fn duration(text: &str) -> Duration {
 
 impl Host {
     /// Reads the app at `root` (host.json and functions/) and drives the handler at `handler`.
-    pub fn load(root: &Path, handler: &str, clients: StorageClients) -> Host {
-        Host::load_many(root, &[handler], clients)
+    pub fn load(root: &Path, handler: &str, service: Arc<dyn QueueService>) -> Host {
+        Host::load_many(root, &[handler], service)
     }
 
     /// The same, with several handler instances sharing the queues, as on a scaled-out app.
-    pub fn load_many(root: &Path, handlers: &[&str], clients: StorageClients) -> Host {
+    pub fn load_many(root: &Path, handlers: &[&str], service: Arc<dyn QueueService>) -> Host {
         let host: Value = serde_json::from_str(&std::fs::read_to_string(root.join("host.json")).unwrap()).unwrap();
         let q = &host["extensions"]["queues"];
         let settings = QueueSettings {
@@ -112,20 +159,20 @@ impl Host {
             settings,
             handlers: handlers.iter().map(|h| h.trim_end_matches('/').to_owned()).collect(),
             http: reqwest::Client::new(),
-            clients,
+            service,
+            app_settings: std::env::vars().collect(),
             queues: Default::default(),
             invocations: Default::default(),
         }
     }
 
     /// A queue with the host's encoding, created if needed (the host creates its queues too).
-    pub async fn queue(&self, name: &str) -> Arc<StorageQueue> {
+    pub async fn queue(&self, name: &str) -> Arc<dyn HostQueue> {
         let mut queues = self.queues.lock().await;
         if let Some(q) = queues.get(name) {
             return q.clone();
         }
-        let q = Arc::new(StorageQueue::new(self.clients.queue(name).unwrap(), name, self.settings.encoding));
-        q.ensure_exists().await.unwrap();
+        let q = self.service.open(name, self.settings.encoding).await.unwrap_or_else(|e| panic!("open queue {name}: {e}"));
         queues.insert(name.to_owned(), q.clone());
         q
     }
@@ -144,7 +191,7 @@ impl Host {
             let received = q.receive(self.settings.batch_size, Duration::from_secs(300)).await.unwrap();
             for message in received {
                 let (host, function, q) = (self.clone(), f.name.clone(), q.clone());
-                tasks.push(tokio::spawn(async move { host.deliver(&function, &q, message).await }));
+                tasks.push(tokio::spawn(async move { host.deliver(&function, q.as_ref(), message).await }));
             }
         }
         let mut outcomes = Vec::new();
@@ -175,7 +222,7 @@ impl Host {
         }
     }
 
-    async fn deliver(&self, function: &str, queue: &StorageQueue, message: Received) -> Outcome {
+    async fn deliver(&self, function: &str, queue: &dyn HostQueue, message: Received) -> Outcome {
         let f = self.function(function).clone();
         let Trigger::Queue { binding, .. } = &f.trigger else { unreachable!() };
         let quote = |s: &str| format!("\"{s}\"");
@@ -207,7 +254,7 @@ impl Host {
         } else {
             // Released: visible again after the visibility timeout (at least a second: the
             // service's granularity).
-            let _ = queue.extend(&message.id, &message.pop_receipt, self.settings.visibility_timeout.max(Duration::from_secs(1))).await.unwrap();
+            queue.release(&message.id, &message.pop_receipt, self.settings.visibility_timeout.max(Duration::from_secs(1))).await.unwrap();
             Outcome::Failed { function: function.into(), status, dequeue_count: message.dequeue_count }
         }
     }
@@ -285,6 +332,12 @@ impl Host {
     /// The next occurrences of a timer's NCRONTAB schedule (six fields, seconds first).
     pub fn timer_occurrences(&self, function: &str, after: chrono::DateTime<chrono::Utc>, count: usize) -> Vec<chrono::DateTime<chrono::Utc>> {
         let Trigger::Timer { schedule, .. } = &self.function(function).trigger else { panic!("{function} is not a timer") };
+        // `%NAME%` is an app setting; the host refuses to load the function without it.
+        let resolved = match schedule.strip_prefix('%').and_then(|s| s.strip_suffix('%')) {
+            Some(name) => self.app_settings.get(name).cloned().unwrap_or_else(|| panic!("the host would not load {function}: app setting {name} is missing")),
+            None => schedule.clone(),
+        };
+        let schedule = &resolved;
         let cron = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Required)
             .build()
