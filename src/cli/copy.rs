@@ -7,7 +7,7 @@
 use crate::auth;
 use crate::config::CredentialKind;
 use crate::engine::copy::{ActivityState, CopyEngine, EngineOptions, LiveConnections};
-use crate::engine::local::{self, Event};
+use crate::engine::local::Event;
 use crate::engine::{Engine, Tick};
 use crate::job::{record_request, JobRecord, RecordOutcome};
 use crate::storage::checkpoint::{BlobCheckpointStore, CheckpointStore, PrefixedStore};
@@ -172,9 +172,7 @@ async fn drive(
 ) -> Result<String, String> {
     let mut iterations_run = 0u64;
     loop {
-        let first = engine.resume(job).await.map_err(|e| e.to_string())?;
-        let engine_dyn: Arc<dyn Engine> = engine.clone();
-        let failures = local::run(engine_dyn, first, workers, |e| progress.on_event(e)).await;
+        let failures = engine.run_locally(job, workers, |e| progress.on_event(e)).await.map_err(|e| e.to_string())?;
         iterations_run += 1;
         if !failures.is_empty() {
             return Err(format!("{} step(s) failed; first: {}", failures.len(), failures[0]));

@@ -1,26 +1,26 @@
-//! The copy engine: each step loads its checkpoint, checks the step is still due, does its
-//! side effect fenced so a repeat is harmless, writes the new state with compare-and-swap,
-//! and names the next messages. Drivers (the Functions host through `kc serve`, or `kc copy`
-//! in-process) only move those messages.
+//! The copy engine: planning, iterations, the sweeper and the scheduler tick. Block steps are
+//! decided in [`super::steps`] and executed by [`super::execute`].
 //!
-//! Exactly once rests on three fences:
-//! - an export attempt is recorded before `.export` is sent, and each attempt writes to its
-//!   own staging folder: a lost or failed export is abandoned, never half-used;
-//! - ingestion goes into a staging table with a tag unique to (block, export attempt,
-//!   ingestion attempt); only the tag's rows are counted, and only a tag holding exactly the
-//!   exported rows is moved; anything else is dropped and ingested again;
-//! - the move is checked before it is repeated: rows already at the destination under the
-//!   tag, or a tag gone from both tables, mean it was done.
+//! Exactly once rests on these fences (the README's "How a copy works" gives the invariants):
+//! - an export attempt is recorded (with a lease) before `.export` is sent, and each attempt
+//!   writes to its own staging folder: a lost or failed export is abandoned, never half-used;
+//! - ingestion goes into a staging table that keeps its tags, under a tag unique to (block,
+//!   export attempt, ingestion attempt); the extents holding exactly the exported rows are
+//!   recorded, and only they are moved;
+//! - `.move` is judged by its result rows, verified at the destination, and a move whose
+//!   answer was lost is judged by looking where the counted extents are, never by absence;
+//! - every compare-and-swap uses the ETag of the delivery's own previous write.
 
 use super::plan::PlanLimits;
-use super::records::{ingest_verdict, BlockRecord, BlockState, IngestRoute, IngestVerdict, IterationRecord, IterationState, MessageAction, Step};
+use super::clock::{Clock, Ids, RandomIds, SystemClock};
+use super::records::{BlockRecord, BlockState, IngestRoute, IterationRecord, IterationState, Step};
 use super::{Delivery, Engine, EngineError, Outgoing, StepMessage, Tick};
 use crate::job::record::{list_jobs, read_job};
 use crate::job::{Activity, CopyMode, JobRecord, JobSpec, JobState};
-use crate::kusto::{commands, results, ClientRequestId, CursorWindow, ExportRequest, Ident, IngestionRange, KustoApi, KustoError, SecretUrl, UserQuery};
+use crate::kusto::{commands, results, ClientRequestId, CursorWindow, Ident, IngestionRange, KustoApi, KustoError, UserQuery};
 use crate::storage::checkpoint::{self, CheckpointStore, ETag, Written};
 use crate::storage::clients::StorageClients;
-use crate::storage::sas::{Access, StagingSas};
+use crate::storage::sas::StagingSas;
 use crate::storage::StorageError;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -29,9 +29,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
 
-/// Export attempts of one block before the activity is stopped.
-const MAX_EXPORT_ATTEMPTS: u32 = 5;
-const MAX_INGEST_ATTEMPTS: u32 = 5;
 
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -44,6 +41,8 @@ pub struct EngineOptions {
     pub ingest_route: IngestRoute,
     /// A block untouched for this long is swept: its due step is sent again.
     pub stall_after: time::Duration,
+    /// How long an attempt in flight is protected from duplicate deliveries.
+    pub lease: time::Duration,
 }
 
 impl Default for EngineOptions {
@@ -51,6 +50,7 @@ impl Default for EngineOptions {
         EngineOptions {
             ingest_route: IngestRoute::Queued,
             stall_after: time::Duration::minutes(10),
+            lease: time::Duration::minutes(2),
             limits: PlanLimits::default(),
             min_poll: Duration::from_secs(2),
             max_poll: Duration::from_secs(60),
@@ -167,6 +167,12 @@ pub enum ActivityState {
     Failed { reason: String },
 }
 
+impl ActivityRecord {
+    pub fn new(iteration: u64, state: ActivityState) -> Self {
+        ActivityRecord { iteration, state, rows_without_ingestion_time: 0, copied_rows: 0, last_finished_iteration: 0, last_finished_at: None }
+    }
+}
+
 pub mod keys {
     pub fn activity(job: &str, activity: &str) -> String {
         format!("jobs/{job}/{activity}/activity.json")
@@ -189,14 +195,6 @@ fn iteration_id(job: &str, activity: &str, n: u64) -> String {
     uuid::Uuid::new_v5(&ns, format!("{job}\n{activity}\n{n}").as_bytes()).simple().to_string()[..12].to_owned()
 }
 
-fn folder_name(iteration_id: &str, block: u64, attempt: u32) -> String {
-    format!("kcs-{iteration_id}-{block}-{attempt}")
-}
-
-fn tag_for(iteration_id: &str, block: &BlockRecord) -> String {
-    format!("drop-by:kc-{iteration_id}-{}-{}-{}", block.number, block.export_attempt, block.ingest_attempt)
-}
-
 fn kusto_err(what: &str, e: KustoError) -> EngineError {
     if e.is_transient() {
         EngineError::Transient(format!("{what}: {e}"))
@@ -205,7 +203,7 @@ fn kusto_err(what: &str, e: KustoError) -> EngineError {
     }
 }
 
-fn storage_err(e: StorageError) -> EngineError {
+pub(super) fn storage_err(e: StorageError) -> EngineError {
     if e.is_transient() {
         EngineError::Transient(e.to_string())
     } else {
@@ -221,20 +219,20 @@ fn record_err(e: checkpoint::RecordError) -> EngineError {
     }
 }
 
-fn ident(name: &str) -> Result<Ident, EngineError> {
+pub(super) fn ident(name: &str) -> Result<Ident, EngineError> {
     Ident::new(name).map_err(|e| EngineError::Permanent(e.to_string()))
 }
 
 /// Everything a block step needs to know about where it is.
-struct Place {
-    job: JobRecord,
-    spec: JobSpec,
-    activity: Activity,
-    iteration: u64,
+pub(super) struct Place {
+    pub(super) job: JobRecord,
+    pub(super) spec: JobSpec,
+    pub(super) activity: Activity,
+    pub(super) iteration: u64,
 }
 
 impl Place {
-    fn id(&self) -> String {
+    pub(super) fn id(&self) -> String {
         iteration_id(&self.job.id, &self.activity.name, self.iteration)
     }
     fn message(&self, step: Step, block: Option<u64>) -> StepMessage {
@@ -249,23 +247,32 @@ impl Place {
     fn now(&self, step: Step, block: Option<u64>) -> Outgoing {
         Outgoing { message: self.message(step, block), delay: Duration::ZERO }
     }
-    fn later(&self, step: Step, block: Option<u64>, delay: Duration) -> Outgoing {
+    pub(super) fn later(&self, step: Step, block: Option<u64>, delay: Duration) -> Outgoing {
         Outgoing { message: self.message(step, block), delay }
     }
-    fn staging_table(&self) -> String {
+    pub(super) fn staging_table(&self) -> String {
         format!("kc_staging_{}", self.id())
     }
 }
 
 pub struct CopyEngine {
-    store: Arc<dyn CheckpointStore>,
-    connections: Arc<dyn Connections>,
-    options: EngineOptions,
+    pub(super) store: Arc<dyn CheckpointStore>,
+    pub(super) connections: Arc<dyn Connections>,
+    pub(super) options: EngineOptions,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) ids: Arc<dyn Ids>,
 }
 
 impl CopyEngine {
     pub fn new(store: Arc<dyn CheckpointStore>, connections: Arc<dyn Connections>, options: EngineOptions) -> Self {
-        CopyEngine { store, connections, options }
+        CopyEngine { store, connections, options, clock: Arc::new(SystemClock), ids: Arc::new(RandomIds) }
+    }
+
+    /// The same engine on another clock and id source (virtual time in tests).
+    pub fn with_time(mut self, clock: Arc<dyn Clock>, ids: Arc<dyn Ids>) -> Self {
+        self.clock = clock;
+        self.ids = ids;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn CheckpointStore> {
@@ -289,14 +296,7 @@ impl CopyEngine {
         Ok(Place { job, spec, activity, iteration })
     }
 
-    fn poll_delay(&self, started_at: OffsetDateTime) -> Duration {
-        // Look again after about a quarter of the time it has run so far: short operations
-        // are seen soon after they end, long ones are not polled needlessly.
-        let elapsed = (OffsetDateTime::now_utc() - started_at).unsigned_abs();
-        (elapsed / 4).clamp(self.options.min_poll, self.options.max_poll)
-    }
-
-    async fn read<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<(T, ETag)>, EngineError> {
+    pub(super) async fn read<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<(T, ETag)>, EngineError> {
         checkpoint::read_json(self.store.as_ref(), key).await.map_err(record_err)
     }
 
@@ -305,24 +305,27 @@ impl CopyEngine {
         Ok(matches!(checkpoint::replace_json(self.store.as_ref(), key, next, etag).await.map_err(storage_err)?, Written::Done(_)))
     }
 
-    /// Writes a block record with its `touched_at` set now, so the sweeper can tell a block in
-    /// progress from one whose message was lost.
-    async fn swap_block(&self, key: &str, block: &mut BlockRecord, etag: &ETag) -> Result<bool, EngineError> {
-        block.touched_at = OffsetDateTime::now_utc();
-        self.swap(key, block, etag).await
-    }
-
-    async fn fail_activity(&self, place: &Place, reason: String) -> Result<Vec<Outgoing>, EngineError> {
+    /// Records the activity as failed with `reason` (once: the first reason stays).
+    async fn fail_activity(&self, place: &Place, reason: &str) -> Result<(), EngineError> {
         let key = keys::activity(&place.job.id, &place.activity.name);
         loop {
-            let Some((mut record, etag)) = self.read::<ActivityRecord>(&key).await? else { break };
-            record.state = ActivityState::Failed { reason: reason.clone() };
+            let Some((mut record, etag)) = self.read::<ActivityRecord>(&key).await? else {
+                let record = ActivityRecord::new(place.iteration, ActivityState::Failed { reason: reason.to_owned() });
+                match checkpoint::create_json(self.store.as_ref(), &key, &record).await.map_err(storage_err)? {
+                    Written::Done(_) => break,
+                    Written::Conflict => continue,
+                }
+            };
+            if matches!(record.state, ActivityState::Failed { .. }) {
+                return Ok(());
+            }
+            record.state = ActivityState::Failed { reason: reason.to_owned() };
             if self.swap(&key, &record, &etag).await? {
                 break;
             }
         }
         tracing::error!(job = %place.job.id, activity = %place.activity.name, %reason, "activity stopped");
-        Err(EngineError::Permanent(reason))
+        Ok(())
     }
 
     // ---- plan ------------------------------------------------------------------------
@@ -364,8 +367,12 @@ impl CopyEngine {
                     summarized: false,
                     plan_next: None,
                     plan_end: None,
+                    export_slots: 0,
+                    cluster_capacity: None,
+                    chunk_bins: None,
+                    aborted: false,
                     pending: Vec::new(),
-                    started_at: OffsetDateTime::now_utc(),
+                    started_at: self.clock.now(),
                     finished_at: None,
                 };
                 if let Written::Conflict = checkpoint::create_json(self.store.as_ref(), &key, &record).await.map_err(storage_err)? {
@@ -485,7 +492,7 @@ impl CopyEngine {
                     .blocks
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| BlockRecord::planned(iteration.blocks + i as u64, b.from, b.to, b.rows, b.creation_time))
+                    .map(|(i, b)| BlockRecord::planned(iteration.blocks + i as u64, b.from, b.to, b.rows, b.creation_time, self.clock.now()))
                     .collect();
                 next.blocks += planned.blocks.len() as u64;
                 next.planned_rows += planned.blocks.iter().map(|b| b.rows).sum::<u64>();
@@ -510,9 +517,10 @@ impl CopyEngine {
             .map_err(|e| kusto_err("read the source's export capacity", e))?;
         let slots = export_slots(place.spec.export_count, capacity);
         let first = iteration.blocks.min(slots);
-        self.set_slots_handed(place, first, capacity).await?;
         let mut next = iteration.clone();
         next.state = IterationState::Copying;
+        next.export_slots = slots;
+        next.cluster_capacity = capacity;
         if !self.swap(&key, &next, &etag).await? {
             return Ok(vec![]);
         }
@@ -547,23 +555,19 @@ impl CopyEngine {
             .map_err(|e| kusto_err("list destination tables", e))?;
         if !tables.iter().any(|t| t == dest_table.as_str()) {
             if !place.spec.create_destination_table {
-                self.fail_activity(
-                    place,
-                    format!(
+                return Err(EngineError::Permanent(format!(
                         "destination table {} does not exist in database {} of {}: create it with the schema the copy produces, or submit the job with createDestinationTable",
                         dest_table.as_str(),
                         place.activity.destination.database,
                         place.activity.destination.cluster
-                    ),
-                )
-                .await?;
+                )));
             }
             let cmd = commands::create_table(dest_table, &produced).map_err(|e| kusto_err("create the destination table", e))?;
             dest.execute(&place.activity.destination.database, &cmd, &request_id("create-table")).await.map_err(|e| kusto_err("create the destination table", e))?;
         }
         let accepted = schema(dest.execute(&place.activity.destination.database, &commands::result_schema(dest_table, None), &request_id("schema")).await, "read the destination schema")?;
         if let Some(problem) = super::plan::schema_mismatch(&produced, &accepted) {
-            self.fail_activity(place, format!("destination table {} cannot take this copy: {problem}", dest_table.as_str())).await?;
+            return Err(EngineError::Permanent(format!("destination table {} cannot take this copy: {problem}", dest_table.as_str())));
         }
         Ok(())
     }
@@ -572,132 +576,28 @@ impl CopyEngine {
         let db = &place.activity.destination.database;
         let staging = ident(&place.staging_table())?;
         let rid = ClientRequestId::new("staging-table", &place.job.id, &place.activity.name, 1);
+        // Made safe before first use: `based-on` copies the destination's policies, and each
+        // of these would let a count by tag lie (kusto.md, "Staging tables inherit policies").
+        let prepare = |e| kusto_err("staging table", e);
         for cmd in [
-            commands::create_table_based_on(&staging, dest_table, Some("kusto-copy")).map_err(|e| kusto_err("staging table", e))?,
-            commands::disable_merges(&staging).map_err(|e| kusto_err("staging table", e))?,
+            commands::create_table_based_on(&staging, dest_table, Some("kusto-copy")).map_err(prepare)?,
+            commands::disable_merges(&staging).map_err(prepare)?,
+            commands::keep_extent_tags(&staging).map_err(prepare)?,
+            commands::delete_partitioning_policy(&staging),
+            commands::short_ingestion_batching(&staging).map_err(prepare)?,
+            commands::restrict_view(&staging),
         ] {
             dest.execute(db, &cmd, &rid).await.map_err(|e| kusto_err("prepare the staging table", e))?;
         }
         Ok(())
     }
 
-    /// Export slots: blocks `[0, handed)` have been given one. Each finished export hands
-    /// its slot to the next block at once.
-    async fn set_slots_handed(&self, place: &Place, handed: u64, cluster_capacity: Option<u64>) -> Result<(), EngineError> {
-        let key = slots_key(place);
-        match checkpoint::create_json(self.store.as_ref(), &key, &Slots { handed, cluster_capacity }).await.map_err(storage_err)? {
-            Written::Done(_) | Written::Conflict => Ok(()),
-        }
-    }
-
-    async fn hand_over_slot(&self, place: &Place, blocks: u64) -> Result<Vec<Outgoing>, EngineError> {
-        let key = slots_key(place);
-        loop {
-            let Some((slots, etag)) = self.read::<Slots>(&key).await? else { return Ok(vec![]) };
-            if slots.handed >= blocks {
-                return Ok(vec![]);
-            }
-            if self.swap(&key, &Slots { handed: slots.handed + 1, cluster_capacity: slots.cluster_capacity }, &etag).await? {
-                return Ok(vec![place.now(Step::Export, Some(slots.handed))]);
-            }
-        }
-    }
-
-    // ---- blocks ------------------------------------------------------------------------
-
-    async fn block_step(&self, place: &Place, block_no: u64, step: Step, delivery: &Delivery) -> Result<Vec<Outgoing>, EngineError> {
-        let key = keys::block(&place.job.id, &place.activity.name, place.iteration, block_no);
-        let Some((block, etag)) = self.read::<BlockRecord>(&key).await? else {
-            return Err(EngineError::Permanent(format!("no block {block_no} in iteration {}", place.iteration)));
-        };
-        match block.on_message(step, delivery.dequeue_count) {
-            MessageAction::Ignore => Ok(vec![]),
-            MessageAction::Reemit(due) => Ok(vec![place.now(due, Some(block_no))]),
-            MessageAction::Run => match step {
-                Step::Export => self.export(place, &key, block, etag).await,
-                Step::AwaitExport => self.await_export(place, &key, block, etag).await,
-                Step::Ingest => self.ingest(place, &key, block, etag).await,
-                Step::AwaitIngest => self.await_ingest(place, &key, block, etag).await,
-                Step::Commit => self.commit(place, &key, block, etag).await,
-                Step::Cleanup => self.cleanup(place, &key, block, etag).await,
-                Step::Plan => Ok(vec![]),
-            },
-        }
-    }
-
-    async fn export(&self, place: &Place, key: &str, mut block: BlockRecord, etag: ETag) -> Result<Vec<Outgoing>, EngineError> {
-        if block.export_attempt >= MAX_EXPORT_ATTEMPTS {
-            let reason = format!("block {} failed to export {MAX_EXPORT_ATTEMPTS} times; last error: {}", block.number, block.last_error.clone().unwrap_or_default());
-            return self.fail_activity(place, reason).await;
-        }
-        // A slot of the source cluster, shared with every other job exporting from it.
-        if !self.cluster_slot(place, &block, SlotAction::Acquire).await? {
-            return Ok(vec![place.later(Step::Export, Some(block.number), self.options.min_poll)]);
-        }
-        // Record the attempt before sending the export: a crash after sending costs one
-        // export into a folder nobody will read.
-        block.export_attempt += 1;
-        let folder = folder_name(&place.id(), block.number, block.export_attempt);
-        block.folders.push(folder.clone());
-        block.state = BlockState::Exporting { operation_id: None, started_at: OffsetDateTime::now_utc() };
-        if !self.swap_block(key, &mut block, &etag).await? {
-            return Ok(vec![]);
-        }
-        let etag = self.read::<BlockRecord>(key).await?.map(|(_, e)| e).ok_or_else(|| EngineError::Transient("block vanished".into()))?;
-
-        let staging = self.connections.staging(&place.spec.staging[0].account_url)?;
-        let container = staging.clients.container(&folder).map_err(|e| EngineError::Permanent(e.to_string()))?;
-        if let Err(e) = container.create(None).await {
-            if e.http_status() != Some(azure_core::http::StatusCode::Conflict) {
-                return Err(EngineError::Transient(format!("create staging folder {folder}: {}", e.http_status().map(|s| u16::from(s).to_string()).unwrap_or_else(|| e.to_string()))));
-            }
-        }
-        let sas = staging.sas.folder_url(&folder, Access::ExportWrite, self.options.sas_lifetime).await.map_err(storage_err)?;
-        let destination = sas;
-        let table = ident(&place.activity.source.table)?;
-        let (window, range) = self.block_window(place, &block).await?;
-        let user_query = place.activity.query.as_deref().map(UserQuery::new).transpose().map_err(|e| EngineError::Permanent(e.to_string()))?;
-        let cmd = commands::export_parquet(&ExportRequest {
-            table: &table,
-            window: &window,
-            range: Some(&range),
-            user_query: user_query.as_ref(),
-            destinations: std::slice::from_ref(&destination),
-            name_prefix: &format!("b{}", block.number),
-        })
-        .map_err(|e| kusto_err("build the export", e))?;
-        let source = self.connections.kusto(&place.activity.source.cluster)?;
-        let rid = ClientRequestId::new("export", &place.job.id, &block.number.to_string(), block.export_attempt);
-        let answer = source.execute(&place.activity.source.database, &cmd, &rid).await;
-        let operation_id = match answer.and_then(|a| results::operation_id(&a)) {
-            Ok(id) => id,
-            Err(e) if e.is_transient() => {
-                // The next try is a new attempt with a new folder: this one may or may not
-                // have started, and nobody will read it either way.
-                return Err(kusto_err("start the export", e));
-            }
-            Err(e) => {
-                block.last_error = Some(e.to_string());
-                block.state = BlockState::Planned;
-                self.swap_block(key, &mut block, &etag).await?;
-                return Err(kusto_err("start the export", e));
-            }
-        };
-        let started_at = OffsetDateTime::now_utc();
-        block.state = BlockState::Exporting { operation_id: Some(operation_id), started_at };
-        if !self.swap_block(key, &mut block, &etag).await? {
-            return Ok(vec![]);
-        }
-        Ok(vec![place.later(Step::AwaitExport, Some(block.number), self.options.min_poll)])
-    }
-
     /// Takes, renews or gives up this block's slot of its source cluster. Always `true` when
     /// the cluster's capacity is unknown.
-    async fn cluster_slot(&self, place: &Place, block: &BlockRecord, action: SlotAction) -> Result<bool, EngineError> {
-        let Some((slots, _)) = self.read::<Slots>(&slots_key(place)).await? else { return Ok(true) };
-        let Some(capacity) = slots.cluster_capacity else { return Ok(true) };
+    pub(super) async fn cluster_slot(&self, place: &Place, iteration: &IterationRecord, block: &BlockRecord, action: SlotAction) -> Result<bool, EngineError> {
+        let Some(capacity) = iteration.cluster_capacity else { return Ok(true) };
         let owner = format!("{}/{}/{}/{}", place.job.id, place.activity.name, place.iteration, block.number);
-        let (store, cluster, now) = (self.store.as_ref(), place.activity.source.cluster.as_str(), OffsetDateTime::now_utc());
+        let (store, cluster, now) = (self.store.as_ref(), place.activity.source.cluster.as_str(), self.clock.now());
         match action {
             SlotAction::Acquire => super::slots::acquire(store, cluster, capacity, &owner, now).await.map_err(storage_err),
             SlotAction::Renew => super::slots::renew(store, cluster, capacity, &owner, now).await.map(|_| true).map_err(storage_err),
@@ -705,294 +605,31 @@ impl CopyEngine {
         }
     }
 
-    async fn block_window(&self, place: &Place, block: &BlockRecord) -> Result<(CursorWindow, IngestionRange), EngineError> {
-        let (iteration, _) = self
-            .read::<IterationRecord>(&keys::iteration(&place.job.id, &place.activity.name, place.iteration))
-            .await?
-            .ok_or_else(|| EngineError::Permanent("iteration record missing".into()))?;
-        Ok((CursorWindow { from: iteration.cursor_from, to: iteration.cursor_to }, IngestionRange { from: block.from, to: block.to }))
-    }
-
-    async fn operation(&self, kusto: &Arc<dyn KustoApi>, db: &str, id: uuid::Uuid, rid: &ClientRequestId) -> Result<Option<results::Operation>, EngineError> {
+    pub(super) async fn operation(&self, kusto: &Arc<dyn KustoApi>, db: &str, id: uuid::Uuid, rid: &ClientRequestId) -> Result<Option<results::Operation>, EngineError> {
         let cmd = commands::show_operations(&[id]).map_err(|e| kusto_err("show operations", e))?;
         let answer = kusto.execute(db, &cmd, rid).await.map_err(|e| kusto_err("show operations", e))?;
         Ok(results::operations(&answer).map_err(|e| kusto_err("show operations", e))?.into_iter().find(|o| o.id == id))
     }
 
-    async fn await_export(&self, place: &Place, key: &str, mut block: BlockRecord, etag: ETag) -> Result<Vec<Outgoing>, EngineError> {
-        let BlockState::Exporting { operation_id: Some(op), started_at } = block.state.clone() else { return Ok(vec![]) };
-        let source = self.connections.kusto(&place.activity.source.cluster)?;
-        let db = &place.activity.source.database;
-        let rid = ClientRequestId::new("await-export", &place.job.id, &block.number.to_string(), block.export_attempt);
-        let operation = self.operation(&source, db, op, &rid).await?;
-        let state = operation.as_ref().map(|o| o.state.clone());
-        match state {
-            Some(s) if s.is_pending() => {
-                // Seen alive: the sweeper leaves it alone, the cluster slot stays held. Losing
-                // this race changes nothing.
-                self.cluster_slot(place, &block, SlotAction::Renew).await?;
-                self.swap_block(key, &mut block, &etag).await?;
-                Ok(vec![place.later(Step::AwaitExport, Some(block.number), self.poll_delay(started_at))])
-            }
-            Some(results::OperationState::Completed) => {
-                let details = source.execute(db, &commands::show_operation_details(op), &rid).await.map_err(|e| kusto_err("read export details", e))?;
-                let exported = results::exported_blobs(&details).map_err(|e| kusto_err("read export details", e))?;
-                let folder = block.folders.last().cloned().unwrap_or_default();
-                let blobs: Vec<String> = exported.iter().map(|b| blob_name_in(&b.path, &folder)).collect::<Result<_, _>>()?;
-                let rows: u64 = exported.iter().map(|b| b.records.max(0) as u64).sum();
-                block.state = if rows == 0 { BlockState::Committed { rows: 0 } } else { BlockState::Exported { blobs, rows } };
-                block.last_error = None;
-                if !self.swap_block(key, &mut block, &etag).await? {
-                    return Ok(vec![]);
-                }
-                self.cluster_slot(place, &block, SlotAction::Release).await?;
-                let (_, blocks) = self.iteration_blocks(place).await?;
-                let mut next = self.hand_over_slot(place, blocks).await?;
-                next.push(place.now(if rows == 0 { Step::Cleanup } else { Step::Ingest }, Some(block.number)));
-                Ok(next)
-            }
-            // Failed, abandoned, or its record expired: a new attempt in a new folder.
-            other => {
-                block.last_error = Some(match (&other, &operation) {
-                    (None, _) => format!("export operation {op} is no longer listed"),
-                    (Some(s), Some(o)) => format!("export {s:?}: {}", o.status.clone().unwrap_or_default()),
-                    (Some(s), None) => format!("export {s:?}"),
-                });
-                block.state = BlockState::Planned;
-                if !self.swap_block(key, &mut block, &etag).await? {
-                    return Ok(vec![]);
-                }
-                self.cluster_slot(place, &block, SlotAction::Release).await?;
-                Ok(vec![place.now(Step::Export, Some(block.number))])
+    /// A block is done: count it, and finish the iteration when it was the last.
+    pub(super) async fn block_finished(&self, place: &Place, block: &BlockRecord) -> Result<(), EngineError> {
+        let rows = block.rows().unwrap_or(0);
+        if self.count_done(place, block.number, rows).await? {
+            let key = keys::iteration(&place.job.id, &place.activity.name, place.iteration);
+            if let Some((iteration, _)) = self.read::<IterationRecord>(&key).await? {
+                self.finish_iteration(place, &iteration).await?;
             }
         }
+        Ok(())
     }
 
-    async fn iteration_blocks(&self, place: &Place) -> Result<(IterationRecord, u64), EngineError> {
-        let (it, _) = self
-            .read::<IterationRecord>(&keys::iteration(&place.job.id, &place.activity.name, place.iteration))
-            .await?
-            .ok_or_else(|| EngineError::Permanent("iteration record missing".into()))?;
-        let blocks = it.blocks;
-        Ok((it, blocks))
-    }
-
-    async fn ingest(&self, place: &Place, key: &str, mut block: BlockRecord, etag: ETag) -> Result<Vec<Outgoing>, EngineError> {
-        let (blobs, rows) = match &block.state {
-            BlockState::Exported { blobs, rows } | BlockState::Ingesting { blobs, rows, .. } => (blobs.clone(), *rows),
-            _ => return Ok(vec![]),
-        };
-        if block.ingest_attempt >= MAX_INGEST_ATTEMPTS {
-            let reason = format!("block {} failed to ingest {MAX_INGEST_ATTEMPTS} times; last error: {}", block.number, block.last_error.clone().unwrap_or_default());
-            return self.fail_activity(place, reason).await;
-        }
-        block.ingest_attempt += 1;
-        let tag = tag_for(&place.id(), &block);
-        block.state = BlockState::Ingesting {
-            blobs: blobs.clone(),
-            rows,
-            tag: tag.clone(),
-            route: self.options.ingest_route,
-            operations: vec![],
-            started_at: OffsetDateTime::now_utc(),
-        };
-        if !self.swap_block(key, &mut block, &etag).await? {
-            return Ok(vec![]);
-        }
-        let etag = self.read::<BlockRecord>(key).await?.map(|(_, e)| e).ok_or_else(|| EngineError::Transient("block vanished".into()))?;
-
-        let staging = self.connections.staging(&place.spec.staging[0].account_url)?;
-        let folder = block.folders.last().cloned().unwrap_or_default();
-        let sas = staging.sas.folder_url(&folder, Access::IngestRead, self.options.sas_lifetime).await.map_err(storage_err)?;
-        let mut props = commands::IngestProperties::parquet();
-        props.creation_time = block.creation_time;
-        props.tags = vec![tag.clone()];
-        let table = ident(&place.staging_table())?;
-        let database = ident(&place.activity.destination.database)?;
-        let dest = self.connections.kusto(&place.activity.destination.cluster)?;
-        let rid = ClientRequestId::new("ingest", &place.job.id, &block.number.to_string(), block.ingest_attempt);
-        let route = self.options.ingest_route;
-        let mut operations = Vec::new();
-        match route {
-            IngestRoute::Queued => {
-                // Blobs sent by an earlier call of this attempt are strays under this tag if a
-                // later call fails: the retry is a new attempt with a new tag.
-                for chunk in blobs.chunks(crate::kusto::MAX_BLOBS_PER_CALL) {
-                    let queued: Vec<crate::kusto::QueuedBlob> = chunk
-                        .iter()
-                        .map(|b| crate::kusto::QueuedBlob {
-                            url: sas.file(b),
-                            source_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("{folder}/{b}").as_bytes()),
-                            raw_size: None,
-                        })
-                        .collect();
-                    let op = dest.queue_ingestion(&database, &table, &queued, &props, &rid).await.map_err(|e| kusto_err("queue the ingestion", e))?;
-                    operations.push(op);
-                }
-            }
-            IngestRoute::Direct => {
-                let urls: Vec<SecretUrl> = blobs.iter().map(|b| sas.file(b)).collect();
-                let cmd = commands::ingest_async(&table, &urls, &props).map_err(|e| kusto_err("build the ingestion", e))?;
-                let answer = dest.execute(&place.activity.destination.database, &cmd, &rid).await;
-                let op = answer.and_then(|a| results::operation_id(&a)).map_err(|e| kusto_err("start the ingestion", e))?;
-                operations.push(op.to_string());
-            }
-        }
-        let started_at = OffsetDateTime::now_utc();
-        block.state = BlockState::Ingesting { blobs, rows, tag, route, operations, started_at };
-        if !self.swap_block(key, &mut block, &etag).await? {
-            return Ok(vec![]);
-        }
-        Ok(vec![place.later(Step::AwaitIngest, Some(block.number), self.options.min_poll)])
-    }
-
-    /// Whether the ingestion's operations have finished, and whether any failed.
-    async fn ingestion_outcome(&self, place: &Place, route: IngestRoute, operations: &[String], rid: &ClientRequestId) -> Result<(bool, bool), EngineError> {
-        let dest = self.connections.kusto(&place.activity.destination.cluster)?;
-        let db = &place.activity.destination.database;
-        match route {
-            IngestRoute::Direct => {
-                let id = operations.first().and_then(|o| o.parse::<uuid::Uuid>().ok()).ok_or_else(|| EngineError::Permanent("bad ingestion operation id".into()))?;
-                // A record aged out of `.show operations` has long finished: the count decides.
-                Ok(match self.operation(&dest, db, id, rid).await?.map(|o| o.state) {
-                    None => (true, false),
-                    Some(s) if s.is_pending() => (false, false),
-                    Some(results::OperationState::Completed) => (true, false),
-                    Some(_) => (true, true),
-                })
-            }
-            IngestRoute::Queued => {
-                let (database, table) = (ident(db)?, ident(&place.staging_table())?);
-                let (mut finished, mut failed) = (true, false);
-                for op in operations {
-                    let status = dest.ingestion_status(&database, &table, op, rid).await.map_err(|e| kusto_err("read ingestion status", e))?;
-                    finished &= status.is_finished();
-                    failed |= status.failed > 0 || status.canceled > 0;
-                }
-                Ok((finished, failed))
-            }
-        }
-    }
-
-    /// Rows in `table` under exactly `tag` (`has` in `.show extents` is a term match).
-    async fn tagged_rows(&self, kusto: &Arc<dyn KustoApi>, db: &str, table: &Ident, tag: &str, rid: &ClientRequestId) -> Result<u64, EngineError> {
-        let cmd = commands::show_extents(table, Some(tag)).map_err(|e| kusto_err("show extents", e))?;
-        let answer = kusto.execute(db, &cmd, rid).await.map_err(|e| kusto_err("count tagged rows", e))?;
-        let extents = results::extents(&answer).map_err(|e| kusto_err("count tagged rows", e))?;
-        Ok(extents.iter().filter(|e| e.has_tag(tag)).map(|e| e.row_count.max(0) as u64).sum())
-    }
-
-    async fn await_ingest(&self, place: &Place, key: &str, mut block: BlockRecord, etag: ETag) -> Result<Vec<Outgoing>, EngineError> {
-        let BlockState::Ingesting { blobs, rows, tag, route, operations, started_at } = block.state.clone() else { return Ok(vec![]) };
-        if operations.is_empty() {
-            return Ok(vec![]);
-        }
-        let dest = self.connections.kusto(&place.activity.destination.cluster)?;
-        let db = &place.activity.destination.database;
-        let rid = ClientRequestId::new("await-ingest", &place.job.id, &block.number.to_string(), block.ingest_attempt);
-        let (finished, failed) = self.ingestion_outcome(place, route, &operations, &rid).await?;
-        let staging = ident(&place.staging_table())?;
-        let tagged = self.tagged_rows(&dest, db, &staging, &tag, &rid).await?;
-        match ingest_verdict(finished, failed, tagged, rows) {
-            IngestVerdict::Wait => {
-                self.swap_block(key, &mut block, &etag).await?;
-                Ok(vec![place.later(Step::AwaitIngest, Some(block.number), self.poll_delay(started_at))])
-            }
-            IngestVerdict::Complete => {
-                block.state = BlockState::Ingested { rows, tag };
-                block.last_error = None;
-                if !self.swap_block(key, &mut block, &etag).await? {
-                    return Ok(vec![]);
-                }
-                Ok(vec![place.now(Step::Commit, Some(block.number))])
-            }
-            IngestVerdict::Redo => {
-                // Strays under this tag never reach the destination: drop them, ingest again
-                // under a new tag.
-                if tagged > 0 {
-                    let cmd = commands::drop_extents_with_tag(&staging, &tag).map_err(|e| kusto_err("drop stray extents", e))?;
-                    dest.execute(db, &cmd, &rid).await.map_err(|e| kusto_err("drop stray extents", e))?;
-                }
-                block.last_error = Some(format!("ingestion under {tag} gave {tagged} rows of {rows}{}", if failed { " and failed" } else { "" }));
-                block.state = BlockState::Exported { blobs, rows };
-                if !self.swap_block(key, &mut block, &etag).await? {
-                    return Ok(vec![]);
-                }
-                Ok(vec![place.now(Step::Ingest, Some(block.number))])
-            }
-        }
-    }
-
-    async fn commit(&self, place: &Place, key: &str, mut block: BlockRecord, etag: ETag) -> Result<Vec<Outgoing>, EngineError> {
-        let BlockState::Ingested { rows, tag } = block.state.clone() else { return Ok(vec![]) };
-        let dest = self.connections.kusto(&place.activity.destination.cluster)?;
-        let db = &place.activity.destination.database;
-        let rid = ClientRequestId::new("commit", &place.job.id, &block.number.to_string(), block.ingest_attempt);
-        let staging = ident(&place.staging_table())?;
-        let dest_table = ident(&place.activity.destination.table)?;
-        // A repeat looks before it moves: a move that happened must not be retried.
-        let at_dest = self.tagged_rows(&dest, db, &dest_table, &tag, &rid).await?;
-        if at_dest != rows {
-            let in_staging = self.tagged_rows(&dest, db, &staging, &tag, &rid).await?;
-            if in_staging == rows && at_dest == 0 {
-                let cmd = commands::move_extents_with_tag(&staging, &dest_table, &tag, false).map_err(|e| kusto_err("move extents", e))?;
-                if let Err(e) = dest.execute(db, &cmd, &rid).await {
-                    // Another delivery of this step may have moved them first (the move is all
-                    // or nothing), or the answer was lost after the move ran: look again. At the
-                    // destination, or gone from both tables (moved and untagged): done.
-                    let now_at_dest = self.tagged_rows(&dest, db, &dest_table, &tag, &rid).await?;
-                    let now_in_staging = self.tagged_rows(&dest, db, &staging, &tag, &rid).await?;
-                    if !(now_at_dest == rows || (now_at_dest == 0 && now_in_staging == 0)) {
-                        return Err(kusto_err("move the block's extents", e));
-                    }
-                }
-            } else if !(in_staging == 0 && at_dest == 0) {
-                // Neither "not moved" nor "moved and untagged": something else changed the
-                // tables. Stop rather than guess.
-                return self
-                    .fail_activity(place, format!("block {}: tag {tag} has {in_staging} rows in staging and {at_dest} at the destination, {rows} expected", block.number))
-                    .await;
-            }
-        }
-        // Left on the destination, tags keep extents from merging with others.
-        let cmd = commands::drop_extent_tags(&dest_table, &[tag.as_str()], None).map_err(|e| kusto_err("drop tag", e))?;
-        dest.execute(db, &cmd, &rid).await.map_err(|e| kusto_err("drop the block's tag", e))?;
-        block.state = BlockState::Committed { rows };
-        if !self.swap_block(key, &mut block, &etag).await? {
-            return Ok(vec![]);
-        }
-        Ok(vec![place.now(Step::Cleanup, Some(block.number))])
-    }
-
-    async fn cleanup(&self, place: &Place, key: &str, mut block: BlockRecord, etag: ETag) -> Result<Vec<Outgoing>, EngineError> {
-        let BlockState::Committed { rows } = block.state.clone() else { return Ok(vec![]) };
-        let staging = self.connections.staging(&place.spec.staging[0].account_url)?;
-        for folder in &block.folders {
-            let container = staging.clients.container(folder).map_err(|e| EngineError::Permanent(e.to_string()))?;
-            if let Err(e) = container.delete(None).await {
-                if e.http_status() != Some(azure_core::http::StatusCode::NotFound) {
-                    return Err(EngineError::Transient(format!("delete staging folder {folder}: {}", e.http_status().map(|s| u16::from(s).to_string()).unwrap_or_default())));
-                }
-            }
-        }
-        // Counted before the block is marked done, by block number: a repeat after a crash in
-        // between counts it once, and the block is never done without being counted.
-        let finished = self.count_done(place, block.number, rows).await?;
-        block.state = BlockState::Done { rows };
-        if !self.swap_block(key, &mut block, &etag).await? {
-            return Ok(vec![]);
-        }
-        if finished {
-            let (iteration, _) = self.iteration_blocks(place).await?;
-            self.finish_iteration(place, &iteration).await?;
-        }
-        Ok(vec![])
-    }
-
-    /// Adds a block to the iteration's done set; `true` when that completes the iteration.
     async fn count_done(&self, place: &Place, block: u64, rows: u64) -> Result<bool, EngineError> {
         let key = done_key(place);
-        let (_, blocks) = self.iteration_blocks(place).await?;
+        let blocks = self
+            .read::<IterationRecord>(&keys::iteration(&place.job.id, &place.activity.name, place.iteration))
+            .await?
+            .map(|(it, _)| it.blocks)
+            .ok_or_else(|| EngineError::Permanent("iteration record missing".into()))?;
         loop {
             let (mut progress, etag) = match self.read::<Progress>(&key).await? {
                 Some((p, etag)) => (p, Some(etag)),
@@ -1042,7 +679,7 @@ impl CopyEngine {
             record.last_finished_iteration = place.iteration;
             record.copied_rows += rows;
             record.rows_without_ingestion_time = iteration.rows_without_ingestion_time;
-            record.last_finished_at = Some(OffsetDateTime::now_utc());
+            record.last_finished_at = Some(self.clock.now());
             record.state = if place.spec.copy_mode.is_continuous() { ActivityState::Idle } else { ActivityState::Completed };
             if self.swap(&activity_key, &record, &etag).await? {
                 break;
@@ -1054,13 +691,40 @@ impl CopyEngine {
                 break;
             }
             it.state = IterationState::Done;
-            it.finished_at = Some(OffsetDateTime::now_utc());
+            it.finished_at = Some(self.clock.now());
             if self.swap(&key, &it, &etag).await? {
                 break;
             }
         }
         tracing::info!(job = %place.job.id, activity = %place.activity.name, iteration = place.iteration, rows, "iteration done");
         Ok(())
+    }
+
+    /// Drives a job in-process until none of its messages is left, then looks at the
+    /// checkpoints again: a chain that ended early (a follow-up lost to a storage failure,
+    /// which the scheduler's sweeper would find under `kc serve`) is picked up from there.
+    /// Returns the permanent failures the driver saw.
+    pub async fn run_locally(self: &Arc<Self>, job: &JobRecord, workers: usize, mut on_event: impl FnMut(&super::local::Event) + Send) -> Result<Vec<String>, EngineError> {
+        // Reading the checkpoints can fail for a moment like any step: try again briefly.
+        async fn retried<T, F: std::future::Future<Output = Result<T, EngineError>>>(mut f: impl FnMut() -> F) -> Result<T, EngineError> {
+            let mut delay = Duration::from_millis(100);
+            for _ in 0..8 {
+                match f().await {
+                    Err(EngineError::Transient(_)) => tokio::time::sleep(delay).await,
+                    other => return other,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            f().await
+        }
+        for _ in 0..5 {
+            let first = retried(|| self.resume(job)).await?;
+            let failures = super::local::run(self.clone(), first, workers, &mut on_event).await;
+            if !failures.is_empty() || retried(|| self.job_finished(job)).await? {
+                return Ok(failures);
+            }
+        }
+        Ok(vec![])
     }
 
     /// The messages that move a job on from its checkpoints: what a restarted `kc copy`
@@ -1082,12 +746,42 @@ impl CopyEngine {
         let mut out = Vec::new();
         for activity in &spec.activities {
             let place = |n| Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration: n };
-            let Some((record, _)) = self.read::<ActivityRecord>(&keys::activity(&job.id, &activity.name)).await? else {
+            let activity_key = keys::activity(&job.id, &activity.name);
+            let Some((mut record, etag)) = self.read::<ActivityRecord>(&activity_key).await? else {
                 out.push(place(1).now(Step::Plan, None));
                 continue;
             };
-            if matches!(record.state, ActivityState::Completed | ActivityState::Failed { .. } | ActivityState::Idle) {
+            if matches!(record.state, ActivityState::Completed | ActivityState::Idle) {
                 continue;
+            }
+            if let ActivityState::Failed { reason } = &record.state {
+                let it_key = keys::iteration(&job.id, &activity.name, record.iteration);
+                let aborted = self.read::<IterationRecord>(&it_key).await?.is_none_or(|(it, _)| it.aborted);
+                if !aborted {
+                    // Its cleanup has not finished (the abort message was lost or failed).
+                    out.push(place(record.iteration).now(Step::Abort, None));
+                    continue;
+                }
+                if stalled_before.is_some() {
+                    continue;
+                }
+                // The job was submitted again (or `kc copy` run again): the cause is taken to
+                // be fixed, and the activity continues where it stopped.
+                tracing::info!(job = %job.id, activity = %activity.name, previous = %reason, "resuming a failed activity");
+                record.state = ActivityState::Running;
+                if !self.swap(&activity_key, &record, &etag).await? {
+                    continue;
+                }
+                if let Some((mut it, it_etag)) = self.read::<IterationRecord>(&it_key).await? {
+                    if it.state == IterationState::Copying && it.blocks > 0 {
+                        // The abort dropped the staging table: the blocks still to copy need it.
+                        let p = place(record.iteration);
+                        let dest = self.connections.kusto(&activity.destination.cluster)?;
+                        self.prepare_staging_table(&p, &dest, &ident(&activity.destination.table)?).await?;
+                    }
+                    it.aborted = false;
+                    self.swap(&it_key, &it, &it_etag).await?;
+                }
             }
             let p = place(record.iteration);
             let Some((iteration, _)) = self.read::<IterationRecord>(&keys::iteration(&job.id, &activity.name, record.iteration)).await? else {
@@ -1098,16 +792,35 @@ impl CopyEngine {
                 IterationState::Planning if stalled(iteration.started_at) => out.push(p.now(Step::Plan, None)),
                 IterationState::Planning | IterationState::Done => {}
                 IterationState::Copying => {
-                    let handed = self.read::<Slots>(&slots_key(&p)).await?.map(|(s, _)| s.handed).unwrap_or(0);
-                    let mut all_done = true;
+                    let mut blocks = std::collections::BTreeMap::new();
                     for key in self.store.list(&keys::blocks(&job.id, &activity.name, record.iteration)).await.map_err(storage_err)? {
-                        let Some((block, _)) = self.read::<BlockRecord>(&key).await? else { continue };
-                        all_done &= block.due().is_none();
-                        match block.due() {
-                            // Not yet given an export slot: the slot hand-over will reach it.
-                            Some(Step::Export) if block.number >= handed && block.export_attempt == 0 => {}
-                            Some(step) if stalled(block.touched_at) => out.push(p.now(step, Some(block.number))),
-                            _ => {}
+                        if let Some(found) = self.read::<BlockRecord>(&key).await? {
+                            blocks.insert(found.0.number, (key, found));
+                        }
+                    }
+                    let all_done = blocks.values().all(|(_, (b, _))| b.due().is_none());
+                    let slots = iteration.export_slots.max(1);
+                    for (number, (key, (block, etag))) in &blocks {
+                        let Some(step) = block.due() else { continue };
+                        // A block never started is started by the block `slots` before it
+                        // finishing its export: due only once that one has.
+                        let fresh = step == Step::Export && block.export_attempt == 0 && block.waiting_until.is_none();
+                        let handed = *number < slots || blocks.get(&(number - slots)).is_none_or(|(_, (b, _))| b.exported());
+                        // A waiting block is due when its waiting chain is overdue.
+                        let overdue = block.waiting_until.is_none_or(|at| stalled(at)) && stalled(block.touched_at);
+                        if (fresh && !handed) || !overdue {
+                            continue;
+                        }
+                        match stalled_before {
+                            None => out.push(p.now(step, Some(*number))),
+                            // Sent once per stall: the touch that sends it makes it fresh again.
+                            Some(_) => {
+                                let mut touched = block.clone();
+                                touched.touched_at = self.clock.now();
+                                if self.swap(key, &touched, etag).await? {
+                                    out.push(p.now(step, Some(*number)));
+                                }
+                            }
                         }
                     }
                     // All blocks done, iteration still open: the step that finished the last block
@@ -1157,8 +870,8 @@ impl CopyEngine {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum SlotAction {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SlotAction {
     Acquire,
     Renew,
     Release,
@@ -1179,15 +892,6 @@ fn export_slots(export_count: u32, cluster_capacity: Option<u64>) -> u64 {
     cluster_capacity.map_or(wanted, |c| wanted.min(c.max(1)))
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Slots {
-    handed: u64,
-    /// The source's `DataExport` capacity, read at planning; exports across all jobs on
-    /// that cluster hold claims below it (see [`super::slots`]).
-    #[serde(default)]
-    cluster_capacity: Option<u64>,
-}
-
 /// See [`CopyEngine::progress`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JobProgress {
@@ -1204,17 +908,13 @@ struct Progress {
     rows: u64,
 }
 
-fn slots_key(place: &Place) -> String {
-    format!("jobs/{}/{}/{:06}/slots.json", place.job.id, place.activity.name, place.iteration)
-}
-
 fn done_key(place: &Place) -> String {
     format!("jobs/{}/{}/{:06}/done.json", place.job.id, place.activity.name, place.iteration)
 }
 
 /// The blob name inside `folder` of a path `.show operation details` lists (a full URL, or a
 /// path relative to the export destination).
-fn blob_name_in(path: &str, folder: &str) -> Result<String, EngineError> {
+pub(super) fn blob_name_in(path: &str, folder: &str) -> Result<String, EngineError> {
     let without_query = path.split(['?', ';']).next().unwrap_or(path);
     let marker = format!("/{folder}/");
     match without_query.find(&marker) {
@@ -1236,26 +936,53 @@ impl Engine for CopyEngine {
     async fn step(&self, message: &StepMessage, delivery: &Delivery) -> Result<Vec<Outgoing>, EngineError> {
         let step = Step::parse(&message.step).ok_or_else(|| EngineError::Permanent(format!("unknown step '{}'", message.step)))?;
         let place = self.place(message).await?;
-        if let Some((record, _)) = self.read::<ActivityRecord>(&keys::activity(&place.job.id, &place.activity.name)).await? {
-            if let ActivityState::Failed { .. } = record.state {
-                return Ok(vec![]);
-            }
+        let failed = matches!(
+            self.read::<ActivityRecord>(&keys::activity(&place.job.id, &place.activity.name)).await?,
+            Some((ActivityRecord { state: ActivityState::Failed { .. }, .. }, _))
+        );
+        if step == Step::Abort {
+            return self.abort(&place).await.map(|_| vec![]);
         }
-        match (step, message.block) {
+        if failed {
+            return Ok(vec![]);
+        }
+        let result = match (step, message.block) {
             (Step::Plan, _) => self.plan(&place).await,
             (_, Some(block)) => self.block_step(&place, block, step, delivery).await,
             (_, None) => Err(EngineError::Permanent(format!("step '{}' names no block", message.step))),
+        };
+        match result {
+            // Classified once, here: retrying cannot help, so the activity stops with the
+            // reason recorded, and what it left is cleaned up.
+            Err(EngineError::Permanent(reason)) => {
+                self.fail_activity(&place, &reason).await?;
+                Ok(vec![place.now(Step::Abort, None)])
+            }
+            other => other,
         }
     }
 
     async fn tick(&self, tick: &Tick) -> Result<Vec<Outgoing>, EngineError> {
         let mut out = Vec::new();
         for job in list_jobs(self.store.as_ref()).await.map_err(record_err)? {
-            let Some(spec) = &job.spec else { continue };
-            if !self.job_finished(&job).await? {
-                out.extend(self.sweep(&job, tick.now - self.options.stall_after).await?);
+            // One job's trouble (an unreachable cluster, a storage hiccup) never keeps the
+            // scheduler from the others.
+            match self.tick_job(&job, tick).await {
+                Ok(next) => out.extend(next),
+                Err(e) => tracing::warn!(job = %job.id, error = %e, "scheduler skipped this job this tick"),
             }
-            let Some(period) = spec.iteration_period_secs.filter(|_| spec.copy_mode.is_continuous()) else { continue };
+        }
+        Ok(out)
+    }
+}
+
+impl CopyEngine {
+    async fn tick_job(&self, job: &JobRecord, tick: &Tick) -> Result<Vec<Outgoing>, EngineError> {
+        let mut out = Vec::new();
+        {
+            let Some(spec) = &job.spec else { return Ok(out) };
+            out.extend(self.sweep(job, tick.now - self.options.stall_after).await?);
+            let Some(period) = spec.iteration_period_secs.filter(|_| spec.copy_mode.is_continuous()) else { return Ok(out) };
             for activity in &spec.activities {
                 let key = keys::activity(&job.id, &activity.name);
                 let Some((mut record, etag)) = self.read::<ActivityRecord>(&key).await? else { continue };
@@ -1273,6 +1000,87 @@ impl Engine for CopyEngine {
             }
         }
         Ok(out)
+    }
+
+    /// Removes what a failed or cancelled activity's current iteration left: slot claims,
+    /// staging folders, the block tags at the destination and the staging table. Blocks that
+    /// reached the destination stay there whole; the others go back to `Planned`, so a
+    /// resubmitted job continues without redoing a committed block. Safe to repeat.
+    async fn abort(&self, place: &Place) -> Result<(), EngineError> {
+        let it_key = keys::iteration(&place.job.id, &place.activity.name, place.iteration);
+        let Some((iteration, _)) = self.read::<IterationRecord>(&it_key).await? else { return Ok(()) };
+        let dest = self.connections.kusto(&place.activity.destination.cluster)?;
+        let db = &place.activity.destination.database;
+        let dest_table = ident(&place.activity.destination.table)?;
+        let staging = ident(&place.staging_table())?;
+        let rid = ClientRequestId::new("abort", &place.job.id, &place.activity.name, 1);
+        for key in self.store.list(&keys::blocks(&place.job.id, &place.activity.name, place.iteration)).await.map_err(storage_err)? {
+            let Some((block, etag)) = self.read::<BlockRecord>(&key).await? else { continue };
+            self.cluster_slot(place, &iteration, &block, SlotAction::Release).await?;
+            self.delete_folders(place, &block.folders).await?;
+            let (tag, rows) = match &block.state {
+                BlockState::Ingesting { tag, rows, .. } | BlockState::Ingested { tag, rows, .. } | BlockState::Moving { tag, rows, .. } | BlockState::Moved { tag, rows, .. } => (Some(tag.clone()), *rows),
+                _ => (None, 0),
+            };
+            let mut next = block.clone();
+            next.lease = None;
+            next.waiting_until = None;
+            next.transient_errors = 0;
+            next.state = match &block.state {
+                BlockState::Done { .. } | BlockState::Committed { .. } => block.state.clone(),
+                BlockState::Moved { .. } => BlockState::Committed { rows },
+                BlockState::Moving { tag, extents, .. } => {
+                    // Where did the move get? Looked at before the staging table goes.
+                    let in_staging = self.extents_in(&dest, db, &staging, extents, &rid).await?;
+                    let at_dest = self.tag_rows(&dest, db, &dest_table, tag, &rid).await?;
+                    if in_staging.is_empty() && at_dest == rows {
+                        BlockState::Committed { rows }
+                    } else if in_staging.len() == extents.len() {
+                        BlockState::Planned
+                    } else {
+                        tracing::error!(job = %place.job.id, block = block.number, in_staging = in_staging.len(), at_dest, rows, "an interrupted move left the block undecided");
+                        block.state.clone()
+                    }
+                }
+                _ => BlockState::Planned,
+            };
+            if let Some(tag) = tag {
+                let cmd = commands::drop_extent_tags(&dest_table, &[tag.as_str()], None).map_err(|e| kusto_err("drop tag", e))?;
+                dest.execute(db, &cmd, &rid).await.map_err(|e| kusto_err("drop a block's tag at the destination", e))?;
+            }
+            if next != block {
+                self.swap(&key, &next, &etag).await?;
+            }
+        }
+        dest.execute(db, &commands::drop_table(&staging), &rid).await.map_err(|e| kusto_err("drop the staging table", e))?;
+        loop {
+            let Some((mut it, etag)) = self.read::<IterationRecord>(&it_key).await? else { break };
+            if it.aborted {
+                break;
+            }
+            it.aborted = true;
+            if self.swap(&it_key, &it, &etag).await? {
+                break;
+            }
+        }
+        tracing::info!(job = %place.job.id, activity = %place.activity.name, iteration = place.iteration, "cleaned up after the activity stopped");
+        Ok(())
+    }
+
+    async fn extents_in(&self, kusto: &Arc<dyn KustoApi>, db: &str, table: &Ident, ids: &[uuid::Uuid], rid: &ClientRequestId) -> Result<Vec<uuid::Uuid>, EngineError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let cmd = commands::show_extents_by_id(table, ids).map_err(|e| kusto_err("show extents", e))?;
+        let answer = kusto.execute(db, &cmd, rid).await.map_err(|e| kusto_err("show extents", e))?;
+        Ok(results::extents(&answer).map_err(|e| kusto_err("show extents", e))?.into_iter().map(|e| e.id).filter(|id| ids.contains(id)).collect())
+    }
+
+    async fn tag_rows(&self, kusto: &Arc<dyn KustoApi>, db: &str, table: &Ident, tag: &str, rid: &ClientRequestId) -> Result<u64, EngineError> {
+        let cmd = commands::show_extents(table, Some(tag)).map_err(|e| kusto_err("show extents", e))?;
+        let answer = kusto.execute(db, &cmd, rid).await.map_err(|e| kusto_err("count tagged rows", e))?;
+        let extents = results::extents(&answer).map_err(|e| kusto_err("count tagged rows", e))?;
+        Ok(extents.iter().filter(|e| e.has_tag(tag)).map(|e| e.row_count.max(0) as u64).sum())
     }
 }
 
@@ -1301,7 +1109,7 @@ mod tests {
         let id = iteration_id("job", "default", 1);
         assert_eq!(id, iteration_id("job", "default", 1));
         assert_ne!(id, iteration_id("job", "default", 2));
-        let folder = folder_name(&id, 123456, 5);
+        let folder = super::super::steps::folder_name(&id, 123456, 5);
         crate::config::validate_container_name(&folder).unwrap();
         assert!(folder.len() <= 63);
     }

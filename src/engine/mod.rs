@@ -7,15 +7,21 @@
 //!
 //! - [`plan`]: blocks from row counts and extents (pure).
 //! - [`records`]: checkpoint records and their transitions (pure).
-//! - [`copy`]: [`copy::CopyEngine`], the steps with their side effects.
+//! - [`steps`]: each block step as a pure decision, one file per step.
+//! - [`execute`]: the executor of block steps: decisions in, effects and compare-and-swap out.
+//! - [`copy`]: [`copy::CopyEngine`]: planning, iterations, the sweeper and the scheduler.
+//! - [`clock`]: time and ids as inputs.
 //! - [`local`]: the in-process driver of `kc copy`.
 //! - [`slots`]: export slots of a source cluster, shared across jobs.
 
+pub mod clock;
 pub mod copy;
+pub mod execute;
 pub mod local;
 pub mod plan;
 pub mod records;
 pub mod slots;
+pub mod steps;
 
 use crate::job::JobRecord;
 use async_trait::async_trait;

@@ -36,6 +36,8 @@ pub enum Step {
     AwaitIngest,
     Commit,
     Cleanup,
+    /// A failed or cancelled activity's iteration: release, remove and untag what it left.
+    Abort,
 }
 
 impl Step {
@@ -48,11 +50,12 @@ impl Step {
             Step::AwaitIngest => "await-ingest",
             Step::Commit => "commit",
             Step::Cleanup => "cleanup",
+            Step::Abort => "abort",
         }
     }
 
     pub fn parse(text: &str) -> Option<Step> {
-        [Step::Plan, Step::Export, Step::AwaitExport, Step::Ingest, Step::AwaitIngest, Step::Commit, Step::Cleanup]
+        [Step::Plan, Step::Export, Step::AwaitExport, Step::Ingest, Step::AwaitIngest, Step::Commit, Step::Cleanup, Step::Abort]
             .into_iter()
             .find(|s| s.name() == text)
     }
@@ -100,9 +103,36 @@ pub enum BlockState {
         #[serde(rename = "startedAt", with = "time::serde::rfc3339")]
         started_at: OffsetDateTime,
     },
+    /// The tag holds exactly the exported rows in these staging extents: only these are
+    /// moved (a late duplicate under the same tag is not among them).
     Ingested {
         rows: u64,
         tag: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        extents: Vec<Uuid>,
+    },
+    /// Recorded before `.move extents` is sent: a repeat first looks where the counted
+    /// extents are.
+    Moving {
+        rows: u64,
+        tag: String,
+        extents: Vec<Uuid>,
+    },
+    /// `.move` answered success for every counted extent (`moved`: the ids at the
+    /// destination); the destination's tag is still to drop.
+    Moved {
+        rows: u64,
+        tag: String,
+        moved: Vec<Uuid>,
+        /// The staging extents that were counted (and moved).
+        #[serde(default)]
+        extents: Vec<Uuid>,
+        #[serde(rename = "createdOn", default, with = "time::serde::rfc3339::option")]
+        created_on: Option<OffsetDateTime>,
+        /// The destination was seen holding the block's rows (before its tag is dropped:
+        /// dropping rewrites the extents under new ids).
+        #[serde(default)]
+        verified: bool,
     },
     Committed {
         rows: u64,
@@ -134,13 +164,41 @@ pub struct BlockRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// When a step last wrote or looked at this block; a block untouched for long had its
-    /// message lost (or poisoned), and the sweeper sends its due step again.
+    /// message lost (or poisoned), and the sweeper sends its due step again (and touches it,
+    /// so it is sent once per stall, not once per tick).
     #[serde(with = "time::serde::rfc3339")]
     pub touched_at: OffsetDateTime,
+    /// The delivery running an attempt that has sent, or may have sent, a command whose answer
+    /// is not recorded yet. A duplicate delivery never takes over a fresh lease; an expired
+    /// one is taken over as a new attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+    /// Waiting for an export slot of the source cluster: the one chain of messages that
+    /// waits looks again at this time. An earlier delivery is a duplicate chain and ends.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub waiting_until: Option<OffsetDateTime>,
+    /// Transient failures recorded on this block (its error budget).
+    #[serde(default)]
+    pub transient_errors: u32,
+}
+
+/// Who runs an attempt, and until when that claim holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    pub owner: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl Lease {
+    pub fn is_fresh(&self, now: OffsetDateTime) -> bool {
+        now < self.expires_at
+    }
 }
 
 impl BlockRecord {
-    pub fn planned(number: u64, from: OffsetDateTime, to: OffsetDateTime, rows: u64, creation_time: Option<OffsetDateTime>) -> Self {
+    pub fn planned(number: u64, from: OffsetDateTime, to: OffsetDateTime, rows: u64, creation_time: Option<OffsetDateTime>, now: OffsetDateTime) -> Self {
         BlockRecord {
             number,
             from,
@@ -152,7 +210,10 @@ impl BlockRecord {
             folders: Vec::new(),
             state: BlockState::Planned,
             last_error: None,
-            touched_at: OffsetDateTime::now_utc(),
+            touched_at: now,
+            lease: None,
+            waiting_until: None,
+            transient_errors: 0,
         }
     }
 
@@ -165,7 +226,7 @@ impl BlockRecord {
             BlockState::Exported { .. } => Step::Ingest,
             BlockState::Ingesting { operations, .. } if operations.is_empty() => Step::Ingest,
             BlockState::Ingesting { .. } => Step::AwaitIngest,
-            BlockState::Ingested { .. } => Step::Commit,
+            BlockState::Ingested { .. } | BlockState::Moving { .. } | BlockState::Moved { .. } => Step::Commit,
             BlockState::Committed { .. } => Step::Cleanup,
             BlockState::Done { .. } => return None,
         })
@@ -189,6 +250,25 @@ impl BlockRecord {
         }
         MessageAction::Ignore
     }
+
+    /// Rows in the block once its export is known.
+    pub fn rows(&self) -> Option<u64> {
+        match &self.state {
+            BlockState::Planned | BlockState::Exporting { .. } => None,
+            BlockState::Exported { rows, .. }
+            | BlockState::Ingesting { rows, .. }
+            | BlockState::Ingested { rows, .. }
+            | BlockState::Moving { rows, .. }
+            | BlockState::Moved { rows, .. }
+            | BlockState::Committed { rows }
+            | BlockState::Done { rows } => Some(*rows),
+        }
+    }
+
+    /// Whether the block's export is over (it no longer holds an export slot).
+    pub fn exported(&self) -> bool {
+        !matches!(self.state, BlockState::Planned | BlockState::Exporting { .. })
+    }
 }
 
 fn predecessor(step: Step) -> Option<Step> {
@@ -199,7 +279,7 @@ fn predecessor(step: Step) -> Option<Step> {
         Step::AwaitIngest => Step::Ingest,
         Step::Commit => Step::AwaitIngest,
         Step::Cleanup => Step::Commit,
-        Step::Plan => return None,
+        Step::Plan | Step::Abort => return None,
     })
 }
 
@@ -261,6 +341,23 @@ pub struct IterationRecord {
     pub plan_next: Option<OffsetDateTime>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub plan_end: Option<OffsetDateTime>,
+    /// Exports this iteration runs at once (the job's export count capped by the cluster's
+    /// capacity), fixed when copying starts: block `n` finishing its export starts block
+    /// `n + export_slots`, so who may export next follows from the records alone.
+    #[serde(default)]
+    pub export_slots: u64,
+    /// The source's `DataExport` capacity, read when copying starts; exports across all
+    /// jobs on that cluster hold claims below it (see [`super::slots`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_capacity: Option<u64>,
+    /// Bins one planning chunk counts; halved when a chunk's query times out or is
+    /// truncated, so a chunk that is too large is split, not retried as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_bins: Option<u32>,
+    /// A failed or cancelled activity's leftovers (staging table, folders, destination tags,
+    /// slot claims) were removed.
+    #[serde(default)]
+    pub aborted: bool,
     /// Blocks a planning step decided whose records may not be written yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<BlockRecord>,
@@ -276,7 +373,7 @@ mod tests {
     use time::macros::datetime;
 
     fn block(state: BlockState) -> BlockRecord {
-        let mut b = BlockRecord::planned(1, datetime!(2026-01-01 0:00 UTC), datetime!(2026-01-01 1:00 UTC), 10, None);
+        let mut b = BlockRecord::planned(1, datetime!(2026-01-01 0:00 UTC), datetime!(2026-01-01 1:00 UTC), 10, None, T);
         b.state = state;
         b
     }
@@ -293,7 +390,9 @@ mod tests {
             (BlockState::Exported { blobs: vec![], rows: 1 }, Some(Step::Ingest)),
             (BlockState::Ingesting { blobs: vec![], rows: 1, tag: "t".into(), route: IngestRoute::Queued, operations: vec![], started_at: T }, Some(Step::Ingest)),
             (BlockState::Ingesting { blobs: vec![], rows: 1, tag: "t".into(), route: IngestRoute::Queued, operations: vec!["op".into()], started_at: T }, Some(Step::AwaitIngest)),
-            (BlockState::Ingested { rows: 1, tag: "t".into() }, Some(Step::Commit)),
+            (BlockState::Ingested { rows: 1, tag: "t".into(), extents: vec![] }, Some(Step::Commit)),
+            (BlockState::Moving { rows: 1, tag: "t".into(), extents: vec![] }, Some(Step::Commit)),
+            (BlockState::Moved { rows: 1, tag: "t".into(), moved: vec![], extents: vec![], created_on: None, verified: false }, Some(Step::Commit)),
             (BlockState::Committed { rows: 1 }, Some(Step::Cleanup)),
             (BlockState::Done { rows: 1 }, None),
         ];

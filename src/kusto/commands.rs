@@ -273,6 +273,46 @@ pub fn show_extents(table: &Ident, tag: Option<&str>) -> Result<Command, KustoEr
     Ok(Command::new(CommandKind::Management, text(t), true))
 }
 
+/// `.show table T extents (id, ...)`: the listed extents that still exist in T.
+pub fn show_extents_by_id(table: &Ident, ids: &[Uuid]) -> Result<Command, KustoError> {
+    if ids.is_empty() {
+        return Err(KustoError::invalid_input("no extent ids"));
+    }
+    Ok(Command::new(CommandKind::Management, text(format!(".show table {} extents ({})", table.quoted(), guid_list(ids))), true))
+}
+
+/// `.alter table T policy extent_tags_retention` keeping `drop-by:` tags for 200 years: a
+/// table-level policy overrides the database's (deleting the table's policy would let a
+/// database policy remove the tags, counted from the extents' old creation times).
+/// Docs: management/extent-tags-retention-policy ("A database-level policy applies to all
+/// tables in the database that don't override the policy"; the period "is measured starting
+/// from the extent's creation time").
+pub fn keep_extent_tags(table: &Ident) -> Result<Command, KustoError> {
+    let policy = r#"[{"TagPrefix": "drop-by:", "RetentionPeriod": "73000.00:00:00"}]"#;
+    Ok(Command::new(
+        CommandKind::Management,
+        text(format!(".alter table {} policy extent_tags_retention {}", table.quoted(), string_literal(policy)?)),
+        true,
+    ))
+}
+
+/// `.alter table T policy ingestionbatching`: a short batching time, so a block's queued
+/// ingestion lands in seconds rather than the default five minutes.
+pub fn short_ingestion_batching(table: &Ident) -> Result<Command, KustoError> {
+    let policy = r#"{"MaximumBatchingTimeSpan": "00:00:15", "MaximumNumberOfItems": 500, "MaximumRawDataSizeMB": 1024}"#;
+    Ok(Command::new(
+        CommandKind::Management,
+        text(format!(".alter table {} policy ingestionbatching {}", table.quoted(), string_literal(policy)?)),
+        true,
+    ))
+}
+
+/// `.alter table T policy restricted_view_access true`: the staging table's rows are seen
+/// only by admins while they wait to be moved.
+pub fn restrict_view(table: &Ident) -> Command {
+    Command::new(CommandKind::Management, text(format!(".alter table {} policy restricted_view_access true", table.quoted())), true)
+}
+
 /// Exact row count of the rows carrying an extent tag (the ingest check of a block).
 pub fn count_rows_with_tag(table: &Ident, tag: &str) -> Result<Command, KustoError> {
     let q = format!(

@@ -65,7 +65,8 @@ impl OperationState {
     pub fn is_pending(&self) -> bool {
         matches!(
             self,
-            OperationState::InProgress | OperationState::Scheduled | OperationState::Throttled
+            // `Throttled` is final: the operation was aborted for throttling (kusto.md).
+            OperationState::InProgress | OperationState::Scheduled
         )
     }
 }
@@ -272,4 +273,29 @@ pub fn window_summary(answer: &DataSet) -> Result<WindowSummary, KustoError> {
         first: row.datetime("First")?,
         last: row.datetime("Last")?,
     })
+}
+
+/// Result rows of `.move extents` and `.drop extent tags`: the new extent ids, and the
+/// details of the rows that failed (`ResultExtentId` is `Failed` on failure).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtentRewrite {
+    pub results: Vec<Uuid>,
+    pub failed: Vec<String>,
+}
+
+pub fn extent_rewrites(answer: &DataSet) -> Result<ExtentRewrite, KustoError> {
+    let table = answer.primary()?;
+    let mut out = ExtentRewrite::default();
+    for row in table.rows() {
+        let original = row.string("OriginalExtentId")?.unwrap_or_default().to_owned();
+        let result = row.string("ResultExtentId")?.unwrap_or_default();
+        match Uuid::parse_str(result.trim()) {
+            Ok(id) => out.results.push(id),
+            Err(_) => {
+                let details = row.string("Details")?.unwrap_or_default();
+                out.failed.push(format!("extent {original}: {result} {details}").trim().to_owned());
+            }
+        }
+    }
+    Ok(out)
 }

@@ -46,6 +46,8 @@ pub async fn execute_command_async(state: &Shared, db: &str, csl: &str) -> Resul
 /// blobs, which need [`execute_command_async`]).
 pub fn execute_command(state: &Shared, db: &str, csl: &str) -> Result<Frame, KustoError> {
     let cmd = parse_command(csl)?;
+    // Background work Kusto does between commands.
+    lock(state).apply_tag_retention();
     let kind = CommandKind::of(csl);
     run(state, db, cmd, kind)
 }

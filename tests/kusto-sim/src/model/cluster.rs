@@ -31,6 +31,10 @@ pub struct ClusterConfig {
     /// Accept Parquet conversions the documentation does not list (INT64 ticks into timespan,
     /// UTF8 text into guid). Off by default: the documented table decides.
     pub lenient_parquet: bool,
+    /// How long after an extent's newest ingestion (or move) the extent tags retention policy
+    /// may act on it. The docs: tags are never deleted before the period is exceeded, "but
+    /// deletion isn't immediate following that point".
+    pub tag_retention_lag: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -42,6 +46,7 @@ impl Default for ClusterConfig {
             default_database: "db".into(),
             ca_cert_pem: None,
             lenient_parquet: false,
+            tag_retention_lag: Duration::from_secs(30),
         }
     }
 }
@@ -92,6 +97,42 @@ impl ClusterState {
 
     pub fn now(&self) -> i64 {
         ticks_from_offset_datetime(time::OffsetDateTime::now_utc()) + self.clock_offset
+    }
+
+    /// The extent tags retention policy at work: a tag matching a policy's `TagPrefix` is
+    /// removed once the extent's creation time is older than its `RetentionPeriod` (and the
+    /// extent has sat for `tag_retention_lag`). A table's policy overrides its database's.
+    /// Removing a tag rewrites the extent under a new id, as `.drop extent tags` does.
+    /// Docs: management/extent-tags-retention-policy.
+    pub fn apply_tag_retention(&mut self) {
+        let now = self.now();
+        let lag = (self.config.tag_retention_lag.as_nanos() / 100) as i64;
+        for db in self.databases.values_mut() {
+            let db_policy = db.policies.get("extent_tags_retention").cloned();
+            for table in db.tables.values_mut() {
+                let Some(policy) = table.policies.get("extent_tags_retention").cloned().or_else(|| db_policy.clone()) else { continue };
+                let rules: Vec<(String, i64)> = policy
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|r| {
+                                let prefix = r.get("TagPrefix")?.as_str()?.to_owned();
+                                let period = super::value::parse_timespan(r.get("RetentionPeriod")?.as_str()?)?;
+                                Some((prefix, period))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for e in table.extents.iter_mut() {
+                    let settled = e.ingestion_times.iter().flatten().max().is_none_or(|t| t + lag <= now);
+                    let before = e.tags.len();
+                    e.tags.retain(|tag| !(settled && rules.iter().any(|(prefix, period)| tag.starts_with(prefix.as_str()) && e.max_created_on + period <= now)));
+                    if e.tags.len() != before {
+                        e.id = uuid::Uuid::new_v4();
+                    }
+                }
+            }
+        }
     }
 
     /// A fresh ingestion time, strictly after every earlier one.

@@ -1,0 +1,441 @@
+//! The executor of block steps: loads the block, asks [`super::steps::decide`], writes each
+//! new record with compare-and-swap on the ETag of its own previous write (never a re-read:
+//! a delivery that paused while another moved the block on loses its next write and stops),
+//! performs the effects, and sends the messages. It decides nothing itself: every effect's
+//! outcome, failures included, goes back to the decision as an observation.
+
+use super::copy::{keys, CopyEngine, Place};
+use super::records::{BlockRecord, IngestRoute, IterationRecord, MessageAction, Step};
+use super::steps::{self, Ctx, Effect, ExportPoll, Failure, IngestPoll, Msg, Obs};
+use super::{Delivery, EngineError, Outgoing};
+use crate::kusto::{commands, results, ClientRequestId, CursorWindow, ExportRequest, Ident, IngestionRange, KustoApi, KustoError, SecretUrl, UserQuery};
+use crate::storage::checkpoint::{self, Written};
+use crate::storage::sas::Access;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Rounds of decide-and-act one delivery runs at most (a step takes three or four).
+const MAX_ROUNDS: usize = 12;
+
+fn failure(what: &str, e: impl std::fmt::Display, transient: bool) -> Obs {
+    Obs::Failed(Failure { transient, message: format!("{what}: {e}") })
+}
+
+fn kusto_failure(what: &str, e: KustoError) -> Obs {
+    let transient = e.is_transient();
+    failure(what, e, transient)
+}
+
+fn engine_failure(what: &str, e: EngineError) -> Obs {
+    match e {
+        EngineError::Transient(m) => failure(what, m, true),
+        EngineError::Permanent(m) => failure(what, m, false),
+    }
+}
+
+impl CopyEngine {
+    fn rules(&self) -> steps::Rules {
+        steps::Rules { min_poll: self.options.min_poll, max_poll: self.options.max_poll, lease: self.options.lease, ..steps::Rules::default() }
+    }
+
+    pub(super) async fn block_step(&self, place: &Place, block_no: u64, step: Step, delivery: &Delivery) -> Result<Vec<Outgoing>, EngineError> {
+        let key = keys::block(&place.job.id, &place.activity.name, place.iteration, block_no);
+        let Some((mut record, mut etag)) = self.read::<BlockRecord>(&key).await? else {
+            return Err(EngineError::Permanent(format!("no block {block_no} in iteration {}", place.iteration)));
+        };
+        let (iteration, _) = self
+            .read::<IterationRecord>(&keys::iteration(&place.job.id, &place.activity.name, place.iteration))
+            .await?
+            .ok_or_else(|| EngineError::Permanent(format!("iteration {} has no record", place.iteration)))?;
+        let handover = Some(block_no + iteration.export_slots.max(1)).filter(|n| *n < iteration.blocks);
+        let base = Ctx {
+            now: self.clock.now(),
+            owner: self.ids.lease_owner(),
+            iteration_id: place.id(),
+            handover,
+            route: self.options.ingest_route,
+            rules: self.rules(),
+        };
+        match record.on_message(step, delivery.dequeue_count) {
+            MessageAction::Ignore => return Ok(vec![]),
+            MessageAction::Reemit(_) => return Ok(outgoing(place, steps::follow_ups(&record, &base))),
+            MessageAction::Run => {}
+        }
+        let mut out = Vec::new();
+        let mut obs = Obs::Delivered;
+        for _ in 0..MAX_ROUNDS {
+            let ctx = Ctx { now: self.clock.now(), ..base.clone() };
+            let t = steps::decide(step, &record, &obs, &ctx);
+            if let Some(next) = t.record {
+                match checkpoint::replace_json(self.store.as_ref(), &key, &next, &etag).await.map_err(super::copy::storage_err)? {
+                    Written::Done(new) => {
+                        etag = new;
+                        record = next;
+                    }
+                    // Another delivery moved the block on since our last write: this decision
+                    // is void, and whatever it was about to do is that delivery's to do.
+                    Written::Conflict => return Ok(outgoing(place, out)),
+                }
+            }
+            out.extend(t.messages);
+            if let Some(reason) = t.fail {
+                return Err(EngineError::Permanent(reason));
+            }
+            match t.effect {
+                None => break,
+                Some(effect) => obs = self.perform(place, &iteration, &record, effect).await,
+            }
+        }
+        Ok(outgoing(place, out))
+    }
+
+    async fn perform(&self, place: &Place, iteration: &IterationRecord, block: &BlockRecord, effect: Effect) -> Obs {
+        let job = &place.job.id;
+        let number = block.number.to_string();
+        let dest_db = &place.activity.destination.database;
+        match effect {
+            Effect::AcquireSlot => match self.cluster_slot(place, iteration, block, super::copy::SlotAction::Acquire).await {
+                Ok(granted) => Obs::Slot { granted },
+                Err(e) => engine_failure("take an export slot", e),
+            },
+            Effect::RenewSlot | Effect::ReleaseSlot => {
+                let action = if effect == Effect::RenewSlot { super::copy::SlotAction::Renew } else { super::copy::SlotAction::Release };
+                // A release that fails leaves a claim that expires by itself: worth a second
+                // try, never worth failing the step over.
+                for _ in 0..3 {
+                    match self.cluster_slot(place, iteration, block, action).await {
+                        Ok(_) => return Obs::Done,
+                        Err(e) => tracing::warn!(job, block = block.number, error = %e, "export slot claim not updated"),
+                    }
+                }
+                Obs::Done
+            }
+            Effect::StartExport { folder } => match self.start_export(place, iteration, block, &folder).await {
+                Ok(op) => Obs::ExportStarted(op),
+                Err(obs) => obs,
+            },
+            Effect::PollExport { operation } => self.poll_export(place, block, operation).await,
+            Effect::StartIngest { folder, tag } => match self.start_ingest(place, block, &folder, &tag).await {
+                Ok(ops) => Obs::IngestStarted(ops),
+                Err(obs) => obs,
+            },
+            Effect::PollIngest { tag, route, operations } => {
+                let rid = ClientRequestId::new("await-ingest", job, &number, block.ingest_attempt);
+                let status = match self.ingestion_outcome(place, route, &operations, &rid).await {
+                    Ok(s) => s,
+                    Err(obs) => return obs,
+                };
+                match self.staged_extents(place, &tag, &rid).await {
+                    Ok(extents) => Obs::Ingest(IngestPoll { finished: status.0, failed: status.1, status_missing: status.2, extents }),
+                    Err(e) => kusto_failure("count the tag's rows in staging", e),
+                }
+            }
+            Effect::DropStaged { tag } => {
+                let rid = ClientRequestId::new("drop-strays", job, &number, block.ingest_attempt);
+                let result = match (self.dest(place), self.staging_ident(place)) {
+                    (Ok(dest), Ok(staging)) => match commands::drop_extents_with_tag(&staging, &tag) {
+                        Ok(cmd) => dest.execute(dest_db, &cmd, &rid).await.map(|_| ()).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+                };
+                if let Err(e) = result {
+                    // Strays under a given-up tag are never moved; the staging table goes at the end.
+                    tracing::warn!(job, block = block.number, error = %e, "stray extents not dropped");
+                }
+                Obs::Done
+            }
+            Effect::Move { extents } => {
+                let rid = ClientRequestId::new("move", job, &number, block.ingest_attempt);
+                let (dest, staging, target) = match self.commit_tables(place) {
+                    Ok(t) => t,
+                    Err(e) => return engine_failure("move", e),
+                };
+                let cmd = match commands::move_extents(&staging, &target, &extents, false) {
+                    Ok(c) => c,
+                    Err(e) => return kusto_failure("build the move", e),
+                };
+                match dest.execute(dest_db, &cmd, &rid).await.and_then(|a| results::extent_rewrites(&a)) {
+                    Ok(r) => Obs::Moved { moved: r.results, failed: r.failed },
+                    Err(e) => kusto_failure("move the block's extents", e),
+                }
+            }
+            Effect::Locate { extents, tag } => {
+                let rid = ClientRequestId::new("locate", job, &number, block.ingest_attempt);
+                let (dest, staging, target) = match self.commit_tables(place) {
+                    Ok(t) => t,
+                    Err(e) => return engine_failure("locate", e),
+                };
+                let in_staging = match self.existing_extents(&dest, dest_db, &staging, &extents, &rid).await {
+                    Ok(ids) => ids,
+                    Err(e) => return kusto_failure("look for the block's extents in staging", e),
+                };
+                match self.tagged(&dest, dest_db, &target, &tag, &rid).await {
+                    Ok(found) => Obs::Located { in_staging, tagged_at_destination: found.iter().map(|(_, r)| r).sum() },
+                    Err(e) => kusto_failure("look for the block's tag at the destination", e),
+                }
+            }
+            Effect::Verify { moved, tag, counted } => {
+                let rid = ClientRequestId::new("verify", job, &number, block.ingest_attempt);
+                let (dest, _, target) = match self.commit_tables(place) {
+                    Ok(t) => t,
+                    Err(e) => return engine_failure("verify", e),
+                };
+                let by_ids = if moved.is_empty() {
+                    0
+                } else {
+                    match self.extent_rows(&dest, dest_db, &target, &moved, &rid).await {
+                        Ok(r) => r,
+                        Err(e) => return kusto_failure("count the moved rows at the destination", e),
+                    }
+                };
+                let by_tag = match self.tagged(&dest, dest_db, &target, &tag, &rid).await {
+                    Ok(found) => found.iter().map(|(_, r)| r).sum(),
+                    Err(e) => return kusto_failure("count the tag's rows at the destination", e),
+                };
+                let staging = match self.staging_ident(place) {
+                    Ok(s) => s,
+                    Err(e) => return engine_failure("verify", e),
+                };
+                match self.existing_extents(&dest, dest_db, &staging, &counted, &rid).await {
+                    Ok(left) => Obs::Verified { by_ids, by_tag, left_in_staging: left.len() },
+                    Err(e) => kusto_failure("look for the block's extents in staging", e),
+                }
+            }
+            Effect::DropDestinationTag { tag, created_on } => {
+                let rid = ClientRequestId::new("untag", job, &number, block.ingest_attempt);
+                let (dest, _, target) = match self.commit_tables(place) {
+                    Ok(t) => t,
+                    Err(e) => return engine_failure("drop the tag", e),
+                };
+                // The block's creation time narrows the extents Kusto scans.
+                let range = created_on.map(|t| (t - time::Duration::days(1), t + time::Duration::days(1)));
+                let cmd = match commands::drop_extent_tags(&target, &[tag.as_str()], range) {
+                    Ok(c) => c,
+                    Err(e) => return kusto_failure("build the tag drop", e),
+                };
+                match dest.execute(dest_db, &cmd, &rid).await.and_then(|a| results::extent_rewrites(&a)) {
+                    Ok(r) => Obs::TagDropped { failed: r.failed },
+                    Err(e) => kusto_failure("drop the block's tag at the destination", e),
+                }
+            }
+            Effect::DeleteFolders { folders } => match self.delete_folders(place, &folders).await {
+                Ok(()) => Obs::Done,
+                Err(e) => engine_failure("delete the staging folders", e),
+            },
+            Effect::Finish => {
+                for _ in 0..3 {
+                    match self.block_finished(place, block).await {
+                        Ok(()) => return Obs::Done,
+                        // The sweeper (and a resumed `kc copy`) finishes an iteration whose
+                        // blocks are all done, so this is never the only chance.
+                        Err(e) => tracing::warn!(job, block = block.number, error = %e, "block done but not yet counted"),
+                    }
+                }
+                Obs::Done
+            }
+        }
+    }
+
+    fn dest(&self, place: &Place) -> Result<Arc<dyn KustoApi>, EngineError> {
+        self.connections.kusto(&place.activity.destination.cluster)
+    }
+
+    fn staging_ident(&self, place: &Place) -> Result<Ident, EngineError> {
+        super::copy::ident(&place.staging_table())
+    }
+
+    fn commit_tables(&self, place: &Place) -> Result<(Arc<dyn KustoApi>, Ident, Ident), EngineError> {
+        Ok((self.dest(place)?, self.staging_ident(place)?, super::copy::ident(&place.activity.destination.table)?))
+    }
+
+    async fn start_export(&self, place: &Place, iteration: &IterationRecord, block: &BlockRecord, folder: &str) -> Result<Uuid, Obs> {
+        let staging = self.connections.staging(&place.spec.staging[0].account_url).map_err(|e| engine_failure("staging account", e))?;
+        let container = staging.clients.container(folder).map_err(|e| failure("staging folder", e, false))?;
+        if let Err(e) = container.create(None).await {
+            if e.http_status() != Some(azure_core::http::StatusCode::Conflict) {
+                let status = e.http_status().map(|s| u16::from(s).to_string()).unwrap_or_else(|| e.to_string());
+                return Err(failure(&format!("create staging folder {folder}"), status, true));
+            }
+        }
+        let destination = staging.sas.folder_url(folder, Access::ExportWrite, self.options.sas_lifetime).await.map_err(|e| {
+            let transient = e.is_transient();
+            failure("sign the staging folder", e, transient)
+        })?;
+        let table = super::copy::ident(&place.activity.source.table).map_err(|e| engine_failure("source table", e))?;
+        let window = CursorWindow { from: iteration.cursor_from.clone(), to: iteration.cursor_to.clone() };
+        let range = IngestionRange { from: block.from, to: block.to };
+        let user_query = place.activity.query.as_deref().map(UserQuery::new).transpose().map_err(|e| failure("query", e, false))?;
+        let cmd = commands::export_parquet(&ExportRequest {
+            table: &table,
+            window: &window,
+            range: Some(&range),
+            user_query: user_query.as_ref(),
+            destinations: std::slice::from_ref(&destination),
+            name_prefix: &format!("b{}", block.number),
+        })
+        .map_err(|e| kusto_failure("build the export", e))?;
+        let source = self.connections.kusto(&place.activity.source.cluster).map_err(|e| engine_failure("source cluster", e))?;
+        let rid = ClientRequestId::new("export", &place.job.id, &block.number.to_string(), block.export_attempt);
+        source
+            .execute(&place.activity.source.database, &cmd, &rid)
+            .await
+            .and_then(|a| results::operation_id(&a))
+            .map_err(|e| kusto_failure("start the export", e))
+    }
+
+    async fn poll_export(&self, place: &Place, block: &BlockRecord, op: Uuid) -> Obs {
+        let source = match self.connections.kusto(&place.activity.source.cluster) {
+            Ok(s) => s,
+            Err(e) => return engine_failure("source cluster", e),
+        };
+        let db = &place.activity.source.database;
+        let rid = ClientRequestId::new("await-export", &place.job.id, &block.number.to_string(), block.export_attempt);
+        let operation = match self.operation(&source, db, op, &rid).await {
+            Ok(o) => o,
+            Err(e) => return engine_failure("look at the export", e),
+        };
+        match operation {
+            Some(o) if o.state.is_pending() => Obs::Export(ExportPoll::Pending),
+            Some(o) if o.state == results::OperationState::Completed => {
+                let details = match source.execute(db, &commands::show_operation_details(op), &rid).await.and_then(|d| results::exported_blobs(&d)) {
+                    Ok(d) => d,
+                    Err(e) => return kusto_failure("read export details", e),
+                };
+                let folder = block.folders.last().cloned().unwrap_or_default();
+                let blobs: Result<Vec<String>, EngineError> = details.iter().map(|b| super::copy::blob_name_in(&b.path, &folder)).collect();
+                match blobs {
+                    Ok(blobs) => Obs::Export(ExportPoll::Completed { blobs, rows: details.iter().map(|b| b.records.max(0) as u64).sum() }),
+                    Err(e) => engine_failure("read export details", e),
+                }
+            }
+            Some(o) => Obs::Export(ExportPoll::Ended { why: format!("export {:?}: {}", o.state, o.status.unwrap_or_default()) }),
+            None => Obs::Export(ExportPoll::Ended { why: format!("export operation {op} is no longer listed") }),
+        }
+    }
+
+    async fn start_ingest(&self, place: &Place, block: &BlockRecord, folder: &str, tag: &str) -> Result<Vec<String>, Obs> {
+        let BlockRecord { state: super::records::BlockState::Ingesting { blobs, .. }, .. } = block else {
+            return Err(failure("ingest", "the block has no blobs recorded", false));
+        };
+        let staging = self.connections.staging(&place.spec.staging[0].account_url).map_err(|e| engine_failure("staging account", e))?;
+        let sas = staging.sas.folder_url(folder, Access::IngestRead, self.options.sas_lifetime).await.map_err(|e| {
+            let transient = e.is_transient();
+            failure("sign the staging folder", e, transient)
+        })?;
+        let mut props = commands::IngestProperties::parquet();
+        props.creation_time = block.creation_time;
+        props.tags = vec![tag.to_owned()];
+        let table = self.staging_ident(place).map_err(|e| engine_failure("staging table", e))?;
+        let database = super::copy::ident(&place.activity.destination.database).map_err(|e| engine_failure("database", e))?;
+        let dest = self.dest(place).map_err(|e| engine_failure("destination cluster", e))?;
+        let rid = ClientRequestId::new("ingest", &place.job.id, &block.number.to_string(), block.ingest_attempt);
+        let mut operations = Vec::new();
+        match self.options.ingest_route {
+            IngestRoute::Queued => {
+                // Blobs sent by an earlier call of this attempt are strays under this tag if a
+                // later call fails: the retry is a new attempt with a new tag.
+                for chunk in blobs.chunks(crate::kusto::MAX_BLOBS_PER_CALL) {
+                    let queued: Vec<crate::kusto::QueuedBlob> = chunk
+                        .iter()
+                        .map(|b| crate::kusto::QueuedBlob {
+                            url: sas.file(b),
+                            source_id: Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("{folder}/{b}").as_bytes()),
+                            raw_size: None,
+                        })
+                        .collect();
+                    let op = dest.queue_ingestion(&database, &table, &queued, &props, &rid).await.map_err(|e| kusto_failure("queue the ingestion", e))?;
+                    operations.push(op);
+                }
+            }
+            IngestRoute::Direct => {
+                let urls: Vec<SecretUrl> = blobs.iter().map(|b| sas.file(b)).collect();
+                let cmd = commands::ingest_async(&table, &urls, &props).map_err(|e| kusto_failure("build the ingestion", e))?;
+                let op = dest
+                    .execute(&place.activity.destination.database, &cmd, &rid)
+                    .await
+                    .and_then(|a| results::operation_id(&a))
+                    .map_err(|e| kusto_failure("start the ingestion", e))?;
+                operations.push(op.to_string());
+            }
+        }
+        Ok(operations)
+    }
+
+    /// (finished, failed, status no longer known) of an ingestion's operations.
+    async fn ingestion_outcome(&self, place: &Place, route: IngestRoute, operations: &[String], rid: &ClientRequestId) -> Result<(bool, bool, bool), Obs> {
+        let dest = self.dest(place).map_err(|e| engine_failure("destination cluster", e))?;
+        let db = &place.activity.destination.database;
+        match route {
+            IngestRoute::Direct => {
+                let id = operations.first().and_then(|o| o.parse::<Uuid>().ok()).ok_or_else(|| failure("ingest", "bad operation id", false))?;
+                Ok(match self.operation(&dest, db, id, rid).await.map_err(|e| engine_failure("look at the ingestion", e))?.map(|o| o.state) {
+                    None => (false, false, true),
+                    Some(s) if s.is_pending() => (false, false, false),
+                    Some(results::OperationState::Completed) => (true, false, false),
+                    Some(_) => (true, true, false),
+                })
+            }
+            IngestRoute::Queued => {
+                let database = super::copy::ident(db).map_err(|e| engine_failure("database", e))?;
+                let table = self.staging_ident(place).map_err(|e| engine_failure("staging table", e))?;
+                let (mut finished, mut failed, mut missing) = (true, false, false);
+                for op in operations {
+                    match dest.ingestion_status(&database, &table, op, rid).await {
+                        Ok(status) => {
+                            finished &= status.is_finished();
+                            failed |= status.failed > 0 || status.canceled > 0;
+                        }
+                        // The service keeps a status for a while only: the count decides.
+                        Err(e) if e.kind == crate::kusto::ErrorKind::NotFound => missing = true,
+                        Err(e) => return Err(kusto_failure("read the ingestion status", e)),
+                    }
+                }
+                Ok((finished && !missing, failed, missing))
+            }
+        }
+    }
+
+    /// Staging extents carrying exactly `tag` (`where tags has` is a term match).
+    async fn staged_extents(&self, place: &Place, tag: &str, rid: &ClientRequestId) -> Result<Vec<(Uuid, u64)>, KustoError> {
+        let dest = self.dest(place).map_err(|e| KustoError::invalid_input(e.to_string()))?;
+        let staging = self.staging_ident(place).map_err(|e| KustoError::invalid_input(e.to_string()))?;
+        self.tagged(&dest, &place.activity.destination.database, &staging, tag, rid).await
+    }
+
+    async fn tagged(&self, kusto: &Arc<dyn KustoApi>, db: &str, table: &Ident, tag: &str, rid: &ClientRequestId) -> Result<Vec<(Uuid, u64)>, KustoError> {
+        let answer = kusto.execute(db, &commands::show_extents(table, Some(tag))?, rid).await?;
+        Ok(results::extents(&answer)?.into_iter().filter(|e| e.has_tag(tag)).map(|e| (e.id, e.row_count.max(0) as u64)).collect())
+    }
+
+    async fn existing_extents(&self, kusto: &Arc<dyn KustoApi>, db: &str, table: &Ident, ids: &[Uuid], rid: &ClientRequestId) -> Result<Vec<Uuid>, KustoError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let answer = kusto.execute(db, &commands::show_extents_by_id(table, ids)?, rid).await?;
+        Ok(results::extents(&answer)?.into_iter().map(|e| e.id).filter(|id| ids.contains(id)).collect())
+    }
+
+    async fn extent_rows(&self, kusto: &Arc<dyn KustoApi>, db: &str, table: &Ident, ids: &[Uuid], rid: &ClientRequestId) -> Result<u64, KustoError> {
+        let answer = kusto.execute(db, &commands::show_extents_by_id(table, ids)?, rid).await?;
+        Ok(results::extents(&answer)?.into_iter().filter(|e| ids.contains(&e.id)).map(|e| e.row_count.max(0) as u64).sum())
+    }
+
+    pub(super) async fn delete_folders(&self, place: &Place, folders: &[String]) -> Result<(), EngineError> {
+        let staging = self.connections.staging(&place.spec.staging[0].account_url)?;
+        for folder in folders {
+            let container = staging.clients.container(folder).map_err(|e| EngineError::Permanent(e.to_string()))?;
+            if let Err(e) = container.delete(None).await {
+                if e.http_status() != Some(azure_core::http::StatusCode::NotFound) {
+                    let status = e.http_status().map(|s| u16::from(s).to_string()).unwrap_or_default();
+                    return Err(EngineError::Transient(format!("delete staging folder {folder}: {status}")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn outgoing(place: &Place, messages: Vec<Msg>) -> Vec<Outgoing> {
+    messages.into_iter().map(|m| place.later(m.step, Some(m.block), m.delay)).collect()
+}

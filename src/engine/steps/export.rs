@@ -1,0 +1,230 @@
+//! `export` and `await-export`: a block's rows into a staging folder of its own attempt.
+//!
+//! Rules:
+//! - A block exports only while it holds one of its source cluster's export slots (shared by
+//!   every job on that cluster). Waiting for one is one chain of messages: the record says
+//!   when the waiting chain looks next, and an earlier delivery is a duplicate that ends.
+//! - The attempt (number, folder, lease) is recorded before `.export` is sent, and the
+//!   operation id after. A duplicate delivery never takes over a fresh lease; an expired one
+//!   is taken over as a new attempt with a new folder (the old folder is never read).
+//! - Only the blobs the finished operation lists are ingested. A finished export hands the
+//!   export slot of its job to block `number + export_slots` at once.
+//! - A failed or vanished operation is a new attempt, up to `max_export_attempts`; a
+//!   permanent error of the command (a bad query, a missing column) stops the activity.
+
+use super::{failed, held_by_other, touched, Ctx, Effect, ExportPoll, Msg, Obs, Transition};
+use crate::engine::records::{BlockRecord, BlockState, Step};
+
+/// A waiting chain's message may come this much before its time (clocks of instances
+/// differ) and still count as the chain.
+const EARLY: time::Duration = time::Duration::seconds(1);
+
+pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
+    match (&b.state, obs) {
+        // ---- export: take a slot, record the attempt, send the command ---------------
+        (BlockState::Planned | BlockState::Exporting { operation_id: None, .. }, Obs::Delivered) => {
+            if let Some(t) = held_by_other(b, ctx, Step::Export) {
+                return t;
+            }
+            if b.waiting_until.is_some_and(|at| ctx.now + EARLY < at) {
+                return Transition::none(); // another chain waits for this block's slot
+            }
+            Transition::effect(Effect::AcquireSlot)
+        }
+        (BlockState::Planned | BlockState::Exporting { operation_id: None, .. }, Obs::Slot { granted: false }) => {
+            let mut next = touched(b, ctx);
+            next.waiting_until = Some(ctx.now + ctx.rules.slot_poll);
+            next.state = BlockState::Planned;
+            next.lease = None;
+            Transition::write(next).send(Msg::later(Step::Export, b.number, ctx.rules.slot_poll))
+        }
+        (BlockState::Planned | BlockState::Exporting { operation_id: None, .. }, Obs::Slot { granted: true }) => {
+            if b.export_attempt >= ctx.rules.max_export_attempts {
+                return Transition::fail(format!(
+                    "block {} failed to export {} times; last error: {}",
+                    b.number,
+                    b.export_attempt,
+                    b.last_error.clone().unwrap_or_default()
+                ));
+            }
+            let mut next = touched(b, ctx);
+            next.export_attempt += 1;
+            let folder = super::folder_name(&ctx.iteration_id, b.number, next.export_attempt);
+            next.folders.push(folder.clone());
+            next.state = BlockState::Exporting { operation_id: None, started_at: ctx.now };
+            next.lease = Some(ctx.lease());
+            next.waiting_until = None;
+            Transition::write(next).then(Effect::StartExport { folder })
+        }
+        (BlockState::Exporting { operation_id: None, .. }, Obs::ExportStarted(op)) => {
+            let mut next = touched(b, ctx);
+            next.state = BlockState::Exporting { operation_id: Some(*op), started_at: ctx.now };
+            next.lease = None;
+            Transition::write(next).send(Msg::later(Step::AwaitExport, b.number, ctx.rules.min_poll))
+        }
+        (BlockState::Exporting { operation_id: None, .. }, Obs::Failed(f)) => {
+            // The command may have run: its folder is abandoned either way, and the slot is
+            // kept for the next attempt (an export that did start still occupies it).
+            failed(b, f, ctx, "start the export", Some(BlockState::Planned), Step::Export)
+        }
+
+        // ---- await-export: poll until the operation ends ------------------------------
+        (BlockState::Exporting { operation_id: Some(op), .. }, Obs::Delivered) => Transition::effect(Effect::PollExport { operation: *op }),
+        (BlockState::Exporting { started_at, .. }, Obs::Export(ExportPoll::Pending)) => {
+            // Seen alive: the sweeper leaves it alone, and the slot's claim is kept fresh.
+            let mut next = touched(b, ctx);
+            next.transient_errors = 0;
+            Transition::write(next).then(Effect::RenewSlot).send(Msg::later(Step::AwaitExport, b.number, ctx.poll_delay(*started_at)))
+        }
+        (BlockState::Exporting { .. }, Obs::Export(ExportPoll::Completed { blobs, rows })) => {
+            let mut next = touched(b, ctx);
+            next.last_error = None;
+            next.transient_errors = 0;
+            next.state = if *rows == 0 { BlockState::Committed { rows: 0 } } else { BlockState::Exported { blobs: blobs.clone(), rows: *rows } };
+            let mut t = Transition::write(next).then(Effect::ReleaseSlot);
+            t.messages = super::follow_ups(t.record.as_ref().expect("written"), ctx);
+            t
+        }
+        (BlockState::Exporting { .. }, Obs::Export(ExportPoll::Ended { why })) => {
+            let mut next = touched(b, ctx);
+            next.last_error = Some(why.clone());
+            next.state = BlockState::Planned;
+            next.lease = None;
+            Transition::write(next).send(Msg::now(Step::Export, b.number))
+        }
+        (BlockState::Exporting { operation_id: Some(_), .. }, Obs::Failed(f)) => failed(b, f, ctx, "look at the export", None, Step::AwaitExport),
+
+        // Slot renewals and releases report nothing to decide on.
+        (_, Obs::Done) => Transition::none(),
+        // Anything else is a stale observation for this state: do nothing.
+        _ => Transition::none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::super::{Effect, ExportPoll, Msg, Obs};
+    use super::*;
+    use uuid::Uuid;
+
+    fn exporting(op: Option<u128>) -> BlockState {
+        BlockState::Exporting { operation_id: op.map(Uuid::from_u128), started_at: T0 }
+    }
+
+    #[test]
+    fn a_delivery_asks_for_a_slot_unless_another_chain_waits_or_holds_the_lease() {
+        let c = ctx();
+        assert_eq!(decide(&block(BlockState::Planned), &Obs::Delivered, &c).effect, Some(Effect::AcquireSlot));
+
+        let mut waiting = block(BlockState::Planned);
+        waiting.waiting_until = Some(c.now + time::Duration::seconds(5));
+        assert_eq!(decide(&waiting, &Obs::Delivered, &c), Transition::none(), "a second waiting chain ends");
+        waiting.waiting_until = Some(c.now);
+        assert_eq!(decide(&waiting, &Obs::Delivered, &c).effect, Some(Effect::AcquireSlot), "the chain's own look");
+
+        let mut held = block(exporting(None));
+        held.lease = Some(other_lease(&c));
+        let t = decide(&held, &Obs::Delivered, &c);
+        assert_eq!(t.record, None, "a fresh lease is never taken over");
+        assert_eq!(t.effect, None);
+        assert_eq!(t.messages, vec![Msg::later(Step::Export, 1, std::time::Duration::from_secs(30))]);
+
+        held.lease = Some(expired_lease(&c));
+        assert_eq!(decide(&held, &Obs::Delivered, &c).effect, Some(Effect::AcquireSlot), "an expired lease is taken over");
+    }
+
+    #[test]
+    fn busy_slots_make_one_waiter() {
+        let c = ctx();
+        let t = decide(&block(BlockState::Planned), &Obs::Slot { granted: false }, &c);
+        let next = t.record.unwrap();
+        assert_eq!(next.waiting_until, Some(c.now + c.rules.slot_poll));
+        assert_eq!(next.export_attempt, 0, "waiting is not an attempt");
+        assert_eq!(t.messages, vec![Msg::later(Step::Export, 1, c.rules.slot_poll)]);
+    }
+
+    #[test]
+    fn a_granted_slot_records_a_new_attempt_before_sending() {
+        let c = ctx();
+        let mut b = block(BlockState::Planned);
+        b.export_attempt = 2;
+        b.folders = vec!["kcs-it-1-1".into(), "kcs-it-1-2".into()];
+        let t = decide(&b, &Obs::Slot { granted: true }, &c);
+        let next = t.record.unwrap();
+        assert_eq!(next.export_attempt, 3);
+        assert_eq!(next.folders.last().unwrap(), "kcs-it-1-3", "a new folder, never a reused one");
+        assert_eq!(next.state, BlockState::Exporting { operation_id: None, started_at: c.now });
+        assert_eq!(next.lease.unwrap().owner, "me");
+        assert_eq!(t.effect, Some(Effect::StartExport { folder: "kcs-it-1-3".into() }));
+
+        b.export_attempt = c.rules.max_export_attempts;
+        assert!(decide(&b, &Obs::Slot { granted: true }, &c).fail.is_some(), "attempts are bounded");
+    }
+
+    #[test]
+    fn the_export_answer_is_recorded_or_classified() {
+        let c = ctx();
+        let b = block(exporting(None));
+        let t = decide(&b, &Obs::ExportStarted(Uuid::from_u128(7)), &c);
+        assert_eq!(t.record.unwrap().state, exporting(Some(7)).clone_with_start(c.now));
+        assert_eq!(t.messages, vec![Msg::later(Step::AwaitExport, 1, c.rules.min_poll)]);
+
+        let t = decide(&b, &transient("503"), &c);
+        let next = t.record.unwrap();
+        assert_eq!(next.state, BlockState::Planned);
+        assert_eq!(next.transient_errors, 1);
+        assert_eq!(t.messages[0].step, Step::Export);
+
+        let t = decide(&b, &permanent("SEM0100: 'Nmae' does not exist"), &c);
+        assert!(t.fail.unwrap().contains("Nmae"), "a bad query stops the activity with Kusto's message");
+    }
+
+    #[test]
+    fn polls_renew_finish_hand_over_or_retry() {
+        let c = ctx();
+        let b = block(exporting(Some(7)));
+        assert_eq!(decide(&b, &Obs::Delivered, &c).effect, Some(Effect::PollExport { operation: Uuid::from_u128(7) }));
+
+        let t = decide(&b, &Obs::Export(ExportPoll::Pending), &c);
+        assert_eq!(t.effect, Some(Effect::RenewSlot));
+        assert_eq!(t.messages[0].step, Step::AwaitExport);
+
+        let t = decide(&b, &Obs::Export(ExportPoll::Completed { blobs: vec!["a.parquet".into()], rows: 10 }), &c);
+        assert_eq!(t.record.unwrap().state, BlockState::Exported { blobs: vec!["a.parquet".into()], rows: 10 });
+        assert_eq!(t.effect, Some(Effect::ReleaseSlot));
+        assert_eq!(t.messages, vec![Msg::now(Step::Ingest, 1), Msg::now(Step::Export, 9)], "the slot goes to the next block at once");
+
+        let t = decide(&b, &Obs::Export(ExportPoll::Completed { blobs: vec![], rows: 0 }), &c);
+        assert_eq!(t.record.unwrap().state, BlockState::Committed { rows: 0 }, "an empty block needs no ingestion");
+
+        let t = decide(&b, &Obs::Export(ExportPoll::Ended { why: "Failed".into() }), &c);
+        assert_eq!(t.record.unwrap().state, BlockState::Planned);
+        assert_eq!(t.messages, vec![Msg::now(Step::Export, 1)]);
+
+        let t = decide(&b, &transient("timeout"), &c);
+        assert_eq!(t.record.unwrap().state, b.state, "a failed look changes nothing but the budget");
+    }
+
+    #[test]
+    fn stale_observations_change_nothing() {
+        let c = ctx();
+        for state in [BlockState::Exported { blobs: vec![], rows: 1 }, BlockState::Done { rows: 1 }] {
+            for obs in [Obs::Delivered, Obs::Slot { granted: true }, Obs::Export(ExportPoll::Pending), Obs::Done] {
+                assert_eq!(decide(&block(state.clone()), &obs, &c), Transition::none(), "{state:?} {obs:?}");
+            }
+        }
+    }
+
+    trait WithStart {
+        fn clone_with_start(&self, at: time::OffsetDateTime) -> BlockState;
+    }
+    impl WithStart for BlockState {
+        fn clone_with_start(&self, at: time::OffsetDateTime) -> BlockState {
+            match self {
+                BlockState::Exporting { operation_id, .. } => BlockState::Exporting { operation_id: *operation_id, started_at: at },
+                other => other.clone(),
+            }
+        }
+    }
+}

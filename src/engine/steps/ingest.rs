@@ -1,0 +1,223 @@
+//! `ingest` and `await-ingest`: the exported blobs into the iteration's staging table, under
+//! a tag unique to (block, export attempt, ingestion attempt), with the block's creation time.
+//!
+//! Rules:
+//! - The attempt and its tag are recorded (with a lease) before the ingestion is sent; the
+//!   operation ids after. A duplicate never takes over a fresh lease; an expired one is a
+//!   new attempt under a new tag (whatever the old one ingests is never moved).
+//! - Done when the tag holds exactly the exported rows and the operations are over, or their
+//!   status is no longer known (404 or expired): the counted extents are recorded, and only
+//!   they are moved, so a late duplicate under the same tag stays behind.
+//! - More rows than exported (a stray duplicate), a failed operation, or fewer rows once it
+//!   is over: the tag is given up (its extents dropped) and the block ingests again.
+
+use super::{failed, held_by_other, touched, Ctx, Effect, IngestPoll, Msg, Obs, Transition};
+use crate::engine::records::{BlockRecord, BlockState, Step};
+
+pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
+    match (&b.state, obs) {
+        (BlockState::Exported { .. }, Obs::Delivered) => start(b, ctx),
+        (BlockState::Ingesting { operations, .. }, Obs::Delivered) if operations.is_empty() => {
+            held_by_other(b, ctx, Step::Ingest).unwrap_or_else(|| start(b, ctx))
+        }
+        (BlockState::Ingesting { blobs, rows, tag, route, started_at, operations }, Obs::IngestStarted(ops)) if operations.is_empty() => {
+            let mut next = touched(b, ctx);
+            next.lease = None;
+            next.state = BlockState::Ingesting {
+                blobs: blobs.clone(),
+                rows: *rows,
+                tag: tag.clone(),
+                route: *route,
+                operations: ops.clone(),
+                started_at: *started_at,
+            };
+            Transition::write(next).send(Msg::later(Step::AwaitIngest, b.number, ctx.rules.min_poll))
+        }
+        (BlockState::Ingesting { blobs, rows, operations, .. }, Obs::Failed(f)) if operations.is_empty() => {
+            failed(b, f, ctx, "start the ingestion", Some(BlockState::Exported { blobs: blobs.clone(), rows: *rows }), Step::Ingest)
+        }
+
+        (BlockState::Ingesting { tag, route, operations, .. }, Obs::Delivered) => {
+            Transition::effect(Effect::PollIngest { tag: tag.clone(), route: *route, operations: operations.clone() })
+        }
+        (BlockState::Ingesting { blobs, rows, tag, started_at, .. }, Obs::Ingest(poll)) => {
+            let tagged: u64 = poll.extents.iter().map(|(_, r)| r).sum();
+            match verdict(poll, tagged, *rows) {
+                Verdict::Complete => {
+                    let mut next = touched(b, ctx);
+                    next.last_error = None;
+                    next.transient_errors = 0;
+                    next.state = BlockState::Ingested { rows: *rows, tag: tag.clone(), extents: poll.extents.iter().map(|(id, _)| *id).collect() };
+                    Transition::write(next).send(Msg::now(Step::Commit, b.number))
+                }
+                Verdict::Wait => Transition::write(touched(b, ctx)).send(Msg::later(Step::AwaitIngest, b.number, ctx.poll_delay(*started_at))),
+                Verdict::Redo => {
+                    let mut next = touched(b, ctx);
+                    next.last_error = Some(format!(
+                        "ingestion under {tag} gave {tagged} rows of {rows}{}",
+                        if poll.failed { " and failed" } else { "" }
+                    ));
+                    next.state = BlockState::Exported { blobs: blobs.clone(), rows: *rows };
+                    let t = Transition::write(next).send(Msg::now(Step::Ingest, b.number));
+                    // Recorded first: strays under the old tag are never moved, whether or not
+                    // this drop happens.
+                    if tagged > 0 {
+                        t.then(Effect::DropStaged { tag: tag.clone() })
+                    } else {
+                        t
+                    }
+                }
+            }
+        }
+        (BlockState::Ingesting { .. }, Obs::Failed(f)) => failed(b, f, ctx, "look at the ingestion", None, Step::AwaitIngest),
+        _ => Transition::none(),
+    }
+}
+
+fn start(b: &BlockRecord, ctx: &Ctx) -> Transition {
+    let (blobs, rows) = match &b.state {
+        BlockState::Exported { blobs, rows } | BlockState::Ingesting { blobs, rows, .. } => (blobs.clone(), *rows),
+        _ => return Transition::none(),
+    };
+    if b.ingest_attempt >= ctx.rules.max_ingest_attempts {
+        return Transition::fail(format!(
+            "block {} failed to ingest {} times; last error: {}",
+            b.number,
+            b.ingest_attempt,
+            b.last_error.clone().unwrap_or_default()
+        ));
+    }
+    let mut next = touched(b, ctx);
+    next.ingest_attempt += 1;
+    let tag = super::tag_for(&ctx.iteration_id, &next);
+    next.lease = Some(ctx.lease());
+    next.state = BlockState::Ingesting { blobs, rows, tag: tag.clone(), route: ctx.route, operations: vec![], started_at: ctx.now };
+    let folder = b.folders.last().cloned().unwrap_or_default();
+    Transition::write(next).then(Effect::StartIngest { folder, tag })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Complete,
+    Wait,
+    Redo,
+}
+
+fn verdict(poll: &IngestPoll, tagged: u64, exported: u64) -> Verdict {
+    let over = poll.finished || poll.status_missing;
+    if tagged > exported || poll.failed {
+        Verdict::Redo
+    } else if tagged == exported && over {
+        Verdict::Complete
+    } else if over {
+        Verdict::Redo
+    } else {
+        Verdict::Wait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::super::{Effect, IngestPoll, Msg, Obs};
+    use super::*;
+    use crate::engine::records::IngestRoute;
+    use uuid::Uuid;
+
+    fn exported() -> BlockState {
+        BlockState::Exported { blobs: vec!["a.parquet".into()], rows: 10 }
+    }
+
+    fn ingesting(ops: &[&str]) -> BlockState {
+        BlockState::Ingesting {
+            blobs: vec!["a.parquet".into()],
+            rows: 10,
+            tag: "drop-by:kc-it-1-1-1".into(),
+            route: IngestRoute::Queued,
+            operations: ops.iter().map(|s| s.to_string()).collect(),
+            started_at: T0,
+        }
+    }
+
+    fn poll(finished: bool, failed: bool, missing: bool, extents: &[u64]) -> Obs {
+        Obs::Ingest(IngestPoll {
+            finished,
+            failed,
+            status_missing: missing,
+            extents: extents.iter().enumerate().map(|(i, r)| (Uuid::from_u128(i as u128 + 1), *r)).collect(),
+        })
+    }
+
+    #[test]
+    fn each_attempt_gets_a_new_tag_recorded_before_it_is_sent() {
+        let c = ctx();
+        let mut b = block(exported());
+        b.export_attempt = 1;
+        let t = decide(&b, &Obs::Delivered, &c);
+        let next = t.record.unwrap();
+        assert_eq!(next.ingest_attempt, 1);
+        assert_eq!(t.effect, Some(Effect::StartIngest { folder: String::new(), tag: "drop-by:kc-it-1-1-1".into() }));
+        assert!(next.lease.is_some());
+
+        // Interrupted before its operations were recorded, lease expired: a new tag.
+        let mut again = next.clone();
+        again.lease = Some(expired_lease(&c));
+        let t = decide(&again, &Obs::Delivered, &c);
+        assert_eq!(t.record.unwrap().ingest_attempt, 2);
+        assert!(matches!(t.effect, Some(Effect::StartIngest { tag, .. }) if tag == "drop-by:kc-it-1-1-2"));
+
+        // A fresh lease of another delivery: never taken over.
+        again.lease = Some(other_lease(&c));
+        let t = decide(&again, &Obs::Delivered, &c);
+        assert_eq!((t.record, t.effect), (None, None));
+
+        b.ingest_attempt = c.rules.max_ingest_attempts;
+        assert!(decide(&b, &Obs::Delivered, &c).fail.is_some());
+    }
+
+    #[test]
+    fn started_and_failed_starts() {
+        let c = ctx();
+        let b = block(ingesting(&[]));
+        let t = decide(&b, &Obs::IngestStarted(vec!["op1".into()]), &c);
+        assert_eq!(t.record.unwrap().state, ingesting(&["op1"]));
+        assert_eq!(t.messages, vec![Msg::later(Step::AwaitIngest, 1, c.rules.min_poll)]);
+        let t = decide(&b, &transient("503"), &c);
+        assert_eq!(t.record.unwrap().state, exported());
+        assert!(decide(&b, &permanent("400 bad mapping"), &c).fail.is_some());
+    }
+
+    #[test]
+    fn verdicts_over_every_poll() {
+        let c = ctx();
+        let b = block(ingesting(&["op1"]));
+        assert!(matches!(decide(&b, &Obs::Delivered, &c).effect, Some(Effect::PollIngest { .. })));
+        // (finished, failed, status missing, extents) -> state after
+        let ingested = |ids: &[u128]| BlockState::Ingested { rows: 10, tag: "drop-by:kc-it-1-1-1".into(), extents: ids.iter().map(|i| Uuid::from_u128(*i)).collect() };
+        let table: Vec<(Obs, BlockState, Option<Step>, bool)> = vec![
+            (poll(true, false, false, &[6, 4]), ingested(&[1, 2]), Some(Step::Commit), false),
+            (poll(false, false, true, &[10]), ingested(&[1]), Some(Step::Commit), false), // status gone (404), rows exact
+            (poll(false, false, true, &[4]), exported(), Some(Step::Ingest), true),       // status gone, fewer rows
+            (poll(false, false, true, &[10, 10]), exported(), Some(Step::Ingest), true),  // status gone, more rows
+            (poll(false, false, false, &[4]), ingesting(&["op1"]), Some(Step::AwaitIngest), false),
+            (poll(false, false, false, &[10]), ingesting(&["op1"]), Some(Step::AwaitIngest), false), // rows there, still running
+            (poll(false, false, false, &[10, 1]), exported(), Some(Step::Ingest), true),  // a stray duplicate
+            (poll(true, true, false, &[10]), exported(), Some(Step::Ingest), true),       // failed: not trusted
+            (poll(true, false, false, &[]), exported(), Some(Step::Ingest), false),       // nothing arrived
+        ];
+        for (obs, state, step, drops) in table {
+            let t = decide(&b, &obs, &c);
+            assert_eq!(t.record.as_ref().unwrap().state, state, "{obs:?}");
+            assert_eq!(t.messages.first().map(|m| m.step), step, "{obs:?}");
+            assert_eq!(matches!(t.effect, Some(Effect::DropStaged { .. })), drops, "{obs:?}");
+        }
+    }
+
+    #[test]
+    fn stale_observations_change_nothing() {
+        let c = ctx();
+        for state in [BlockState::Planned, BlockState::Committed { rows: 1 }] {
+            assert_eq!(decide(&block(state), &poll(true, false, false, &[10]), &c), Transition::none());
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Each block step as a pure decision: `decide(record, observation, ctx) -> Transition`.
+//!
+//! A delivery of a step is a conversation between a decision and the executor
+//! ([`super::execute`]):
+//!
+//! ```text
+//!   obs = Delivered
+//!   loop {
+//!       t = decide(record, obs, ctx)          pure: no I/O, no clock, no randomness
+//!       if t.record: compare-and-swap it with the ETag of the previous write (lost: stop)
+//!       if t.fail:   the activity fails with that reason (and is cleaned up)
+//!       if t.effect: perform it; its outcome is the next obs; else stop
+//!   }
+//!   send t.messages of every round
+//! ```
+//!
+//! The time, this delivery's lease name and the block this one hands its export slot to are
+//! in [`Ctx`]. Every rule of a step is in its file, with a table test over its (state,
+//! observation) pairs: [`export`], [`ingest`], [`commit`], [`cleanup`].
+
+pub mod cleanup;
+pub mod commit;
+pub mod export;
+pub mod ingest;
+
+use super::records::{BlockRecord, BlockState, IngestRoute, Lease, Step};
+use std::time::Duration;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Limits the decisions apply.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub max_export_attempts: u32,
+    pub max_ingest_attempts: u32,
+    /// Transient failures a block may record before its activity is stopped.
+    pub error_budget: u32,
+    /// How long an attempt's claim holds against duplicate deliveries.
+    pub lease: time::Duration,
+    pub min_poll: Duration,
+    pub max_poll: Duration,
+    /// How often a block waiting for an export slot of its cluster looks again.
+    pub slot_poll: Duration,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            max_export_attempts: 5,
+            max_ingest_attempts: 5,
+            error_budget: 20,
+            lease: time::Duration::minutes(2),
+            min_poll: Duration::from_secs(2),
+            max_poll: Duration::from_secs(60),
+            slot_poll: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a decision knows besides the record and the observation.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub now: OffsetDateTime,
+    /// This delivery's name, for leases.
+    pub owner: String,
+    /// The short id of (job, activity, iteration): folders and tags derive from it.
+    pub iteration_id: String,
+    /// The block this block's finished export starts (`number + export_slots`), if any.
+    pub handover: Option<u64>,
+    pub route: IngestRoute,
+    pub rules: Rules,
+}
+
+impl Ctx {
+    pub fn lease(&self) -> Lease {
+        Lease { owner: self.owner.clone(), expires_at: self.now + self.rules.lease }
+    }
+    /// Look at a running operation again after about a quarter of the time it has run:
+    /// short ones are seen soon after they end, long ones are not polled needlessly.
+    pub fn poll_delay(&self, started_at: OffsetDateTime) -> Duration {
+        let elapsed = (self.now - started_at).unsigned_abs();
+        (elapsed / 4).clamp(self.rules.min_poll, self.rules.max_poll)
+    }
+    /// Back-off after `errors` transient failures.
+    pub fn backoff(&self, errors: u32) -> Duration {
+        self.rules.min_poll.saturating_mul(1 << errors.min(6)).min(self.rules.max_poll)
+    }
+}
+
+pub fn folder_name(iteration_id: &str, block: u64, attempt: u32) -> String {
+    format!("kcs-{iteration_id}-{block}-{attempt}")
+}
+
+/// Unique to (block, export attempt, ingestion attempt).
+pub fn tag_for(iteration_id: &str, block: &BlockRecord) -> String {
+    format!("drop-by:kc-{iteration_id}-{}-{}-{}", block.number, block.export_attempt, block.ingest_attempt)
+}
+
+/// An I/O the executor performs for a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Take (or keep) this block's export slot of the source cluster.
+    AcquireSlot,
+    RenewSlot,
+    ReleaseSlot,
+    /// Create the folder and send `.export` into it.
+    StartExport { folder: String },
+    PollExport { operation: Uuid },
+    /// Queue (or `.ingest`) the exported blobs of `folder` under `tag`.
+    StartIngest { folder: String, tag: String },
+    /// Operation status and the staging extents under `tag`.
+    PollIngest { tag: String, route: IngestRoute, operations: Vec<String> },
+    /// Drop the staging extents under a tag that is given up.
+    DropStaged { tag: String },
+    /// `.move extents` of exactly these staging extents.
+    Move { extents: Vec<Uuid> },
+    /// After a move whose answer is unknown: which counted extents are still in staging, and
+    /// how many rows the destination holds under the tag.
+    Locate { extents: Vec<Uuid>, tag: String },
+    /// Rows at the destination in the moved extents and under the tag, and how many of the
+    /// counted extents are still in staging.
+    Verify { moved: Vec<Uuid>, tag: String, counted: Vec<Uuid> },
+    DropDestinationTag { tag: String, created_on: Option<OffsetDateTime> },
+    DeleteFolders { folders: Vec<String> },
+    /// Count the block done; finish the iteration when it was the last.
+    Finish,
+}
+
+/// A step's failure, classified once where it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub transient: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportPoll {
+    Pending,
+    Completed { blobs: Vec<String>, rows: u64 },
+    /// Failed, or another final state, or its record is gone: a new attempt.
+    Ended { why: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestPoll {
+    /// Every operation reached a final state.
+    pub finished: bool,
+    pub failed: bool,
+    /// The status is no longer known (404, or the operation record expired).
+    pub status_missing: bool,
+    /// Staging extents under the tag: (id, rows).
+    pub extents: Vec<(Uuid, u64)>,
+}
+
+/// What the executor saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Obs {
+    /// The message was delivered: nothing observed yet.
+    Delivered,
+    /// An effect with nothing to report.
+    Done,
+    Failed(Failure),
+    Slot { granted: bool },
+    ExportStarted(Uuid),
+    Export(ExportPoll),
+    IngestStarted(Vec<String>),
+    Ingest(IngestPoll),
+    /// `.move` result rows: the destination ids, and the details of rows that failed.
+    Moved { moved: Vec<Uuid>, failed: Vec<String> },
+    Located { in_staging: Vec<Uuid>, tagged_at_destination: u64 },
+    Verified { by_ids: u64, by_tag: u64, left_in_staging: usize },
+    TagDropped { failed: Vec<String> },
+}
+
+/// A message to send: a step of a block, after a delay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msg {
+    pub step: Step,
+    pub block: u64,
+    pub delay: Duration,
+}
+
+impl Msg {
+    pub fn now(step: Step, block: u64) -> Msg {
+        Msg { step, block, delay: Duration::ZERO }
+    }
+    pub fn later(step: Step, block: u64, delay: Duration) -> Msg {
+        Msg { step, block, delay }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transition {
+    /// The new record, to write with compare-and-swap; `None`: unchanged.
+    pub record: Option<BlockRecord>,
+    pub effect: Option<Effect>,
+    pub messages: Vec<Msg>,
+    /// The activity cannot go on: this is why, and what a person should do.
+    pub fail: Option<String>,
+}
+
+impl Transition {
+    /// Nothing to do: a duplicate, or the end of a conversation.
+    pub fn none() -> Transition {
+        Transition::default()
+    }
+    pub fn write(record: BlockRecord) -> Transition {
+        Transition { record: Some(record), ..Transition::default() }
+    }
+    pub fn effect(effect: Effect) -> Transition {
+        Transition { effect: Some(effect), ..Transition::default() }
+    }
+    pub fn fail(reason: String) -> Transition {
+        Transition { fail: Some(reason), ..Transition::default() }
+    }
+    pub fn then(mut self, effect: Effect) -> Transition {
+        self.effect = Some(effect);
+        self
+    }
+    pub fn send(mut self, msg: Msg) -> Transition {
+        self.messages.push(msg);
+        self
+    }
+}
+
+/// Decides one round of the step a message named, which must be the block's due step.
+pub fn decide(step: Step, record: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
+    match step {
+        Step::Export | Step::AwaitExport => export::decide(record, obs, ctx),
+        Step::Ingest | Step::AwaitIngest => ingest::decide(record, obs, ctx),
+        Step::Commit => commit::decide(record, obs, ctx),
+        Step::Cleanup => cleanup::decide(record, obs, ctx),
+        Step::Plan | Step::Abort => Transition::none(),
+    }
+}
+
+/// The messages the write that produced `record`'s state sent: what a redelivery of that
+/// step sends again (its first delivery may have written the state and stopped before it
+/// sent them).
+pub fn follow_ups(record: &BlockRecord, ctx: &Ctx) -> Vec<Msg> {
+    let mut out: Vec<Msg> = record.due().map(|s| Msg::now(s, record.number)).into_iter().collect();
+    // Harmless when repeated: the block handed to ignores an Export it is past.
+    if record.exported() {
+        if let Some(next) = ctx.handover {
+            out.push(Msg::now(Step::Export, next));
+        }
+    }
+    out
+}
+
+/// A transient failure counted against the block's budget, retried by `retry` after a
+/// back-off; a permanent one stops the activity.
+pub(crate) fn failed(record: &BlockRecord, failure: &Failure, ctx: &Ctx, what: &str, reset: Option<BlockState>, retry: Step) -> Transition {
+    if !failure.transient {
+        return Transition::fail(format!("block {}: {what}: {}", record.number, failure.message));
+    }
+    let mut next = record.clone();
+    next.transient_errors += 1;
+    if next.transient_errors > ctx.rules.error_budget {
+        return Transition::fail(format!(
+            "block {}: {what} failed {} times in a row; last error: {}",
+            record.number, next.transient_errors, failure.message
+        ));
+    }
+    next.last_error = Some(format!("{what}: {}", failure.message));
+    next.lease = None;
+    next.touched_at = ctx.now;
+    if let Some(state) = reset {
+        next.state = state;
+    }
+    let delay = ctx.backoff(next.transient_errors);
+    Transition::write(next).send(Msg::later(retry, record.number, delay))
+}
+
+/// A record written by this decision: touched now.
+pub(crate) fn touched(record: &BlockRecord, ctx: &Ctx) -> BlockRecord {
+    let mut next = record.clone();
+    next.touched_at = ctx.now;
+    next
+}
+
+/// A fresh lease held by another delivery: this one is a duplicate. It ends, and looks
+/// again when the lease expires, so an owner that died is taken over.
+pub(crate) fn held_by_other(record: &BlockRecord, ctx: &Ctx, step: Step) -> Option<Transition> {
+    let lease = record.lease.as_ref()?;
+    if lease.owner == ctx.owner || !lease.is_fresh(ctx.now) {
+        return None;
+    }
+    let wait = (lease.expires_at - ctx.now).unsigned_abs();
+    Some(Transition::none().send(Msg::later(step, record.number, wait)))
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use time::macros::datetime;
+
+    pub const T0: OffsetDateTime = datetime!(2026-01-01 0:00 UTC);
+
+    pub fn ctx() -> Ctx {
+        Ctx {
+            now: T0 + time::Duration::hours(1),
+            owner: "me".into(),
+            iteration_id: "it".into(),
+            handover: Some(9),
+            route: IngestRoute::Queued,
+            rules: Rules::default(),
+        }
+    }
+
+    pub fn block(state: BlockState) -> BlockRecord {
+        let mut b = BlockRecord::planned(1, T0, T0 + time::Duration::hours(1), 10, Some(T0), T0);
+        b.state = state;
+        b
+    }
+
+    pub fn transient(m: &str) -> Obs {
+        Obs::Failed(Failure { transient: true, message: m.into() })
+    }
+
+    pub fn permanent(m: &str) -> Obs {
+        Obs::Failed(Failure { transient: false, message: m.into() })
+    }
+
+    pub fn other_lease(ctx: &Ctx) -> Lease {
+        Lease { owner: "other".into(), expires_at: ctx.now + time::Duration::seconds(30) }
+    }
+
+    pub fn expired_lease(ctx: &Ctx) -> Lease {
+        Lease { owner: "other".into(), expires_at: ctx.now - time::Duration::seconds(1) }
+    }
+}

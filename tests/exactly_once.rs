@@ -1,0 +1,417 @@
+//! The exactly-once scenarios (issue 8): each a deterministic test of one path where the
+//! first engine lost rows, stalled, looped or leaked. Copies run through Azurite and the
+//! strict simulator with the in-process driver, and are checked row by row.
+
+mod common;
+
+use async_trait::async_trait;
+use common::{query_rows, rows_by_creation};
+use kc_test_stack::Azurite;
+use kusto_copy::auth::EmulatorCredential;
+use kusto_copy::engine::clock::{ManualClock, SequentialIds};
+use kusto_copy::engine::copy::{keys, ActivityRecord, ActivityState, CopyEngine, EngineOptions, LiveConnections};
+use kusto_copy::engine::plan::PlanLimits;
+use kusto_copy::engine::records::{BlockRecord, BlockState, IterationRecord, IterationState};
+use kusto_copy::engine::{local, Engine, Tick};
+use kusto_copy::job::{record_request, JobRecord, RecordOutcome};
+use kusto_copy::kusto::{ClientOptions, RetryPolicy};
+use kusto_copy::storage::checkpoint::{BlobCheckpointStore, CheckpointStore, ETag, MemoryCheckpointStore, Versioned, Written};
+use kusto_copy::storage::StorageError;
+use kusto_sim::{Cluster, ClusterConfig, Column, CommandKind, Fault, ScalarType, SeedPlan};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DB: &str = "db";
+const HOUR: i64 = 3600 * 10_000_000;
+const DAY: i64 = 24 * HOUR;
+const JAN_2024: i64 = 1_704_067_200 * 10_000_000;
+
+struct Stack {
+    azurite: Azurite,
+    source: Cluster,
+    destination: Cluster,
+}
+
+async fn stack_with(destination: ClusterConfig) -> Stack {
+    let azurite = Azurite::start();
+    let ca = Some(std::fs::read(&azurite.ca_pem_path).unwrap());
+    let source = Cluster::start("source", ClusterConfig { async_duration: Duration::from_millis(100), ca_cert_pem: ca.clone(), ..ClusterConfig::default() })
+        .await
+        .unwrap();
+    let destination = Cluster::start("destination", ClusterConfig { ca_cert_pem: ca, ..destination }).await.unwrap();
+    Stack { azurite, source, destination }
+}
+
+async fn stack() -> Stack {
+    stack_with(ClusterConfig { async_duration: Duration::from_millis(100), ..ClusterConfig::default() }).await
+}
+
+fn columns() -> Vec<Column> {
+    vec![Column::new("Id", ScalarType::Long), Column::new("Name", ScalarType::String), Column::new("When", ScalarType::DateTime)]
+}
+
+/// 600 rows in 6 extents created 30 days apart, one hour of ingestion each: 6+ blocks.
+fn seed(stack: &Stack) {
+    stack
+        .source
+        .seed_table(DB, "Events", &columns(), &SeedPlan {
+            rows: 600,
+            extents: 6,
+            first_creation: JAN_2024,
+            creation_step: 30 * DAY,
+            first_ingestion: Some(JAN_2024 + 400 * DAY),
+            ingestion_step: HOUR,
+        })
+        .unwrap();
+    stack.destination.command(DB, ".create table Events (Id:long, Name:string, When:datetime)").unwrap();
+}
+
+fn options() -> EngineOptions {
+    EngineOptions {
+        limits: PlanLimits { max_rows: 100, max_creation_spread: time::Duration::days(1), bin: time::Duration::hours(1), bins_per_step: 3 },
+        min_poll: Duration::from_millis(50),
+        max_poll: Duration::from_millis(400),
+        lease: time::Duration::seconds(3),
+        ..EngineOptions::default()
+    }
+}
+
+fn connections(stack: &Stack) -> Arc<LiveConnections> {
+    let kusto_options = ClientOptions {
+        retry: RetryPolicy { base_delay: Duration::from_millis(20), max_delay: Duration::from_millis(200), max_attempts: 2, ..RetryPolicy::default() },
+        ..ClientOptions::default()
+    };
+    Arc::new(LiveConnections::new(Arc::new(EmulatorCredential::default()), Some(stack.azurite.ca_pem_path.clone()), kusto_options))
+}
+
+fn blob_store(stack: &Stack) -> Arc<dyn CheckpointStore> {
+    let clients = common::clients(&stack.azurite);
+    Arc::new(BlobCheckpointStore::new(clients.container_without_retries(&common::unique_name("ckpt")).unwrap()))
+}
+
+fn request(stack: &Stack, job: &str, query: Option<&str>) -> String {
+    let mut r = serde_json::json!({
+        "jobId": job,
+        "source": format!("{}/{DB}/Events", stack.source.url()),
+        "destination": format!("{}/{DB}", stack.destination.url()),
+        "stagingDirectory": format!("{}/staging/{job}", stack.azurite.blob_endpoint()),
+        "exportCount": 2,
+    });
+    if let Some(q) = query {
+        r["query"] = serde_json::Value::String(q.into());
+    }
+    r.to_string()
+}
+
+async fn submit(engine: &CopyEngine, text: &str) -> JobRecord {
+    match record_request(engine.store().as_ref(), text, time::OffsetDateTime::now_utc()).await.unwrap() {
+        RecordOutcome::Accepted(job) | RecordOutcome::AlreadyRecorded(job) => job,
+        other => panic!("request not accepted: {other:?}"),
+    }
+}
+
+/// Runs as `kc copy` does until the job is finished; returns how many steps ran.
+async fn run(engine: &Arc<CopyEngine>, job: &JobRecord, mut on_ran: impl FnMut(&kusto_copy::engine::StepMessage) + Send) -> usize {
+    let mut ran = 0;
+    let failures = engine
+        .run_locally(job, 4, |e| {
+            if let local::Event::Ran { message } = e {
+                ran += 1;
+                on_ran(message);
+            }
+        })
+        .await
+        .unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    ran
+}
+
+fn assert_exact(stack: &Stack) {
+    let (expected, _) = query_rows(&stack.source, DB, "Events | order by Id asc");
+    let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
+    assert_eq!(expected.len(), 600);
+    assert_eq!(copied, expected, "every row once, every value");
+    assert_eq!(rows_by_creation(&stack.source, DB, "Events"), rows_by_creation(&stack.destination, DB, "Events"), "ages kept");
+}
+
+async fn assert_nothing_left(stack: &Stack) {
+    assert!(stack.destination.extents(DB, "Events").unwrap().iter().all(|e| e.tags.is_empty()), "no tag left at the destination");
+    let tables = format!("{:?}", stack.destination.command(DB, ".show tables").unwrap().rows);
+    assert!(!tables.contains("kc_staging"), "staging table left: {tables}");
+    let service = common::clients(&stack.azurite).blob_service().unwrap();
+    let mut pages = service.list_containers(None).unwrap().into_pages();
+    let mut left = Vec::new();
+    while let Some(page) = futures::TryStreamExt::try_next(&mut pages).await.unwrap() {
+        left.extend(page.into_model().unwrap().container_items.into_iter().filter_map(|c| c.name).filter(|n| n.starts_with("kcs-")));
+    }
+    assert!(left.is_empty(), "staging folders left: {left:?}");
+}
+
+/// Scenario 2: the destination database removes `drop-by:` tags older than three days, and
+/// copied extents are years old. The staging table keeps its own tags, so every block is
+/// counted and moved; at the destination the tag may vanish at once after the move, and the
+/// move's own result rows still prove it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_02_destination_tag_retention_loses_no_row() {
+    let stack = stack_with(ClusterConfig { async_duration: Duration::from_millis(100), tag_retention_lag: Duration::ZERO, ..ClusterConfig::default() }).await;
+    seed(&stack);
+    stack
+        .destination
+        .command(DB, r#".alter database db policy extent_tags_retention '[{"TagPrefix": "drop-by:", "RetentionPeriod": "3.00:00:00"}]'"#)
+        .unwrap();
+    let engine = Arc::new(CopyEngine::new(blob_store(&stack), connections(&stack), options()));
+    let job = submit(&engine, &request(&stack, "s02", None)).await;
+    run(&engine, &job, |_| {}).await;
+    let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
+    assert_eq!(activity.copied_rows, 600);
+    assert_exact(&stack);
+    assert_nothing_left(&stack).await;
+}
+
+/// Scenario 4: a query naming a column that does not exist fails the activity with Kusto's
+/// message in a few steps; nothing loops, nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_04_a_misspelt_column_fails_the_activity_with_its_reason() {
+    let stack = stack().await;
+    seed(&stack);
+    let engine = Arc::new(CopyEngine::new(blob_store(&stack), connections(&stack), options()));
+    let job = submit(&engine, &request(&stack, "s04", Some("| where Nmae == 'x'"))).await;
+    let steps = run(&engine, &job, |_| {}).await;
+    assert!(steps <= 5, "failed within a few steps, not a loop: {steps}");
+    let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    let ActivityState::Failed { reason } = &activity.state else { panic!("{activity:?}") };
+    assert!(reason.contains("Nmae"), "Kusto's message names the column: {reason}");
+    assert!(engine.job_finished(&job).await.unwrap());
+    // The scheduler does not send it again either.
+    let again = engine.tick(&Tick { now: time::OffsetDateTime::now_utc() + time::Duration::hours(1), past_due: false }).await.unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(stack.destination.extents(DB, "Events").unwrap().len(), 0);
+    assert_nothing_left(&stack).await;
+}
+
+/// Scenario 13: an activity that fails mid-copy (a permanent export error after the first
+/// blocks were committed) leaves no staging table, folder, tag or claim; the destination holds
+/// whole blocks only; the same job submitted again completes the copy exactly, without
+/// redoing a committed block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_13_a_failed_activity_is_cleaned_and_resubmitting_completes_it() {
+    let stack = stack().await;
+    seed(&stack);
+    let engine = Arc::new(CopyEngine::new(blob_store(&stack), connections(&stack), options()));
+    let text = request(&stack, "s13", None);
+    let job = submit(&engine, &text).await;
+    let source = &stack.source;
+    let mut armed = false;
+    run(&engine, &job, |m| {
+        if m.step == "cleanup" && !armed {
+            armed = true;
+            source.script_fault(Some(CommandKind::Export), Fault::ServerError(400), 1);
+        }
+    })
+    .await;
+    let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert!(matches!(activity.state, ActivityState::Failed { .. }), "{activity:?}");
+    assert_nothing_left(&stack).await;
+    // Whole blocks only: the destination holds exactly the rows of the committed blocks.
+    let mut committed = 0;
+    for key in engine.store().list(&keys::blocks(&job.id, "default", 1)).await.unwrap() {
+        let v = engine.store().read(&key).await.unwrap().unwrap();
+        let block: BlockRecord = serde_json::from_slice(&v.value).unwrap();
+        if let BlockState::Done { rows } | BlockState::Committed { rows } = block.state {
+            committed += rows;
+        }
+    }
+    let at_destination: u64 = stack.destination.extents(DB, "Events").unwrap().iter().map(|e| e.row_count as u64).sum();
+    assert!(committed > 0 && committed < 600, "the failure came mid-copy: {committed}");
+    assert_eq!(at_destination, committed);
+
+    let job = submit(&engine, &text).await;
+    let mut exported_again = Vec::new();
+    run(&engine, &job, |m| {
+        if m.step == "export" {
+            exported_again.push(m.block);
+        }
+    })
+    .await;
+    let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
+    assert_exact(&stack);
+    assert_nothing_left(&stack).await;
+}
+
+/// A store whose every `nth` call fails as transient, before or after it takes effect (the
+/// answer lost), in turn.
+struct FlakyStore {
+    inner: Arc<dyn CheckpointStore>,
+    nth: u64,
+    calls: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl FlakyStore {
+    fn fault(&self) -> Option<bool> {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        (n % self.nth == 0).then(|| self.failed.fetch_add(1, Ordering::Relaxed) % 2 == 0)
+    }
+}
+
+fn flaky(what: &str) -> StorageError {
+    StorageError::Transient { what: what.into(), detail: "injected 503".into() }
+}
+
+#[async_trait]
+impl CheckpointStore for FlakyStore {
+    async fn read(&self, key: &str) -> Result<Option<Versioned>, StorageError> {
+        match self.fault() {
+            Some(_) => Err(flaky("read")),
+            None => self.inner.read(key).await,
+        }
+    }
+    async fn create(&self, key: &str, value: &[u8]) -> Result<Written, StorageError> {
+        match self.fault() {
+            Some(true) => Err(flaky("create")),
+            Some(false) => self.inner.create(key, value).await.and(Err(flaky("create (written, answer lost)"))),
+            None => self.inner.create(key, value).await,
+        }
+    }
+    async fn replace(&self, key: &str, value: &[u8], etag: &ETag) -> Result<Written, StorageError> {
+        match self.fault() {
+            Some(true) => Err(flaky("replace")),
+            Some(false) => self.inner.replace(key, value, etag).await.and(Err(flaky("replace (written, answer lost)"))),
+            None => self.inner.replace(key, value, etag).await,
+        }
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        match self.fault() {
+            Some(_) => Err(flaky("list")),
+            None => self.inner.list(prefix).await,
+        }
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(key).await
+    }
+}
+
+/// Scenario 1 and more: one storage call in seventeen fails (half of them after the write took
+/// effect), the slot hand-over's included: the copy still completes exactly (the first
+/// engine's remaining blocks never started after one failed hand-over read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_01_storage_failures_at_any_call_still_copy_exactly() {
+    let stack = stack().await;
+    seed(&stack);
+    let store = Arc::new(FlakyStore { inner: blob_store(&stack), nth: 17, calls: AtomicU64::new(0), failed: AtomicU64::new(0) });
+    let engine = Arc::new(CopyEngine::new(store.clone(), connections(&stack), options()));
+    let text = request(&stack, "s01", None);
+    let job = loop {
+        // Recording the request may itself hit a fault: the requests function is retried too.
+        match record_request(engine.store().as_ref(), &text, time::OffsetDateTime::now_utc()).await {
+            Ok(RecordOutcome::Accepted(job) | RecordOutcome::AlreadyRecorded(job)) => break job,
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => continue,
+        }
+    };
+    run(&engine, &job, |_| {}).await;
+    assert!(store.failed.load(Ordering::Relaxed) > 10, "faults were met: {}", store.failed.load(Ordering::Relaxed));
+    let activity = loop {
+        if let Ok(a) = engine.activity(&job.id, "default").await {
+            break a.unwrap();
+        }
+    };
+    assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
+    assert_exact(&stack);
+    assert_nothing_left(&stack).await;
+}
+
+// ---- the scheduler, on an in-memory store in virtual time -----------------------------------
+
+const T0: time::OffsetDateTime = time::macros::datetime!(2026-06-01 0:00 UTC);
+
+/// A job recorded in `store` with one activity, iteration 1 copying one block in `state`
+/// touched at `T0`.
+async fn stalled_job(store: &dyn CheckpointStore, id: &str, state: BlockState) -> JobRecord {
+    let text = serde_json::json!({
+        "jobId": id,
+        "source": "https://127.0.0.1:1/db/Events",
+        "destination": "https://127.0.0.1:2/db",
+        "stagingDirectory": "https://127.0.0.1:3/devstoreaccount1/staging",
+    })
+    .to_string();
+    let RecordOutcome::Accepted(job) = record_request(store, &text, T0).await.unwrap() else { panic!() };
+    let put = |key: String, value: serde_json::Value| async move {
+        store.create(&key, value.to_string().as_bytes()).await.unwrap();
+    };
+    put(keys::activity(id, "default"), serde_json::to_value(ActivityRecord::new(1, ActivityState::Running)).unwrap()).await;
+    let iteration = IterationRecord {
+        number: 1,
+        cursor_from: None,
+        cursor_to: "c1".into(),
+        state: IterationState::Copying,
+        blocks: 1,
+        planned_rows: 10,
+        rows_without_ingestion_time: 0,
+        staging_table: "kc_staging_x".into(),
+        summarized: true,
+        plan_next: None,
+        plan_end: None,
+        export_slots: 1,
+        cluster_capacity: None,
+        chunk_bins: None,
+        aborted: false,
+        pending: vec![],
+        started_at: T0,
+        finished_at: None,
+    };
+    put(keys::iteration(id, "default", 1), serde_json::to_value(&iteration).unwrap()).await;
+    let mut block = BlockRecord::planned(0, T0, T0 + time::Duration::hours(1), 10, Some(T0), T0);
+    block.state = state;
+    put(keys::block(id, "default", 1, 0), serde_json::to_value(&block).unwrap()).await;
+    job
+}
+
+fn memory_engine(store: Arc<MemoryCheckpointStore>, clock: Arc<ManualClock>) -> CopyEngine {
+    let connections = Arc::new(LiveConnections::new(Arc::new(EmulatorCredential::default()), None, ClientOptions::default()));
+    CopyEngine::new(store, connections, EngineOptions::default()).with_time(clock, Arc::new(SequentialIds::default()))
+}
+
+/// Scenario 12: a block whose message was lost is sent again once per stall, not once per tick.
+#[tokio::test]
+async fn scenario_12_a_stalled_block_is_resent_once_per_stall() {
+    let store = Arc::new(MemoryCheckpointStore::default());
+    stalled_job(store.as_ref(), "s12", BlockState::Exported { blobs: vec!["a.parquet".into()], rows: 10 }).await;
+    let clock = Arc::new(ManualClock::new(T0));
+    let engine = memory_engine(store, clock.clone());
+    let stall = EngineOptions::default().stall_after;
+    let tick = |minutes: i64| Tick { now: T0 + time::Duration::minutes(minutes), past_due: false };
+
+    clock.set(T0 + time::Duration::minutes(5));
+    assert!(engine.tick(&tick(5)).await.unwrap().is_empty(), "not stalled yet");
+    let at = stall.whole_minutes() + 1;
+    clock.set(T0 + time::Duration::minutes(at));
+    let sent = engine.tick(&tick(at)).await.unwrap();
+    assert_eq!(sent.iter().map(|o| (o.message.step.as_str(), o.message.block)).collect::<Vec<_>>(), vec![("ingest", Some(0))]);
+    for later in 1..stall.whole_minutes() {
+        clock.set(T0 + time::Duration::minutes(at + later));
+        assert!(engine.tick(&tick(at + later)).await.unwrap().is_empty(), "sent again {later} min later");
+    }
+    let again = at + stall.whole_minutes() + 1;
+    clock.set(T0 + time::Duration::minutes(again));
+    assert_eq!(engine.tick(&tick(again)).await.unwrap().len(), 1, "a second stall, a second send");
+}
+
+/// Scenario 8: one job whose records cannot be read (here a corrupt activity record; an
+/// unreachable cluster fails the same way) never keeps the scheduler from the others.
+#[tokio::test]
+async fn scenario_08_one_broken_job_does_not_stop_the_scheduler() {
+    let store = Arc::new(MemoryCheckpointStore::default());
+    stalled_job(store.as_ref(), "a-broken", BlockState::Exported { blobs: vec![], rows: 10 }).await;
+    stalled_job(store.as_ref(), "b-fine", BlockState::Exported { blobs: vec![], rows: 10 }).await;
+    let key = keys::activity("a-broken", "default");
+    let Versioned { etag, .. } = store.read(&key).await.unwrap().unwrap();
+    store.replace(&key, b"{ not json", &etag).await.unwrap();
+    let later = T0 + time::Duration::hours(1);
+    let engine = memory_engine(store, Arc::new(ManualClock::new(later)));
+    let sent = engine.tick(&Tick { now: later, past_due: false }).await.unwrap();
+    assert_eq!(sent.iter().map(|o| o.message.job.as_str()).collect::<Vec<_>>(), vec!["b-fine"]);
+}
