@@ -107,7 +107,13 @@ fn copy(args: &kusto_copy::cli::copy::CopyArgs) -> ExitCode {
         credential,
         ca_cert: env.get(config::names::CA_CERT).map(std::path::PathBuf::from),
         // In process there is no queue granularity: look at short operations soon.
-        engine_options: engine::copy::EngineOptions { min_poll: std::time::Duration::from_millis(500), ..Default::default() },
+        // A short lease: the only other delivery of a step in process is a `kc copy` of the same
+        // job that died, and a rerun should take its attempts over soon.
+        engine_options: engine::copy::EngineOptions {
+            min_poll: std::time::Duration::from_millis(500),
+            lease: time::Duration::seconds(20),
+            ..Default::default()
+        },
         show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");

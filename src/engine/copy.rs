@@ -717,14 +717,18 @@ impl CopyEngine {
             }
             f().await
         }
-        for _ in 0..5 {
+        // Attempts leased by a run that died are taken over once their lease expires: keep
+        // looking for a while past that.
+        let give_up = tokio::time::Instant::now() + self.options.lease.unsigned_abs() * 3 + Duration::from_secs(5);
+        let pause = (self.options.lease.unsigned_abs() / 8).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
             let first = retried(|| self.resume(job)).await?;
             let failures = super::local::run(self.clone(), first, workers, &mut on_event).await;
-            if !failures.is_empty() || retried(|| self.job_finished(job)).await? {
+            if !failures.is_empty() || retried(|| self.job_finished(job)).await? || tokio::time::Instant::now() > give_up {
                 return Ok(failures);
             }
+            tokio::time::sleep(pause).await;
         }
-        Ok(vec![])
     }
 
     /// The messages that move a job on from its checkpoints: what a restarted `kc copy`

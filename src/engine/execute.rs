@@ -35,7 +35,8 @@ fn engine_failure(what: &str, e: EngineError) -> Obs {
 
 impl CopyEngine {
     fn rules(&self) -> steps::Rules {
-        steps::Rules { min_poll: self.options.min_poll, max_poll: self.options.max_poll, lease: self.options.lease, ..steps::Rules::default() }
+        // A block waiting for a cluster slot looks again as often as a running operation is polled.
+        steps::Rules { min_poll: self.options.min_poll, max_poll: self.options.max_poll, slot_poll: self.options.min_poll, lease: self.options.lease, ..steps::Rules::default() }
     }
 
     pub(super) async fn block_step(&self, place: &Place, block_no: u64, step: Step, delivery: &Delivery) -> Result<Vec<Outgoing>, EngineError> {
@@ -50,7 +51,7 @@ impl CopyEngine {
         let handover = Some(block_no + iteration.export_slots.max(1)).filter(|n| *n < iteration.blocks);
         let base = Ctx {
             now: self.clock.now(),
-            owner: self.ids.lease_owner(),
+            owner: delivery.message_id.clone().unwrap_or_else(|| self.ids.lease_owner()),
             iteration_id: place.id(),
             handover,
             route: self.options.ingest_route,

@@ -18,6 +18,8 @@ const MAX_TRANSIENT_RETRIES: u32 = 30;
 struct Due {
     at: Instant,
     seq: u64,
+    /// The message's id, kept across its retries (leases know a redelivery by it).
+    id: u64,
     message: StepMessage,
     failures: u32,
 }
@@ -55,8 +57,10 @@ pub async fn run(
     let now = Instant::now();
     for o in initial {
         seq += 1;
-        queue.push(Due { at: now + o.delay, seq, message: o.message, failures: 0 });
+        queue.push(Due { at: now + o.delay, seq, id: seq, message: o.message, failures: 0 });
     }
+    // Message ids unique to this run: another `kc copy` of the same job never shares them.
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let mut running = tokio::task::JoinSet::new();
     let mut failures = Vec::new();
     loop {
@@ -66,8 +70,9 @@ pub async fn run(
                 Some(d) if d.at <= Instant::now() => {
                     let d = queue.pop().expect("peeked");
                     let engine = engine.clone();
+                    let message_id = Some(format!("local-{run}-{}", d.id));
                     running.spawn(async move {
-                        let delivery = Delivery { message_id: None, dequeue_count: d.failures + 1 };
+                        let delivery = Delivery { message_id, dequeue_count: d.failures + 1 };
                         let result = engine.step(&d.message, &delivery).await;
                         (d, result)
                     });
@@ -106,7 +111,7 @@ pub async fn run(
                 let now = Instant::now();
                 for o in next {
                     seq += 1;
-                    queue.push(Due { at: now + o.delay, seq, message: o.message, failures: 0 });
+                    queue.push(Due { at: now + o.delay, seq, id: seq, message: o.message, failures: 0 });
                 }
             }
             Err(EngineError::Transient(error)) if d.failures < MAX_TRANSIENT_RETRIES => {
@@ -115,7 +120,7 @@ pub async fn run(
                 // Exponential backoff from 200 ms, capped at 30 s.
                 let delay = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(8))).min(Duration::from_secs(30));
                 seq += 1;
-                queue.push(Due { at: Instant::now() + delay, seq, message: d.message, failures: attempt });
+                queue.push(Due { at: Instant::now() + delay, seq, id: d.id, message: d.message, failures: attempt });
             }
             Err(e) => {
                 let error = e.to_string();

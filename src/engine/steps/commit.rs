@@ -26,7 +26,7 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
             Transition::write(next).then(Effect::Move { extents: extents.clone() })
         }
         (BlockState::Moving { tag, extents, .. }, Obs::Delivered) => {
-            held_by_other(b, ctx, Step::Commit).unwrap_or_else(|| Transition::effect(Effect::Locate { extents: extents.clone(), tag: tag.clone() }))
+            held_by_other(b, ctx).unwrap_or_else(|| Transition::effect(Effect::Locate { extents: extents.clone(), tag: tag.clone() }))
         }
         (BlockState::Moving { rows, tag, extents }, Obs::Moved { moved, failed: bad }) => {
             if !bad.is_empty() || moved.len() < extents.len() {

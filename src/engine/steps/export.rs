@@ -23,7 +23,7 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
     match (&b.state, obs) {
         // ---- export: take a slot, record the attempt, send the command ---------------
         (BlockState::Planned | BlockState::Exporting { operation_id: None, .. }, Obs::Delivered) => {
-            if let Some(t) = held_by_other(b, ctx, Step::Export) {
+            if let Some(t) = held_by_other(b, ctx) {
                 return t;
             }
             if b.waiting_until.is_some_and(|at| ctx.now + EARLY < at) {
@@ -126,9 +126,10 @@ mod tests {
         let mut held = block(exporting(None));
         held.lease = Some(other_lease(&c));
         let t = decide(&held, &Obs::Delivered, &c);
-        assert_eq!(t.record, None, "a fresh lease is never taken over");
-        assert_eq!(t.effect, None);
-        assert_eq!(t.messages, vec![Msg::later(Step::Export, 1, std::time::Duration::from_secs(30))]);
+        assert_eq!(t, Transition::none(), "a fresh lease of another delivery is never taken over");
+        let mut own = held.clone();
+        own.lease = Some(crate::engine::records::Lease { owner: c.owner.clone(), ..other_lease(&c) });
+        assert_eq!(decide(&own, &Obs::Delivered, &c).effect, Some(Effect::AcquireSlot), "a redelivery of the same message takes over");
 
         held.lease = Some(expired_lease(&c));
         assert_eq!(decide(&held, &Obs::Delivered, &c).effect, Some(Effect::AcquireSlot), "an expired lease is taken over");

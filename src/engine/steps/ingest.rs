@@ -18,7 +18,7 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
     match (&b.state, obs) {
         (BlockState::Exported { .. }, Obs::Delivered) => start(b, ctx),
         (BlockState::Ingesting { operations, .. }, Obs::Delivered) if operations.is_empty() => {
-            held_by_other(b, ctx, Step::Ingest).unwrap_or_else(|| start(b, ctx))
+            held_by_other(b, ctx).unwrap_or_else(|| start(b, ctx))
         }
         (BlockState::Ingesting { blobs, rows, tag, route, started_at, operations }, Obs::IngestStarted(ops)) if operations.is_empty() => {
             let mut next = touched(b, ctx);

@@ -61,7 +61,8 @@ impl Default for Rules {
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub now: OffsetDateTime,
-    /// This delivery's name, for leases.
+    /// This delivery's name, for leases: the queue message's id, so a redelivery of the same
+    /// message (its first delivery died) takes its own attempt over.
     pub owner: String,
     /// The short id of (job, activity, iteration): folders and tags derive from it.
     pub iteration_id: String,
@@ -279,15 +280,15 @@ pub(crate) fn touched(record: &BlockRecord, ctx: &Ctx) -> BlockRecord {
     next
 }
 
-/// A fresh lease held by another delivery: this one is a duplicate. It ends, and looks
-/// again when the lease expires, so an owner that died is taken over.
-pub(crate) fn held_by_other(record: &BlockRecord, ctx: &Ctx, step: Step) -> Option<Transition> {
+/// A fresh lease held by another delivery: this one is a duplicate message, and ends. The
+/// owner is a delivery of another message: if it dies, its own message comes back (the same
+/// owner, which takes over) or the sweeper finds the block.
+pub(crate) fn held_by_other(record: &BlockRecord, ctx: &Ctx) -> Option<Transition> {
     let lease = record.lease.as_ref()?;
     if lease.owner == ctx.owner || !lease.is_fresh(ctx.now) {
         return None;
     }
-    let wait = (lease.expires_at - ctx.now).unsigned_abs();
-    Some(Transition::none().send(Msg::later(step, record.number, wait)))
+    Some(Transition::none())
 }
 
 #[cfg(test)]
