@@ -104,10 +104,12 @@ pub async fn record_request(
             write_accepted(store, record).await
         }
         Err(Rejection(reason)) => {
-            // Keyed by a hash of the message text: the same bad message delivered again is
-            // one record, whatever jobId it claims.
-            let _ = given_id;
-            let id = format!("rejected-{}", uuid::Uuid::new_v5(&JOB_ID_NAMESPACE, text.as_bytes()));
+            // Under the jobId it names (so `status` answers for it), or else keyed by a hash
+            // of the message text: the same bad message delivered again is one record, and
+            // every rejection expires, so a flood cannot grow storage without bound.
+            let id = given_id
+                .filter(|id| validate_job_id(id).is_ok())
+                .unwrap_or_else(|| format!("rejected-{}", uuid::Uuid::new_v5(&JOB_ID_NAMESPACE, text.as_bytes())));
             let record = JobRecord {
                 id: id.clone(),
                 state: JobState::Rejected,
@@ -117,12 +119,17 @@ pub async fn record_request(
                 request_excerpt: Some(super::redact::redact(&text.chars().take(500).collect::<String>())),
                 expires_at: Some(now + REJECTION_TTL),
             };
-            match checkpoint::create_json(store, &job_key(&id), &record).await? {
-                Written::Done(_) => Ok(RecordOutcome::Rejected(record)),
-                // Already recorded (a redelivery), or the id belongs to a job: either way the
-                // rejection stands and nothing more is written.
-                Written::Conflict => Ok(RecordOutcome::Rejected(record)),
+            let key = job_key(&id);
+            if let Written::Conflict = checkpoint::create_json(store, &key, &record).await? {
+                // A job holds the id: it stays as it is. An earlier rejection is replaced, so
+                // status gives the latest reason (losing that race changes nothing that matters).
+                if let Some((existing, etag)) = checkpoint::read_json::<JobRecord>(store, &key).await? {
+                    if existing.state == JobState::Rejected && existing.reason != record.reason {
+                        checkpoint::replace_json(store, &key, &record, &etag).await?;
+                    }
+                }
             }
+            Ok(RecordOutcome::Rejected(record))
         }
     }
 }
