@@ -216,7 +216,13 @@ mod tests {
 
         let bad = r#"{"jobId":"j2","source":"https://a.kusto.windows.net/db"}"#;
         assert!(matches!(record_request(&store, bad, now(), &P).await.unwrap(), RecordOutcome::Rejected(_)));
-        assert!(read_job(&store, "j2").await.unwrap().is_none(), "rejections are keyed by the text's hash");
+        let rejected = read_job(&store, "j2").await.unwrap().unwrap();
+        assert_eq!(rejected.state, JobState::Rejected, "status answers for the jobId a rejected request named");
+        assert!(rejected.expires_at.is_some(), "and the rejection expires");
+        let anonymous = r#"{"source":"https://a.kusto.windows.net/db"}"#;
+        record_request(&store, anonymous, now(), &P).await.unwrap();
+        record_request(&store, anonymous, now(), &P).await.unwrap();
+        assert_eq!(store.list("jobs/rejected-").await.unwrap().len(), 1, "without a jobId: one record per text");
         let fixed = OK.replace("{", r#"{"jobId":"j2","#);
         assert!(matches!(record_request(&store, &fixed, now(), &P).await.unwrap(), RecordOutcome::Accepted(_)));
         assert_eq!(read_job(&store, "j2").await.unwrap().unwrap().state, JobState::Accepted);
