@@ -21,6 +21,10 @@ pub mod names {
     pub const CA_CERT: &str = "KC_CA_CERT";
     pub const LOG_FORMAT: &str = "KC_LOG_FORMAT";
     pub const INGESTION: &str = "KC_INGESTION";
+    /// Cluster host names a request may name (exact; comma-separated). Unset: the Kusto SDKs' list.
+    pub const ALLOWED_CLUSTERS: &str = "KC_ALLOWED_CLUSTERS";
+    /// Storage account names a request may stage in (comma-separated). Unset: any account.
+    pub const ALLOWED_STORAGE_ACCOUNTS: &str = "KC_ALLOWED_STORAGE_ACCOUNTS";
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -70,6 +74,8 @@ pub struct Settings {
     pub credential: CredentialKind,
     /// `.ingest async` on the engine endpoint instead of the ingest-v2 queued API.
     pub direct_ingestion: bool,
+    /// What requests may name: allow-lists, loopback (only with the emulator credential).
+    pub policy: crate::job::RequestPolicy,
 }
 
 /// Reads settings from a name → value map (the process environment in production, a literal
@@ -128,6 +134,14 @@ pub fn from_map(env: &HashMap<String, String>) -> Result<Settings, ConfigError> 
             checkpoint_container: checkpoint_container.to_owned(),
             ca_cert,
         },
+        policy: crate::job::RequestPolicy::from_map(
+            env,
+            credential == CredentialKind::Emulator,
+            match &credential {
+                CredentialKind::ManagedIdentity { client_id } => client_id.clone(),
+                _ => None,
+            },
+        ),
         credential,
         direct_ingestion,
     })

@@ -76,6 +76,9 @@ fn serve() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
     };
+    for warning in settings.policy.warnings() {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
         let state = match handler::AppState::from_settings(&settings) {
@@ -103,7 +106,13 @@ fn copy(args: &kusto_copy::cli::copy::CopyArgs) -> ExitCode {
         Some("managed-identity") => config::CredentialKind::ManagedIdentity { client_id: env.get(config::names::IDENTITY_CLIENT_ID).cloned() },
         _ => config::CredentialKind::DeveloperTools,
     };
+    let policy = kusto_copy::job::RequestPolicy::from_map(
+        &env,
+        credential == config::CredentialKind::Emulator,
+        args.client_id.clone().or_else(|| env.get(config::names::IDENTITY_CLIENT_ID).cloned()),
+    );
     let environment = kusto_copy::cli::copy::Environment {
+        policy,
         credential,
         ca_cert: env.get(config::names::CA_CERT).map(std::path::PathBuf::from),
         // In process there is no queue granularity: look at short operations soon.
@@ -136,7 +145,10 @@ fn validate(file: &str) -> ExitCode {
         Ok(t) => t,
         Err(e) => return fail(&format!("cannot read {file}: {e}")),
     };
-    match kusto_copy::job::request::parse(&text).and_then(|r| r.validate()) {
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let emulator = env.get(config::names::CREDENTIAL).map(String::as_str) == Some("emulator");
+    let policy = kusto_copy::job::RequestPolicy::from_map(&env, emulator, env.get(config::names::IDENTITY_CLIENT_ID).cloned());
+    match kusto_copy::job::check_request(&text, &policy) {
         Ok(spec) => {
             println!("{}", serde_json::to_string_pretty(&spec).expect("specs serialize"));
             ExitCode::SUCCESS

@@ -103,7 +103,7 @@ async fn one_table_is_copied_exactly_with_its_creation_times() {
         "exportCount": 3,
     })
     .to_string();
-    let RecordOutcome::Accepted(job) = record_request(engine.store().as_ref(), &request, time::OffsetDateTime::now_utc()).await.unwrap() else {
+    let RecordOutcome::Accepted(job) = record_request(engine.store().as_ref(), &request, time::OffsetDateTime::now_utc(), &kusto_copy::job::RequestPolicy::emulator()).await.unwrap() else {
         panic!("request not accepted")
     };
     let first = engine.start_job(&job).await.unwrap();
@@ -173,7 +173,7 @@ fn events_request(stack: &Stack, folder: &str) -> serde_json::Value {
 }
 
 async fn submit(engine: &CopyEngine, request: serde_json::Value) -> JobRecord {
-    match record_request(engine.store().as_ref(), &request.to_string(), time::OffsetDateTime::now_utc()).await.unwrap() {
+    match record_request(engine.store().as_ref(), &request.to_string(), time::OffsetDateTime::now_utc(), &kusto_copy::job::RequestPolicy::emulator()).await.unwrap() {
         RecordOutcome::Accepted(job) => job,
         other => panic!("request not accepted: {other:?}"),
     }

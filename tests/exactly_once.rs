@@ -13,7 +13,7 @@ use kusto_copy::engine::copy::{keys, ActivityRecord, ActivityState, CopyEngine, 
 use kusto_copy::engine::plan::PlanLimits;
 use kusto_copy::engine::records::{BlockRecord, BlockState, IterationRecord, IterationState};
 use kusto_copy::engine::{local, Engine, Tick};
-use kusto_copy::job::{record_request, JobRecord, RecordOutcome};
+use kusto_copy::job::{record_request, JobRecord, RecordOutcome, RequestPolicy};
 use kusto_copy::kusto::{ClientOptions, RetryPolicy};
 use kusto_copy::storage::checkpoint::{BlobCheckpointStore, CheckpointStore, ETag, MemoryCheckpointStore, Versioned, Written};
 use kusto_copy::storage::StorageError;
@@ -105,7 +105,7 @@ fn request(stack: &Stack, job: &str, query: Option<&str>) -> String {
 }
 
 async fn submit(engine: &CopyEngine, text: &str) -> JobRecord {
-    match record_request(engine.store().as_ref(), text, time::OffsetDateTime::now_utc()).await.unwrap() {
+    match record_request(engine.store().as_ref(), text, time::OffsetDateTime::now_utc(), &RequestPolicy::emulator()).await.unwrap() {
         RecordOutcome::Accepted(job) | RecordOutcome::AlreadyRecorded(job) => job,
         other => panic!("request not accepted: {other:?}"),
     }
@@ -306,7 +306,7 @@ async fn scenario_01_storage_failures_at_any_call_still_copy_exactly() {
     let text = request(&stack, "s01", None);
     let job = loop {
         // Recording the request may itself hit a fault: the requests function is retried too.
-        match record_request(engine.store().as_ref(), &text, time::OffsetDateTime::now_utc()).await {
+        match record_request(engine.store().as_ref(), &text, time::OffsetDateTime::now_utc(), &RequestPolicy::emulator()).await {
             Ok(RecordOutcome::Accepted(job) | RecordOutcome::AlreadyRecorded(job)) => break job,
             Ok(other) => panic!("{other:?}"),
             Err(_) => continue,
@@ -338,7 +338,7 @@ async fn stalled_job(store: &dyn CheckpointStore, id: &str, state: BlockState) -
         "stagingDirectory": "https://127.0.0.1:3/devstoreaccount1/staging",
     })
     .to_string();
-    let RecordOutcome::Accepted(job) = record_request(store, &text, T0).await.unwrap() else { panic!() };
+    let RecordOutcome::Accepted(job) = record_request(store, &text, T0, &RequestPolicy::emulator()).await.unwrap() else { panic!() };
     let put = |key: String, value: serde_json::Value| async move {
         store.create(&key, value.to_string().as_bytes()).await.unwrap();
     };

@@ -73,7 +73,7 @@ async fn start() -> Harness {
     let store = Arc::new(MemoryCheckpointStore::default());
     let sender = Arc::new(RecordingSender::default());
     let engine = Arc::new(ScriptedEngine::default());
-    let state = AppState { store: store.clone(), steps: sender.clone(), engine: engine.clone() };
+    let state = AppState { store: store.clone(), steps: sender.clone(), engine: engine.clone(), policy: Arc::new(kusto_copy::job::RequestPolicy::emulator()) };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });

@@ -114,7 +114,7 @@ async fn outputs_retries_delays_and_timers_flow_through_the_harness() {
     let steps = StorageQueue::new(clients.queue("kc-steps").unwrap(), "kc-steps", MessageEncoding::None);
     steps.ensure_exists().await.unwrap();
     let engine = Arc::new(ChainEngine::default());
-    let state = AppState { store: Arc::new(MemoryCheckpointStore::default()), steps: Arc::new(steps), engine: engine.clone() };
+    let state = AppState { store: Arc::new(MemoryCheckpointStore::default()), steps: Arc::new(steps), engine: engine.clone(), policy: Arc::new(kusto_copy::job::RequestPolicy::emulator()) };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });

@@ -58,6 +58,8 @@ pub struct CopyArgs {
 
 /// Everything `kc copy` needs besides its arguments.
 pub struct Environment {
+    /// What the request may name; checked before any client is built.
+    pub policy: crate::job::RequestPolicy,
     pub credential: CredentialKind,
     pub ca_cert: Option<PathBuf>,
     pub engine_options: EngineOptions,
@@ -111,7 +113,7 @@ pub fn request_text(args: &CopyArgs) -> Result<String, String> {
 /// Returns a summary line, or why it stopped.
 pub async fn run(args: &CopyArgs, env: Environment) -> Result<String, String> {
     let text = request_text(args)?;
-    let spec = crate::job::request::parse(&text).and_then(|r| r.validate()).map_err(|r| r.0)?;
+    let spec = crate::job::check_request(&text, &env.policy).map_err(|r| r.0)?;
     let staging = spec.staging[0].clone();
     let credential_kind = match &args.client_id {
         Some(id) => CredentialKind::ManagedIdentity { client_id: Some(id.clone()) },
@@ -126,7 +128,7 @@ pub async fn run(args: &CopyArgs, env: Environment) -> Result<String, String> {
     let tracking = if staging.path.is_empty() { "tracking".to_owned() } else { format!("{}/tracking", staging.path) };
     let store: Arc<dyn CheckpointStore> = Arc::new(PrefixedStore::new(Arc::new(BlobCheckpointStore::new(container)), tracking));
 
-    let job = match record_request(store.as_ref(), &text, time::OffsetDateTime::now_utc()).await.map_err(|e| e.to_string())? {
+    let job = match record_request(store.as_ref(), &text, time::OffsetDateTime::now_utc(), &env.policy).await.map_err(|e| e.to_string())? {
         RecordOutcome::Accepted(job) | RecordOutcome::AlreadyRecorded(job) => job,
         RecordOutcome::IdTaken { id } => return Err(format!("job {id} in this staging directory has a different definition; use another staging folder")),
         RecordOutcome::Rejected(job) => return Err(job.reason.unwrap_or_default()),

@@ -58,6 +58,8 @@ pub struct AppState {
     /// The `kc-steps` queue, for messages that must wait (output bindings cannot delay).
     pub steps: Arc<dyn MessageSender>,
     pub engine: Arc<dyn Engine>,
+    /// What requests may name (hosts, identity): checked before any job is recorded.
+    pub policy: Arc<crate::job::RequestPolicy>,
 }
 
 /// Why an invocation did not succeed, and so which status the host sees. A non-2xx answer
@@ -206,6 +208,7 @@ impl AppState {
             store,
             steps: Arc::new(StorageQueue::new(queue, steps_queue, MessageEncoding::None)),
             engine,
+            policy: Arc::new(settings.policy.clone()),
         })
     }
 }

@@ -14,7 +14,8 @@ pub async fn run(state: &AppState, invocation: &super::Invocation) -> Result<Inv
     let text = queue_text(invocation.binding(bindings::REQUEST).map_err(HandlerError::BadPayload)?)
         .map_err(HandlerError::BadPayload)?;
     let now = invocation.utc_now().unwrap_or_else(time::OffsetDateTime::now_utc);
-    let outcome = record_request(state.store.as_ref(), &text, now).await?;
+    // The size limit holds on the raw text too (request::parse refuses it, recorded once).
+    let outcome = record_request(state.store.as_ref(), &text, now, &state.policy).await?;
     let mut result = InvocationResult::default();
     let job = match outcome {
         RecordOutcome::Accepted(job) => {

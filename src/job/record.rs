@@ -29,10 +29,17 @@ pub struct JobRecord {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spec: Option<JobSpec>,
-    /// The start of a rejected request's text, so its sender can recognise it.
+    /// The start of a rejected request's text (secrets redacted), so its sender can recognise it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_excerpt: Option<String>,
+    /// When a rejection stops being kept: a flood of bad requests cannot grow storage
+    /// without bound. Expired rejections are deleted when jobs are listed.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
 }
+
+/// How long a rejection is kept.
+pub const REJECTION_TTL: time::Duration = time::Duration::days(7);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordOutcome {
@@ -67,15 +74,18 @@ pub async fn record_request(
     store: &dyn CheckpointStore,
     text: &str,
     now: OffsetDateTime,
+    policy: &super::RequestPolicy,
 ) -> Result<RecordOutcome, RecordError> {
     let parsed = request::parse(text);
     let given_id = parsed.as_ref().ok().and_then(|r| r.job_id.clone());
-    let validated = parsed.and_then(|r| {
-        if let Some(id) = &r.job_id {
-            validate_job_id(id).map_err(Rejection)?;
-        }
-        r.validate()
-    });
+    let validated = parsed
+        .and_then(|r| {
+            if let Some(id) = &r.job_id {
+                validate_job_id(id).map_err(Rejection)?;
+            }
+            r.validate(policy)
+        })
+        .map_err(|Rejection(reason)| Rejection(super::redact::redact(&reason)));
     match validated {
         Ok(spec) => {
             let id = given_id.unwrap_or_else(|| {
@@ -89,28 +99,37 @@ pub async fn record_request(
                 reason: None,
                 spec: Some(spec),
                 request_excerpt: None,
+                expires_at: None,
             };
             write_accepted(store, record).await
         }
         Err(Rejection(reason)) => {
-            let id = match given_id.filter(|id| validate_job_id(id).is_ok()) {
-                Some(id) => id,
-                None => format!("rejected-{}", uuid::Uuid::new_v5(&JOB_ID_NAMESPACE, text.as_bytes())),
-            };
+            // Under the jobId it names (so `status` answers for it), or else keyed by a hash
+            // of the message text: the same bad message delivered again is one record, and
+            // every rejection expires, so a flood cannot grow storage without bound.
+            let id = given_id
+                .filter(|id| validate_job_id(id).is_ok())
+                .unwrap_or_else(|| format!("rejected-{}", uuid::Uuid::new_v5(&JOB_ID_NAMESPACE, text.as_bytes())));
             let record = JobRecord {
                 id: id.clone(),
                 state: JobState::Rejected,
                 received_at: now,
                 reason: Some(reason),
                 spec: None,
-                request_excerpt: Some(text.chars().take(500).collect()),
+                request_excerpt: Some(super::redact::redact(&text.chars().take(500).collect::<String>())),
+                expires_at: Some(now + REJECTION_TTL),
             };
-            match checkpoint::create_json(store, &job_key(&id), &record).await? {
-                Written::Done(_) => Ok(RecordOutcome::Rejected(record)),
-                // Already recorded (a redelivery), or the id belongs to a job: either way the
-                // rejection stands and nothing more is written.
-                Written::Conflict => Ok(RecordOutcome::Rejected(record)),
+            let key = job_key(&id);
+            if let Written::Conflict = checkpoint::create_json(store, &key, &record).await? {
+                // A job holds the id: it stays as it is. An earlier rejection is replaced, so
+                // status gives the latest reason (losing that race changes nothing that matters).
+                if let Some((existing, etag)) = checkpoint::read_json::<JobRecord>(store, &key).await? {
+                    if existing.state == JobState::Rejected && existing.reason != record.reason {
+                        checkpoint::replace_json(store, &key, &record, &etag).await?;
+                    }
+                }
             }
+            Ok(RecordOutcome::Rejected(record))
         }
     }
 }
@@ -144,6 +163,10 @@ pub async fn list_jobs(store: &dyn CheckpointStore) -> Result<Vec<JobRecord>, Re
     for key in store.list("jobs/").await? {
         if key.ends_with("/job.json") && key.matches('/').count() == 2 {
             if let Some((job, _)) = checkpoint::read_json::<JobRecord>(store, &key).await? {
+                if job.expires_at.is_some_and(|t| t < OffsetDateTime::now_utc()) {
+                    store.delete(&key).await?;
+                    continue;
+                }
                 jobs.push(job);
             }
         }
@@ -163,7 +186,10 @@ mod tests {
     use super::*;
     use crate::storage::checkpoint::MemoryCheckpointStore;
 
-    const OK: &str = r#"{"source":"https://a.kusto.windows.net/db/T","destination":"https://b.kusto.windows.net/db2","stagingDirectory":"https://s.blob.core.windows.net/staging"}"#;
+    const OK: &str = r#"{"source":"https://a.kusto.windows.net/db/T","destination":"https://b.kusto.windows.net/db2","stagingDirectory":"https://stg.blob.core.windows.net/staging"}"#;
+
+    const P: super::super::RequestPolicy =
+        super::super::RequestPolicy { allowed_clusters: None, allowed_storage_accounts: None, loopback: false, app_client_id: None };
 
     fn now() -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
@@ -172,9 +198,9 @@ mod tests {
     #[tokio::test]
     async fn the_same_request_twice_is_one_job() {
         let store = MemoryCheckpointStore::default();
-        let first = record_request(&store, OK, now()).await.unwrap();
+        let first = record_request(&store, OK, now(), &P).await.unwrap();
         let RecordOutcome::Accepted(job) = first else { panic!("{first:?}") };
-        let second = record_request(&store, OK, now()).await.unwrap();
+        let second = record_request(&store, OK, now(), &P).await.unwrap();
         assert!(matches!(second, RecordOutcome::AlreadyRecorded(ref j) if j.id == job.id), "{second:?}");
         assert_eq!(list_jobs(&store).await.unwrap().len(), 1);
     }
@@ -183,16 +209,22 @@ mod tests {
     async fn a_taken_id_is_not_overwritten_and_a_rejection_can_be_corrected() {
         let store = MemoryCheckpointStore::default();
         let with_id = OK.replace("{", r#"{"jobId":"j1","#);
-        assert!(matches!(record_request(&store, &with_id, now()).await.unwrap(), RecordOutcome::Accepted(_)));
+        assert!(matches!(record_request(&store, &with_id, now(), &P).await.unwrap(), RecordOutcome::Accepted(_)));
         let other = with_id.replace("/db/T", "/db/U");
-        assert_eq!(record_request(&store, &other, now()).await.unwrap(), RecordOutcome::IdTaken { id: "j1".into() });
+        assert_eq!(record_request(&store, &other, now(), &P).await.unwrap(), RecordOutcome::IdTaken { id: "j1".into() });
         assert_eq!(read_job(&store, "j1").await.unwrap().unwrap().spec.unwrap().activities[0].source.table, "T");
 
         let bad = r#"{"jobId":"j2","source":"https://a.kusto.windows.net/db"}"#;
-        assert!(matches!(record_request(&store, bad, now()).await.unwrap(), RecordOutcome::Rejected(_)));
-        assert_eq!(read_job(&store, "j2").await.unwrap().unwrap().state, JobState::Rejected);
+        assert!(matches!(record_request(&store, bad, now(), &P).await.unwrap(), RecordOutcome::Rejected(_)));
+        let rejected = read_job(&store, "j2").await.unwrap().unwrap();
+        assert_eq!(rejected.state, JobState::Rejected, "status answers for the jobId a rejected request named");
+        assert!(rejected.expires_at.is_some(), "and the rejection expires");
+        let anonymous = r#"{"source":"https://a.kusto.windows.net/db"}"#;
+        record_request(&store, anonymous, now(), &P).await.unwrap();
+        record_request(&store, anonymous, now(), &P).await.unwrap();
+        assert_eq!(store.list("jobs/rejected-").await.unwrap().len(), 1, "without a jobId: one record per text");
         let fixed = OK.replace("{", r#"{"jobId":"j2","#);
-        assert!(matches!(record_request(&store, &fixed, now()).await.unwrap(), RecordOutcome::Accepted(_)));
+        assert!(matches!(record_request(&store, &fixed, now(), &P).await.unwrap(), RecordOutcome::Accepted(_)));
         assert_eq!(read_job(&store, "j2").await.unwrap().unwrap().state, JobState::Accepted);
     }
 }

@@ -10,12 +10,18 @@
 //! Unknown fields are refused: a misspelt `copymode` silently ignored would copy the wrong
 //! thing.
 
+use super::hosts;
+use super::policy::RequestPolicy;
 use super::uri::{self, DestinationRef, StagingRef, TableRef};
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 pub const DEFAULT_EXPORT_COUNT: u32 = 20;
 pub const MAX_EXPORT_COUNT: u32 = 100;
+/// Azure Queue Storage refuses a message over 64 KiB, so a longer request could never have
+/// arrived by the queue; `kc validate` and `kc submit` refuse it first.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum CopyMode {
@@ -97,9 +103,41 @@ pub struct Activity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection(pub String);
 
-/// Parses the message text of a request.
+/// Parses and validates a request's text under a policy: the one check `requests`, `kc copy`,
+/// `kc validate` and `kc submit` share. The reason never quotes a secret: query strings,
+/// `sig=` values and `h'…'` literals are redacted from it.
+pub fn check_request(text: &str, policy: &RequestPolicy) -> Result<JobSpec, Rejection> {
+    parse(text).and_then(|r| r.validate(policy)).map_err(|Rejection(reason)| Rejection(super::redact::redact(&reason)))
+}
+
+/// The JSON text of a request: the text itself, or, when it is base64 of a JSON object (the
+/// Azure portal and Storage Explorer can encode queue messages so), the decoded text.
+pub fn decode_text(text: &str) -> std::borrow::Cow<'_, str> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('{') {
+        return text.into();
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(trimmed)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|t| t.trim_start().starts_with('{'));
+    match decoded {
+        Some(t) => t.into(),
+        None => text.into(),
+    }
+}
+
+/// Parses the message text of a request (plain, or base64 of the JSON).
 pub fn parse(text: &str) -> Result<CopyRequest, Rejection> {
-    let value: serde_json::Value = serde_json::from_str(text)
+    if text.len() > MAX_REQUEST_BYTES {
+        return Err(Rejection(format!(
+            "the request is {} bytes; at most {MAX_REQUEST_BYTES} (64 KiB, the queue's own limit) are accepted: split it into several jobs",
+            text.len()
+        )));
+    }
+    let text = decode_text(text);
+    let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Rejection(format!("the request is not valid JSON: {e}")))?;
     if !value.is_object() {
         return Err(Rejection("the request must be a JSON object, like {\"source\": ..., \"destination\": ..., \"stagingDirectory\": ...}".into()));
@@ -108,8 +146,18 @@ pub fn parse(text: &str) -> Result<CopyRequest, Rejection> {
 }
 
 impl CopyRequest {
-    pub fn validate(&self) -> Result<JobSpec, Rejection> {
+    pub fn validate(&self, policy: &RequestPolicy) -> Result<JobSpec, Rejection> {
         let reject = |s: String| Rejection(s);
+        if let Some(id) = &self.managed_identity_client_id {
+            // A requester never picks the identity the app acts as.
+            let own = policy.app_client_id.as_deref();
+            if own.map(str::to_ascii_lowercase) != Some(id.trim().to_ascii_lowercase()) {
+                return Err(reject(match own {
+                    Some(_) => format!("managedIdentityClientId '{id}' is not this app's identity; leave it out: the app always uses its own ({})", crate::config::names::IDENTITY_CLIENT_ID),
+                    None => format!("managedIdentityClientId '{id}' is not this app's identity (it has none configured in {}); leave it out", crate::config::names::IDENTITY_CLIENT_ID),
+                }));
+            }
+        }
         let single = self.source.is_some() || self.destination.is_some() || self.query.is_some();
         let activities = match (&self.activities, single) {
             (Some(_), true) => {
@@ -119,7 +167,7 @@ impl CopyRequest {
                 if list.is_empty() {
                     return Err(reject("activities is empty: name at least one table to copy".into()));
                 }
-                list.iter().enumerate().map(|(i, a)| a.validate(i)).collect::<Result<Vec<_>, _>>().map_err(reject)?
+                list.iter().enumerate().map(|(i, a)| a.validate(i, policy)).collect::<Result<Vec<_>, _>>().map_err(reject)?
             }
             (None, _) => {
                 let source = self.source.as_deref().ok_or_else(|| {
@@ -129,7 +177,9 @@ impl CopyRequest {
                     reject("destination is required: a database or table URI, like https://other.westeurope.kusto.windows.net/MyDatabase".into())
                 })?;
                 let source = uri::parse_table_uri("source", source).map_err(reject)?;
+                hosts::check_cluster("source", &source.cluster, policy).map_err(reject)?;
                 let destination = uri::parse_destination_uri("destination", destination).map_err(reject)?;
+                hosts::check_cluster("destination", &destination.cluster, policy).map_err(reject)?;
                 vec![Activity {
                     name: "default".into(),
                     destination: resolve_destination(destination, &source),
@@ -159,7 +209,7 @@ impl CopyRequest {
         }
         let staging = staging_texts
             .iter()
-            .map(|t| uri::parse_staging_uri("stagingDirectory", t))
+            .map(|t| uri::parse_staging_uri("stagingDirectory", t).and_then(|s| check_staging("stagingDirectory", s, policy)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(reject)?;
 
@@ -186,10 +236,36 @@ impl CopyRequest {
     }
 }
 
+/// Checks a staging directory's host, and names its account by the Blob endpoint.
+fn check_staging(field: &str, mut staging: StagingRef, policy: &RequestPolicy) -> Result<StagingRef, String> {
+    let url = url::Url::parse(&staging.account_url).map_err(|e| format!("{field}: {e}"))?;
+    hosts::check_storage(field, &url, policy)?;
+    if let Some(host) = url.host_str().filter(|h| h.contains(".dfs.")) {
+        staging.account_url = format!("https://{}", hosts::blob_endpoint_of(host));
+    }
+    Ok(staging)
+}
+
+/// Activity names become a blob path segment (`jobs/<job>/<activity>/…`) and a label in
+/// client request ids: letters, digits, `-`, `_` and inner `.`, 1 to 64 characters.
+fn validate_activity_name(field: &str, name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.')
+        && !name.ends_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: '{name}' is not a safe activity name: 1-64 letters, digits, '-', '_' or '.' (not first or last); it names a folder of the job's checkpoints"
+        ))
+    }
+}
+
 impl ActivityRequest {
-    fn validate(&self, index: usize) -> Result<Activity, String> {
+    fn validate(&self, index: usize, policy: &RequestPolicy) -> Result<Activity, String> {
         let name = self.activity_name.clone().unwrap_or_else(|| format!("activity-{}", index + 1));
-        uri::validate_entity_name(&format!("activities[{index}].activityName"), "activity", &name)?;
+        validate_activity_name(&format!("activities[{index}].activityName"), &name)?;
         let field = |part: &str| format!("activities[{index}].{part}");
         let source_table = self
             .source
@@ -200,11 +276,13 @@ impl ActivityRequest {
             &field("source"),
             &format!("{}/{}/{}", self.source.cluster_uri.trim_end_matches('/'), encode(&self.source.database_name), encode(source_table)),
         )?;
+        hosts::check_cluster(&field("source"), &source.cluster, policy)?;
         let destination_text = match &self.destination.table_name {
             Some(t) => format!("{}/{}/{}", self.destination.cluster_uri.trim_end_matches('/'), encode(&self.destination.database_name), encode(t)),
             None => format!("{}/{}", self.destination.cluster_uri.trim_end_matches('/'), encode(&self.destination.database_name)),
         };
         let destination = uri::parse_destination_uri(&field("destination"), &destination_text)?;
+        hosts::check_cluster(&field("destination"), &destination.cluster, policy)?;
         Ok(Activity {
             name,
             destination: resolve_destination(destination, &source),
@@ -222,7 +300,8 @@ fn resolve_destination(d: DestinationRef, source: &TableRef) -> TableRef {
     TableRef { cluster: d.cluster, database: d.database, table: d.table.unwrap_or_else(|| source.table.clone()) }
 }
 
-/// A query is a pipeline tail applied to the source table (`| where ... | project ...`).
+/// A query is a pipeline tail applied to the source table (`| where ... | project ...`): a
+/// row filter and a projection, checked by [`super::query::check`].
 fn validate_query(field: &str, query: Option<&str>) -> Result<Option<String>, String> {
     let Some(q) = query.map(str::trim).filter(|q| !q.is_empty()) else { return Ok(None) };
     if q.starts_with('.') {
@@ -231,9 +310,7 @@ fn validate_query(field: &str, query: Option<&str>) -> Result<Option<String>, St
     if !q.starts_with('|') {
         return Err(format!("{field}: '{q}' must start with '|': it is applied to the source table, like \"| where Level == 'Error' | project Timestamp, Message\""));
     }
-    // The same check the engine makes before it sends the query, so a query that could
-    // reach outside its place is refused now rather than when the copy plans.
-    crate::kusto::UserQuery::new(q).map_err(|e| format!("{field}: {}", e.message))?;
+    super::query::check(q).map_err(|e| format!("{field}: {e}"))?;
     Ok(Some(q.to_owned()))
 }
 
@@ -286,12 +363,12 @@ mod tests {
     }
 
     fn minimal() -> String {
-        r#"{"source":"https://a.kusto.windows.net/db/T","destination":"https://b.kusto.windows.net/db2","stagingDirectory":"https://s.blob.core.windows.net/staging/kc"}"#.into()
+        r#"{"source":"https://a.kusto.windows.net/db/T","destination":"https://b.kusto.windows.net/db2","stagingDirectory":"https://stg.blob.core.windows.net/staging/kc"}"#.into()
     }
 
     #[test]
     fn one_table_request() {
-        let spec = parse(&minimal()).unwrap().validate().unwrap();
+        let spec = parse(&minimal()).unwrap().validate(&RequestPolicy::default()).unwrap();
         assert_eq!(spec.activities.len(), 1);
         assert_eq!(spec.activities[0].destination.table, "T", "destination table defaults to the source's");
         assert_eq!(spec.export_count, DEFAULT_EXPORT_COUNT);
@@ -307,10 +384,10 @@ mod tests {
             {"source": {"clusterUri": "https://a.kusto.windows.net", "databaseName": "db2", "tableName": "Logs"},
              "destination": {"clusterUri": "https://b.kusto.windows.net", "databaseName": "d", "tableName": "LogsCopy"}}
           ],
-          "stagingStorageDirectories": ["https://s.blob.core.windows.net/staging"],
+          "stagingStorageDirectories": ["https://stg.blob.core.windows.net/staging"],
           "copyMode": "BackfillAndNew", "iterationPeriod": "00:10:00", "exportCount": 8
         }"#;
-        let spec = parse(text).unwrap().validate().unwrap();
+        let spec = parse(text).unwrap().validate(&RequestPolicy::default()).unwrap();
         assert_eq!(spec.activities[0].name, "storms");
         assert_eq!(spec.activities[1].name, "activity-2");
         assert_eq!(spec.activities[1].destination.table, "LogsCopy");
@@ -322,7 +399,7 @@ mod tests {
     fn queries_that_could_escape_their_place_are_refused() {
         for bad in ["| where a == 1; .drop table T", "| where a == 'open", "| take 1 <| .show tables", "| where (a"] {
             let text = minimal().replace("}", &format!(",\"query\":{}}}", serde_json::to_string(bad).unwrap()));
-            let err = parse(&text).unwrap().validate().unwrap_err();
+            let err = parse(&text).unwrap().validate(&RequestPolicy::default()).unwrap_err();
             assert!(err.0.starts_with("query:"), "{bad}: {}", err.0);
         }
     }
