@@ -53,17 +53,18 @@ fn columns() -> Vec<Column> {
 
 /// 600 rows in 6 extents created 30 days apart, one hour of ingestion each: 6+ blocks.
 fn seed(stack: &Stack) {
-    stack
-        .source
-        .seed_table(DB, "Events", &columns(), &SeedPlan {
-            rows: 600,
-            extents: 6,
-            first_creation: JAN_2024,
-            creation_step: 30 * DAY,
-            first_ingestion: Some(JAN_2024 + 400 * DAY),
-            ingestion_step: HOUR,
-        })
-        .unwrap();
+    seed_with(stack, SeedPlan {
+        rows: 600,
+        extents: 6,
+        first_creation: JAN_2024,
+        creation_step: 30 * DAY,
+        first_ingestion: Some(JAN_2024 + 400 * DAY),
+        ingestion_step: HOUR,
+    });
+}
+
+fn seed_with(stack: &Stack, plan: SeedPlan) {
+    stack.source.seed_table(DB, "Events", &columns(), &plan).unwrap();
     stack.destination.command(DB, ".create table Events (Id:long, Name:string, When:datetime)").unwrap();
 }
 
@@ -128,9 +129,13 @@ async fn run(engine: &Arc<CopyEngine>, job: &JobRecord, mut on_ran: impl FnMut(&
 }
 
 fn assert_exact(stack: &Stack) {
+    assert_exact_rows(stack, 600);
+}
+
+fn assert_exact_rows(stack: &Stack, rows: usize) {
     let (expected, _) = query_rows(&stack.source, DB, "Events | order by Id asc");
     let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
-    assert_eq!(expected.len(), 600);
+    assert_eq!(expected.len(), rows);
     assert_eq!(copied, expected, "every row once, every value");
     assert_eq!(rows_by_creation(&stack.source, DB, "Events"), rows_by_creation(&stack.destination, DB, "Events"), "ages kept");
 }
@@ -167,6 +172,32 @@ async fn scenario_02_destination_tag_retention_loses_no_row() {
     assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
     assert_eq!(activity.copied_rows, 600);
     assert_exact(&stack);
+    assert_nothing_left(&stack).await;
+}
+
+/// Scenario 7: twenty extents created over twenty months and ingested within one minute (a
+/// backfill, or a table filled by an earlier copy): the planner splits the hour by minute and
+/// second until each block's extents are within the creation-time bound, so every row keeps
+/// its extent's creation time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_07_extents_years_apart_in_one_ingestion_hour_keep_their_ages() {
+    let stack = stack().await;
+    seed_with(&stack, SeedPlan {
+        rows: 200,
+        extents: 20,
+        first_creation: JAN_2024,
+        creation_step: 30 * DAY,
+        first_ingestion: Some(JAN_2024 + 800 * DAY),
+        ingestion_step: 2 * 10_000_000,
+    });
+    let engine = Arc::new(CopyEngine::new(blob_store(&stack), connections(&stack), options()));
+    let job = submit(&engine, &request(&stack, "s07", None)).await;
+    run(&engine, &job, |_| {}).await;
+    let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
+    let ages = rows_by_creation(&stack.destination, DB, "Events");
+    assert_eq!(ages.len(), 20, "twenty creation times, one per source extent: {ages:?}");
+    assert_exact_rows(&stack, 200);
     assert_nothing_left(&stack).await;
 }
 

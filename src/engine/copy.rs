@@ -452,24 +452,47 @@ impl CopyEngine {
         // both decide (merges between their looks at the extents could make them disagree).
         if let (Some(from), Some(end)) = (iteration.plan_next, iteration.plan_end) {
             if from < end {
-                let to = (from + bin * self.options.limits.bins_per_step as i32).min(end);
+                let chunk = iteration.chunk_bins.unwrap_or(self.options.limits.bins_per_step).max(1);
+                let to = (from + bin * chunk as i32).min(end);
                 let range = IngestionRange { from, to };
                 let counts_cmd = commands::row_counts_in_range(&table, &window, Some(&range), user_query.as_ref(), bin.unsigned_abs()).map_err(|e| kusto_err("plan", e))?;
-                let counts = source
-                    .execute(&place.activity.source.database, &counts_cmd, &request_id("plan-counts"))
+                let counts = match source.execute(&place.activity.source.database, &counts_cmd, &request_id("plan-counts")).await.and_then(|a| results::row_count_bins(&a)) {
+                    Ok(counts) => counts,
+                    // Too much for one query: the same chunk again would fail the same way.
+                    Err(e) if chunk_too_large(&e) && chunk > 1 => {
+                        let mut next = iteration.clone();
+                        next.chunk_bins = Some(chunk / 2);
+                        tracing::warn!(job, activity, bins = chunk / 2, error = %e, "planning chunk too large: split");
+                        if !self.swap(&key, &next, &etag).await? {
+                            return Ok(vec![]);
+                        }
+                        return Ok(vec![place.now(Step::Plan, None)]);
+                    }
+                    Err(e) => return Err(kusto_err("count source rows", e)),
+                };
+                // The source's extents, for the creation times of the counted rows. Listed
+                // after the counts: an extent merged away in between is missed, and the chunk
+                // is counted again rather than planned without an age.
+                let extents = source
+                    .execute(&place.activity.source.database, &commands::show_extents(&table, None).map_err(|e| kusto_err("plan", e))?, &request_id("plan-extents"))
                     .await
-                    .and_then(|a| results::row_count_bins(&a))
-                    .map_err(|e| kusto_err("count source rows", e))?;
-                // A bin with more rows than a block holds is counted again by minute, and a
-                // minute still too large by second: rows that share one ingestion second
-                // cannot be split by ingestion time and stay one block.
+                    .and_then(|a| results::extents(&a))
+                    .map_err(|e| kusto_err("list source extents", e))?;
+                // A bin with more rows than a block holds, or whose rows come from extents
+                // created further apart than a block may be, is counted again by minute, and a
+                // minute still so by second: rows that share one ingestion second cannot be
+                // split by ingestion time and stay one block.
                 let mut sized: Vec<(results::RowCountBin, time::Duration)> = counts.into_iter().map(|c| (c, bin)).collect();
                 for (coarse, fine) in [(bin, time::Duration::minutes(1)), (time::Duration::minutes(1), time::Duration::seconds(1))] {
                     if fine >= coarse {
                         continue;
                     }
                     let at_size: Vec<results::RowCountBin> = sized.iter().filter(|(_, s)| *s == coarse).map(|(c, _)| c.clone()).collect();
-                    for start in super::plan::oversized_bins(&at_size, self.options.limits.max_rows) {
+                    let mut refine = super::plan::oversized_bins(&at_size, self.options.limits.max_rows);
+                    refine.extend(super::plan::spread_bins(&at_size, &extents, self.options.limits.max_creation_spread));
+                    refine.sort();
+                    refine.dedup();
+                    for start in refine {
                         let range = IngestionRange { from: start, to: start + coarse };
                         let cmd = commands::row_counts_in_range(&table, &window, Some(&range), user_query.as_ref(), fine.unsigned_abs()).map_err(|e| kusto_err("plan", e))?;
                         let finer = source
@@ -481,11 +504,11 @@ impl CopyEngine {
                         sized.extend(finer.into_iter().map(|c| (c, fine)));
                     }
                 }
-                let extents = source
-                    .execute(&place.activity.source.database, &commands::show_extents(&table, None).map_err(|e| kusto_err("plan", e))?, &request_id("plan-extents"))
-                    .await
-                    .and_then(|a| results::extents(&a))
-                    .map_err(|e| kusto_err("list source extents", e))?;
+                let counted: Vec<results::RowCountBin> = sized.iter().map(|(c, _)| c.clone()).collect();
+                let unknown = super::plan::unknown_extents(&counted, &extents);
+                if !unknown.is_empty() {
+                    return Err(EngineError::Transient(format!("{} source extents were merged while this chunk was planned: counting it again", unknown.len())));
+                }
                 let planned = super::plan::plan_sized(&sized, &extents, &self.options.limits);
                 let mut next = iteration.clone();
                 next.pending = planned
@@ -879,6 +902,13 @@ pub(super) enum SlotAction {
     Acquire,
     Renew,
     Release,
+}
+
+/// A query that timed out, or whose result set Kusto cut at its limits (500,000 records or
+/// 64 MB: `E_QUERY_RESULT_SET_TOO_LARGE`, docs concepts/querylimits).
+fn chunk_too_large(e: &KustoError) -> bool {
+    let text = format!("{} {}", e.code.as_deref().unwrap_or_default(), e.message);
+    e.kind == crate::kusto::ErrorKind::Timeout || text.contains("E_QUERY_RESULT_SET_TOO_LARGE") || text.contains("80DA0003") || text.contains("truncat")
 }
 
 /// `t` rounded down to a multiple of `bin` since the Unix epoch, as Kusto's `bin()` rounds

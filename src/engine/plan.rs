@@ -89,6 +89,31 @@ pub fn oversized_bins(counts: &[RowCountBin], max_rows: u64) -> Vec<OffsetDateTi
     totals.into_iter().filter(|(_, rows)| *rows > max_rows).map(|(start, _)| start).collect()
 }
 
+/// Bin starts whose source extents were created further apart than a block may be: worth
+/// counting again with smaller bins, so that extents created years apart but ingested in the
+/// same hour (after a backfill, or an earlier copy) land in blocks of their own age.
+pub fn spread_bins(counts: &[RowCountBin], extents: &[Extent], max_spread: Duration) -> Vec<OffsetDateTime> {
+    let created: HashMap<String, (Option<OffsetDateTime>, Option<OffsetDateTime>)> =
+        extents.iter().map(|e| (e.id.to_string().to_ascii_lowercase(), (e.min_created_on, e.max_created_on))).collect();
+    let mut span: BTreeMap<OffsetDateTime, (Option<OffsetDateTime>, Option<OffsetDateTime>)> = BTreeMap::new();
+    for c in counts {
+        let (Some(start), Some(id)) = (c.bin, c.extent_id.as_deref()) else { continue };
+        let (min_c, max_c) = created.get(&id.to_ascii_lowercase()).copied().unwrap_or((None, None));
+        let entry = span.entry(start).or_default();
+        *entry = (min_opt(entry.0, min_c), max_opt(entry.1, max_c));
+    }
+    span.into_iter().filter(|(_, (o, n))| matches!((o, n), (Some(o), Some(n)) if *n - *o > max_spread)).map(|(start, _)| start).collect()
+}
+
+/// Extent ids the counts name that the listing does not have: merged away in between.
+pub fn unknown_extents(counts: &[RowCountBin], extents: &[Extent]) -> Vec<String> {
+    let known: std::collections::HashSet<String> = extents.iter().map(|e| e.id.to_string().to_ascii_lowercase()).collect();
+    let mut out: Vec<String> = counts.iter().filter_map(|c| c.extent_id.as_deref()).map(str::to_ascii_lowercase).filter(|id| !known.contains(id)).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Plans counts made with bins of different sizes (each count with its bin's size): a bin too
 /// large for one block is counted again with smaller bins, which then plan like any other.
 pub fn plan_sized(counts: &[(RowCountBin, Duration)], extents: &[Extent], limits: &PlanLimits) -> Plan {
@@ -191,6 +216,16 @@ mod tests {
 
     fn limits(max_rows: u64, spread_hours: i64) -> PlanLimits {
         PlanLimits { max_rows, max_creation_spread: Duration::hours(spread_hours), bin: Duration::hours(1), bins_per_step: 100 }
+    }
+
+    #[test]
+    fn bins_whose_extents_are_far_apart_in_age_are_found() {
+        let (old, new) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let counts = vec![count(Some(H0), old, 5), count(Some(H0), new, 5), count(Some(H0 + Duration::hours(1)), new, 5)];
+        let extents = [extent(old, H0 - Duration::days(600)), extent(new, H0)];
+        assert_eq!(spread_bins(&counts, &extents, Duration::days(1)), vec![H0]);
+        assert!(spread_bins(&counts, &extents, Duration::days(700)).is_empty());
+        assert_eq!(unknown_extents(&counts, &extents[1..]), vec![old.to_string()]);
     }
 
     #[test]
