@@ -201,6 +201,40 @@ async fn scenario_07_extents_years_apart_in_one_ingestion_hour_keep_their_ages()
     assert_nothing_left(&stack).await;
 }
 
+/// Scenario 5: the queued ingestion's status is gone (404) by the time the block looks: the
+/// tag's count decides. Exactly the exported rows: the block completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_05_a_forgotten_ingestion_status_leaves_the_count_to_decide() {
+    let stack = stack().await;
+    seed(&stack);
+    stack.destination.script_fault(Some(CommandKind::QueuedIngest), Fault::ForgetIngestionStatus, 1_000);
+    let engine = Arc::new(CopyEngine::new(blob_store(&stack), connections(&stack), options()));
+    let job = submit(&engine, &request(&stack, "s05", None)).await;
+    run(&engine, &job, |_| {}).await;
+    let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
+    assert_exact(&stack);
+    assert_nothing_left(&stack).await;
+}
+
+/// Scenario 9: a duplicate of a block's ingestion lands in staging right after the count that
+/// completes it: only the counted extents are moved, so the destination has exactly the
+/// source's rows (the first engine moved by tag and took the duplicate along).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_09_a_late_duplicate_in_staging_never_reaches_the_destination() {
+    let stack = stack().await;
+    seed(&stack);
+    stack.destination.script_fault(None, Fault::DuplicateAfterCount { table_prefix: "kc_staging".into() }, 3);
+    let engine = Arc::new(CopyEngine::new(blob_store(&stack), connections(&stack), options()));
+    let job = submit(&engine, &request(&stack, "s09", None)).await;
+    run(&engine, &job, |_| {}).await;
+    assert_eq!(stack.destination.with_state(|s| s.faults.pending()), 0, "the duplicates landed");
+    let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
+    assert_exact(&stack);
+    assert_nothing_left(&stack).await;
+}
+
 /// Scenario 4: a query naming a column that does not exist fails the activity with Kusto's
 /// message in a few steps; nothing loops, nothing is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -387,8 +387,9 @@ impl CopyEngine {
                             finished &= status.is_finished();
                             failed |= status.failed > 0 || status.canceled > 0;
                         }
-                        // The service keeps a status for a while only: the count decides.
-                        Err(e) if e.kind == crate::kusto::ErrorKind::NotFound => missing = true,
+                        // The service keeps a status for a while only: the count decides. (404, or
+                        // a 400 whose code says the operation is not found.)
+                        Err(e) if e.kind == crate::kusto::ErrorKind::NotFound || e.code.as_deref().is_some_and(|c| c.ends_with("NotFound")) => missing = true,
                         Err(e) => return Err(kusto_failure("read the ingestion status", e)),
                     }
                 }

@@ -70,6 +70,17 @@ pub enum Fault {
     ExpireOperation,
     /// After the command, the table's mergeable extents merge into one with a new id.
     MergeExtents,
+    /// A queued ingestion's status is forgotten once it ends: status answers 404 (the service
+    /// keeps it only for a while).
+    ForgetIngestionStatus,
+    /// A queued blob is ingested a second time this long after the first (a duplicate of a
+    /// queue message arriving late).
+    LateDuplicate(Duration),
+    /// Right after a `.show ... extents where tags has` answer that lists an extent of a table
+    /// whose name starts with `table_prefix`, a copy of it (same tag and rows, a new id) lands
+    /// in that table: a late duplicate of an ingestion, arriving between a count by tag and
+    /// whatever the counter does next.
+    DuplicateAfterCount { table_prefix: String },
 }
 
 impl Fault {
@@ -116,6 +127,14 @@ impl FaultPlan {
         self.random.push(Random { kind, fault, probability });
     }
 
+    /// Takes one scripted fault that `wanted` accepts, whatever its command kind.
+    pub fn take_scripted(&mut self, wanted: impl Fn(&Fault) -> bool) -> bool {
+        let Some(s) = self.scripted.iter_mut().find(|s| s.remaining > 0 && wanted(&s.fault)) else { return false };
+        s.remaining -= 1;
+        self.scripted.retain(|s| s.remaining > 0);
+        true
+    }
+
     /// Scripted faults not yet met (tests check that a scenario really met its faults).
     pub fn pending(&self) -> u32 {
         self.scripted.iter().map(|s| s.remaining).sum()
@@ -130,7 +149,8 @@ impl FaultPlan {
     pub fn take(&mut self, kind: CommandKind, request_level: bool) -> Vec<Fault> {
         let mut out = Vec::new();
         for s in self.scripted.iter_mut() {
-            if s.remaining > 0 && s.kind.is_none_or(|k| k == kind) && s.fault.is_request_level() == request_level {
+            // A duplicate after a count is taken where the count is answered, never here.
+            if s.remaining > 0 && s.kind.is_none_or(|k| k == kind) && s.fault.is_request_level() == request_level && !matches!(s.fault, Fault::DuplicateAfterCount { .. }) {
                 s.remaining -= 1;
                 out.push(s.fault.clone());
             }

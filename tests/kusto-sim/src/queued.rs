@@ -168,8 +168,20 @@ pub async fn submit(
     let task_op = op_id.clone();
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
+        let mut forget = false;
         for (i, (url, _)) in blobs.iter().enumerate() {
             let faults = lock(&task_state).faults.take(CommandKind::QueuedIngest, false);
+            forget |= faults.contains(&Fault::ForgetIngestionStatus);
+            for fault in &faults {
+                if let Fault::LateDuplicate(after) = fault {
+                    let (st, db, table, store, url, columns, format, props, after) =
+                        (task_state.clone(), db.clone(), table.clone(), store.clone(), url.clone(), columns.clone(), format.clone(), props.clone(), *after);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = ingest_blobs(&st, &db, &table, &*store, std::slice::from_ref(&url), &columns, &format, &props, &[], lenient).await;
+                    });
+                }
+            }
             let outcome = ingest_blobs(&task_state, &db, &table, &*store, std::slice::from_ref(url), &columns, &format, &props, &faults, lenient).await;
             let mut s = lock(&task_state);
             let now = s.now();
@@ -187,6 +199,9 @@ pub async fn submit(
                     }
                 }
             }
+        }
+        if forget {
+            lock(&task_state).queued.remove(&task_op);
         }
     });
     if drop_answer {

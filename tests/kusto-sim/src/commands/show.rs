@@ -115,7 +115,19 @@ pub fn run(s: &mut ClusterState, db: &str, cmd: Command) -> Result<Frame, KustoE
                 .filter(|e| ids.as_ref().is_none_or(|ids| ids.contains(&e.id)))
                 .filter(|e| filters.iter().all(|f| tag_filter_matches(e, f)))
                 .collect();
-            Ok(extents_frame(db, &t.name, &selected))
+            let answer = extents_frame(db, &t.name, &selected);
+            let first = selected.first().map(|e| e.id);
+            if let Some(id) = first.filter(|_| !filters.is_empty()) {
+                let name = table.clone();
+                if s.faults.take_scripted(|f| matches!(f, crate::faults::Fault::DuplicateAfterCount { table_prefix } if name.starts_with(table_prefix.as_str()))) {
+                    let t = s.table_mut(db, &table)?;
+                    if let Some(mut copy) = t.extents.iter().find(|e| e.id == id).cloned() {
+                        copy.id = uuid::Uuid::new_v4();
+                        t.extents.push(copy);
+                    }
+                }
+            }
+            Ok(answer)
         }
         Command::ShowCluster => Ok(frame(
             &[
