@@ -480,3 +480,123 @@ async fn scenario_08_one_broken_job_does_not_stop_the_scheduler() {
     let sent = engine.tick(&Tick { now: later, past_due: false }).await.unwrap();
     assert_eq!(sent.iter().map(|o| o.message.job.as_str()).collect::<Vec<_>>(), vec!["b-fine"]);
 }
+
+/// A store that holds one write back: the first `replace` whose new value (as JSON) `pause`
+/// accepts waits until the test releases it (a delivery paused mid-step).
+struct PausingStore {
+    inner: Arc<dyn CheckpointStore>,
+    pause: fn(&serde_json::Value) -> bool,
+    armed: std::sync::atomic::AtomicBool,
+    paused: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl CheckpointStore for PausingStore {
+    async fn read(&self, key: &str) -> Result<Option<Versioned>, StorageError> {
+        self.inner.read(key).await
+    }
+    async fn create(&self, key: &str, value: &[u8]) -> Result<Written, StorageError> {
+        self.inner.create(key, value).await
+    }
+    async fn replace(&self, key: &str, value: &[u8], etag: &ETag) -> Result<Written, StorageError> {
+        let json: serde_json::Value = serde_json::from_slice(value).unwrap_or_default();
+        if (self.pause)(&json) && self.armed.swap(false, Ordering::SeqCst) {
+            self.paused.notify_one();
+            self.release.notified().await;
+        }
+        self.inner.replace(key, value, etag).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(key).await
+    }
+}
+
+/// Scenario 6: a delivery of `export` pauses after its first write (the attempt recorded,
+/// the export sent, its operation id not yet recorded), a duplicate message meets its lease
+/// and ends, and once the lease has expired a third delivery takes the block over as a new
+/// attempt and moves it on. The paused delivery's next write then loses (it uses the ETag of
+/// its own first write, not a re-read one), so no attempt number or folder is reused and the
+/// block never goes back; the copy completes exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_06_a_paused_delivery_never_overwrites_newer_state() {
+    use kusto_copy::engine::{Delivery, StepMessage};
+    let stack = stack().await;
+    seed(&stack);
+    let store = Arc::new(PausingStore {
+        inner: blob_store(&stack),
+        // Block 0's first attempt recording its operation id.
+        pause: |v| v["number"] == 0 && v["exportAttempt"] == 1 && v["operationId"].is_string(),
+        armed: std::sync::atomic::AtomicBool::new(true),
+        paused: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+    });
+    let opts = EngineOptions { lease: time::Duration::seconds(1), ..options() };
+    let engine = Arc::new(CopyEngine::new(store.clone(), connections(&stack), opts));
+    let job = submit(&engine, &request(&stack, "s06", None)).await;
+    // Plan in-process until the iteration copies; hold back the exports it starts.
+    let mut pending = engine.start_job(&job).await.unwrap();
+    let mut exports = Vec::new();
+    let planning = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Some(o) = pending.pop() {
+        assert!(tokio::time::Instant::now() < planning, "planning does not end: {:?}", o.message);
+        if o.message.step == "export" {
+            exports.push(o.message);
+            continue;
+        }
+        pending.extend(engine.step(&o.message, &Delivery { message_id: Some("plan".into()), dequeue_count: 1 }).await.unwrap());
+    }
+    let export0: StepMessage = exports.iter().find(|m| m.block == Some(0)).cloned().expect("block 0 is started");
+    let block_key = keys::block(&job.id, "default", 1, 0);
+    let read_block = || async {
+        let v = engine.store().read(&block_key).await.unwrap().unwrap();
+        serde_json::from_slice::<BlockRecord>(&v.value).unwrap()
+    };
+
+    // Delivery A: records attempt 1, sends the export, then pauses on its next write.
+    let a = {
+        let (engine, m) = (engine.clone(), export0.clone());
+        tokio::spawn(async move { engine.step(&m, &Delivery { message_id: Some("A".into()), dequeue_count: 1 }).await })
+    };
+    if tokio::time::timeout(Duration::from_secs(20), store.paused.notified()).await.is_err() {
+        panic!("delivery A never reached its second write: {:?}", read_block().await);
+    }
+    let after_a = read_block().await;
+    assert_eq!(after_a.export_attempt, 1);
+    assert_eq!(after_a.lease.as_ref().map(|l| l.owner.as_str()), Some("A"));
+
+    // Delivery B, a duplicate message: the lease is fresh, it ends without a write.
+    let b = engine.step(&export0, &Delivery { message_id: Some("B".into()), dequeue_count: 1 }).await.unwrap();
+    assert!(b.is_empty(), "{b:?}");
+    assert_eq!(read_block().await, after_a, "a duplicate never takes over a fresh lease");
+
+    // Delivery C after the lease expired: a new attempt with a new folder, and the block moves on.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let c = engine.step(&export0, &Delivery { message_id: Some("C".into()), dequeue_count: 1 }).await.unwrap();
+    let after_c = read_block().await;
+    assert_eq!(after_c.export_attempt, 2, "taken over as a new attempt");
+    assert_eq!(after_c.folders.len(), 2);
+    assert_ne!(after_c.folders[0], after_c.folders[1], "no folder reused");
+    assert!(matches!(after_c.state, BlockState::Exporting { operation_id: Some(_), .. }), "{:?}", after_c.state);
+
+    // A resumes: its write is on a stale ETag and loses; the block stays where C left it.
+    store.release.notify_one();
+    let a = a.await.unwrap().unwrap();
+    assert!(a.is_empty(), "the paused delivery sends nothing: {a:?}");
+    assert_eq!(read_block().await.export_attempt, 2);
+    assert_eq!(read_block().await.folders, after_c.folders);
+
+    // The rest of the copy runs as usual and is exact.
+    let mut first: Vec<kusto_copy::engine::Outgoing> = c;
+    first.extend(exports.into_iter().filter(|m| m.block != Some(0)).map(|message| kusto_copy::engine::Outgoing { message, delay: Duration::ZERO }));
+    let failures = local::run(engine.clone(), first, 4, |_| {}).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    run(&engine, &job, |_| {}).await;
+    let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
+    assert_exact(&stack);
+    assert_nothing_left(&stack).await;
+}
