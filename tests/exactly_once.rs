@@ -600,3 +600,93 @@ async fn scenario_06_a_paused_delivery_never_overwrites_newer_state() {
     assert_exact(&stack);
     assert_nothing_left(&stack).await;
 }
+
+/// Scenario 3: two jobs share a source whose export capacity is 1 while the scheduler ticks
+/// (and sweeps) every 100 ms: a waiting block is one waiter whatever the deliveries and
+/// sweeps, so both copies complete with one export per recorded attempt and none throttled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_03_jobs_sharing_one_export_slot_wait_without_multiplying() {
+    let stack = stack().await;
+    stack.source.with_state(|s| s.config.export_capacity = 1);
+    seed(&stack);
+    stack.destination.command(DB, ".create table Other (Id:long, Name:string, When:datetime)").unwrap();
+    let opts = EngineOptions { stall_after: time::Duration::milliseconds(300), ..options() };
+    let engine = Arc::new(CopyEngine::new(blob_store(&stack), connections(&stack), opts));
+    let first = submit(&engine, &request(&stack, "s03-a", None)).await;
+    let mut other: serde_json::Value = serde_json::from_str(&request(&stack, "s03-b", None)).unwrap();
+    other["destination"] = serde_json::Value::String(format!("{}/{DB}/Other", stack.destination.url()));
+    let second = submit(&engine, &other.to_string()).await;
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let (engine, done) = (engine.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut sent = 0usize;
+            while !done.load(Ordering::Relaxed) {
+                let out = engine.tick(&Tick { now: time::OffsetDateTime::now_utc(), past_due: false }).await.unwrap_or_default();
+                sent += out.len();
+                // What the sweeper sends goes where the host would put it: run it.
+                let _ = local::run(engine.clone(), out, 2, |_| {}).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            sent
+        })
+    };
+    let (a, b) = tokio::join!(run(&engine, &first, |_| {}), run(&engine, &second, |_| {}));
+    done.store(true, Ordering::Relaxed);
+    let swept = ticker.await.unwrap();
+    assert!(a > 0 && b > 0);
+    for job in [&first, &second] {
+        let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+        assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
+        assert_eq!(activity.copied_rows, 600);
+    }
+    let mut attempts = 0;
+    for job in [&first, &second] {
+        for key in engine.store().list(&keys::blocks(&job.id, "default", 1)).await.unwrap() {
+            let block: BlockRecord = serde_json::from_slice(&engine.store().read(&key).await.unwrap().unwrap().value).unwrap();
+            attempts += block.export_attempt as usize;
+        }
+    }
+    let (exports, throttled) = stack.source.with_state(|s| (s.operations.records.iter().filter(|o| o.operation == "DataExportToFile").count(), s.throttled_exports));
+    assert_eq!(throttled, 0, "never more exports than the cluster's capacity");
+    assert_eq!(exports, attempts, "one export per recorded attempt (the sweeper sent {swept} messages)");
+    let (src, _) = query_rows(&stack.source, DB, "Events | order by Id asc");
+    assert_eq!(query_rows(&stack.destination, DB, "Other | order by Id asc").0, src);
+    assert_eq!(query_rows(&stack.destination, DB, "Events | order by Id asc").0, src);
+}
+
+/// Scenario 10: two blocks finish at the same moment: one block's count is held back while
+/// the others finish, then let go. The activity's copied rows equal the rows at the
+/// destination (a block is marked done before it is counted, so the count that completes the
+/// iteration sums blocks that are all done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_10_blocks_finishing_together_are_all_counted() {
+    let stack = stack().await;
+    seed(&stack);
+    let store = Arc::new(PausingStore {
+        inner: blob_store(&stack),
+        // A count of done blocks (done.json), the second one written.
+        pause: |v| v["blocks"].as_array().is_some_and(|b| b.len() == 2),
+        armed: std::sync::atomic::AtomicBool::new(true),
+        paused: tokio::sync::Notify::new(),
+        release: tokio::sync::Notify::new(),
+    });
+    let engine = Arc::new(CopyEngine::new(store.clone(), connections(&stack), options()));
+    let job = submit(&engine, &request(&stack, "s10", None)).await;
+    let releaser = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store.paused.notified().await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            store.release.notify_one();
+        })
+    };
+    run(&engine, &job, |_| {}).await;
+    releaser.await.unwrap();
+    let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
+    let at_destination: u64 = stack.destination.extents(DB, "Events").unwrap().iter().map(|e| e.row_count as u64).sum();
+    assert_eq!((activity.copied_rows, at_destination), (600, 600));
+    assert_exact(&stack);
+}
