@@ -173,13 +173,22 @@ async fn drive(
     progress: &Progress,
 ) -> Result<String, String> {
     let mut iterations_run = 0u64;
+    let before = engine.copied_rows(job).await.map_err(|e| e.to_string())?;
+    // Run again on a finished job: a continuous one copies what arrived since (the new
+    // iteration's plan is sent by resuming); a BackfillOnly one has nothing left to do.
+    let started = engine.next_iteration(job).await.map_err(|e| e.to_string())?;
+    if started.is_empty() && !spec.copy_mode.is_continuous() && engine.job_finished(job).await.map_err(|e| e.to_string())? {
+        let summary = summarize(engine, job).await?;
+        return Ok(format!("{summary} (already complete: a BackfillOnly job copies once; use another staging folder or jobId to copy again)"));
+    }
     loop {
         let failures = engine.run_locally(job, workers, |e| progress.on_event(e)).await.map_err(|e| e.to_string())?;
         iterations_run += 1;
         if !failures.is_empty() {
             return Err(format!("{} step(s) failed; first: {}", failures.len(), failures[0]));
         }
-        let summary = summarize(engine, job).await?;
+        let after = engine.copied_rows(job).await.map_err(|e| e.to_string())?;
+        let summary = format!("{} ({} rows by this run)", summarize(engine, job).await?, after.saturating_sub(before));
         let continuous = spec.copy_mode.is_continuous() && spec.iteration_period_secs.is_some();
         if !continuous || args.iterations.is_some_and(|n| iterations_run >= n) {
             return Ok(summary);

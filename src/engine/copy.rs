@@ -703,7 +703,13 @@ impl CopyEngine {
             record.copied_rows += rows;
             record.rows_without_ingestion_time = iteration.rows_without_ingestion_time;
             record.last_finished_at = Some(self.clock.now());
-            record.state = if place.spec.copy_mode.is_continuous() { ActivityState::Idle } else { ActivityState::Completed };
+            // Waiting for the scheduler only when it has a period to start the next one by;
+            // without one, the activity completes, and running the job again continues it.
+            record.state = if place.spec.copy_mode.is_continuous() && place.spec.iteration_period_secs.is_some() {
+                ActivityState::Idle
+            } else {
+                ActivityState::Completed
+            };
             if self.swap(&activity_key, &record, &etag).await? {
                 break;
             }
@@ -752,6 +758,45 @@ impl CopyEngine {
             }
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// "Copy since last copy": a continuous job (`BackfillAndNew`, `NewOnly`) run again once
+    /// every activity is over starts the next iteration of each, whose window begins at the
+    /// last iteration's end cursor. Nothing while any activity is still running or failed
+    /// (running the job resumes it instead), and nothing for `BackfillOnly`. Each activity
+    /// moves on with a compare-and-swap, so concurrent runs start one iteration, not two.
+    pub async fn next_iteration(&self, job: &JobRecord) -> Result<Vec<Outgoing>, EngineError> {
+        let Some(spec) = &job.spec else { return Ok(vec![]) };
+        if !spec.copy_mode.is_continuous() {
+            return Ok(vec![]);
+        }
+        let mut records = Vec::new();
+        for activity in &spec.activities {
+            match self.read::<ActivityRecord>(&keys::activity(&job.id, &activity.name)).await? {
+                Some((r, etag)) if matches!(r.state, ActivityState::Completed | ActivityState::Idle) => records.push((activity, r, etag)),
+                _ => return Ok(vec![]),
+            }
+        }
+        let mut out = Vec::new();
+        for (activity, mut record, etag) in records {
+            record.iteration += 1;
+            record.state = ActivityState::Running;
+            if self.swap(&keys::activity(&job.id, &activity.name), &record, &etag).await? {
+                tracing::info!(job = %job.id, activity = %activity.name, iteration = record.iteration, "next iteration: copying what arrived since the last one");
+                let place = Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration: record.iteration };
+                out.push(place.now(Step::Plan, None));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rows copied so far by each activity of a job, summed (progress across runs).
+    pub async fn copied_rows(&self, job: &JobRecord) -> Result<u64, EngineError> {
+        let mut total = 0;
+        for activity in job.spec.iter().flat_map(|s| s.activities.iter()) {
+            total += self.read::<ActivityRecord>(&keys::activity(&job.id, &activity.name)).await?.map_or(0, |(r, _)| r.copied_rows);
+        }
+        Ok(total)
     }
 
     /// The messages that move a job on from its checkpoints: what a restarted `kc copy`
@@ -964,7 +1009,9 @@ impl Engine for CopyEngine {
         if job.state != JobState::Accepted {
             return Ok(vec![]);
         }
-        self.resume(job).await
+        let mut out = self.next_iteration(job).await?;
+        out.extend(self.resume(job).await?);
+        Ok(out)
     }
 
     async fn step(&self, message: &StepMessage, delivery: &Delivery) -> Result<Vec<Outgoing>, EngineError> {

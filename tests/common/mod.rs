@@ -1,6 +1,8 @@
 //! Shared by the integration tests: clients for a test Azurite, on the production token path.
 #![allow(dead_code)]
 
+pub mod copy;
+
 use async_trait::async_trait;
 use kc_host_harness::{HostQueue, QueueError, QueueService, Received};
 use kc_test_stack::Azurite;
