@@ -32,6 +32,28 @@ pub fn credential(kind: &CredentialKind) -> azure_core::Result<Arc<dyn TokenCred
     })
 }
 
+/// Gets one Storage token before a terminal command does anything else, so that a
+/// credential that cannot be had at all (no `az` on PATH, nobody signed in) is one clear
+/// error saying what to do, instead of a "transient" failure retried step after step. The
+/// token is cached by the credential, so the first real request reuses it.
+pub async fn preflight(kind: &CredentialKind, credential: &Arc<dyn TokenCredential>) -> Result<(), String> {
+    let Err(e) = credential.get_token(&["https://storage.azure.com/.default"], None).await else { return Ok(()) };
+    // The SDK's message lists each developer tool it tried and why it failed (azure_identity
+    // DeveloperToolsCredential); keep it, after the advice.
+    let advice = match kind {
+        CredentialKind::DeveloperTools => {
+            "sign in with the Azure CLI (`az login`) or the Azure Developer CLI (`azd auth login`), \
+             or on an Azure host with a managed identity set KC_CREDENTIAL=managed-identity (or pass --clientId)"
+        }
+        CredentialKind::ManagedIdentity { .. } => {
+            "this host has no managed identity that can sign in (or not the one named by --clientId / \
+             KC_IDENTITY_CLIENT_ID); on a laptop, set KC_CREDENTIAL=developer and sign in with `az login`"
+        }
+        CredentialKind::Emulator => "the emulator credential never fails; this is a bug",
+    };
+    Err(format!("cannot get a token: {advice}.\n  the credential said: {}", e.to_string().replace('\n', "\n  ")))
+}
+
 /// Mints unsigned JWTs shaped like Entra ID access tokens: `aud` is the scope's resource
 /// (`https://storage.azure.com` for `https://storage.azure.com/.default`), with issuer,
 /// tenant, object id and validity claims. Only emulators accept them.

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::host::*;
 use kc_host_harness::{Host, Outcome};
 use kc_test_stack::Azurite;
 
@@ -15,9 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const DB: &str = "db";
-const HOUR: i64 = 3600 * 10_000_000;
-const DAY: i64 = 24 * HOUR;
-const JAN_2023: i64 = 1_672_531_200 * 10_000_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_and_a_restart_still_copy_exactly() {
@@ -72,9 +70,9 @@ async fn two_instances_and_a_restart_still_copy_exactly() {
     loop {
         let (code, status) = host.http_get("status", &[("job", "harness-copy")]).await;
         assert_eq!(code, 200);
-        let state = status["activities"]["default"]["state"].as_str().unwrap_or_default().to_owned();
+        let state = status["activities"][0]["state"].as_str().unwrap_or_default().to_owned();
         if state == "completed" {
-            assert_eq!(status["activities"]["default"]["copiedRows"], 600, "{status}");
+            assert_eq!(status["activities"][0]["copiedRows"], 600, "{status}");
             break;
         }
         assert_ne!(state, "failed", "{status}");
@@ -94,82 +92,6 @@ async fn two_instances_and_a_restart_still_copy_exactly() {
     assert!(destination.extents(DB, "Logs").unwrap().iter().all(|e| e.tags.is_empty()));
     let tables = format!("{:?}", destination.command(DB, ".show tables").unwrap().rows);
     assert!(!tables.contains("kc_staging"), "{tables}");
-}
-
-/// Azurite, two simulated clusters and one `kc serve` under the harness.
-struct HostStack {
-    azurite: Azurite,
-    source: Cluster,
-    destination: Cluster,
-    host: Arc<Host>,
-    _kc: tokio::process::Child,
-}
-
-async fn host_stack() -> HostStack {
-    let azurite = Azurite::start();
-    let config = ClusterConfig {
-        async_duration: Duration::from_millis(200),
-        ca_cert_pem: Some(std::fs::read(&azurite.ca_pem_path).unwrap()),
-        ..ClusterConfig::default()
-    };
-    let source = Cluster::start("source", config.clone()).await.unwrap();
-    let destination = Cluster::start("destination", config).await.unwrap();
-    let port = common::free_port();
-    let kc = common::spawn_kc_serve(&azurite, port);
-    common::wait_ready(port).await;
-    let mut host = Host::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), &format!("http://127.0.0.1:{port}"), common::host_queues(&azurite));
-    host.settings.visibility_timeout = Duration::from_secs(1);
-    HostStack { azurite, source, destination, host: Arc::new(host), _kc: kc }
-}
-
-fn seed(cluster: &Cluster, db: &str, table: &str, rows: usize, extents: usize, first_creation: i64) {
-    cluster.create_database(db);
-    let columns = vec![
-        Column::new("Id", ScalarType::Long),
-        Column::new("Name", ScalarType::String),
-        Column::new("Amount", ScalarType::Real),
-        Column::new("Props", ScalarType::Dynamic),
-    ];
-    cluster
-        .seed_table(db, table, &columns, &SeedPlan {
-            rows,
-            extents,
-            first_creation,
-            creation_step: 30 * DAY,
-            first_ingestion: Some(JAN_2023 + 600 * DAY),
-            ingestion_step: HOUR,
-        })
-        .unwrap();
-}
-
-/// Delivers messages until every activity of the job reaches `state` (or fails the test).
-async fn run_until_activities(h: &HostStack, job: &str, state: &str) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    loop {
-        let (code, status) = h.host.http_get("status", &[("job", job)]).await;
-        // 404 until the request itself has been delivered.
-        assert!(code == 200 || code == 404, "{status}");
-        let activities = status["activities"].as_object().cloned().unwrap_or_default();
-        assert!(!activities.values().any(|a| a["state"] == "failed"), "{status}");
-        if !activities.is_empty() && activities.values().all(|a| a["state"] == state) {
-            return status;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "job {job} did not reach {state}: {status}");
-        let outcomes = h.host.poll_once().await;
-        assert!(!outcomes.iter().any(|o| matches!(o, Outcome::Poisoned { .. })), "{outcomes:?}");
-        if outcomes.is_empty() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn assert_same(h: &HostStack, (src_db, src_query): (&str, &str), (dst_db, dst_table): (&str, &str)) {
-    let (expected, ages) = common::query_rows(&h.source, src_db, src_query);
-    let (copied, _) = common::query_rows(&h.destination, dst_db, &format!("{dst_table} | order by Id asc"));
-    assert_eq!(copied.len(), expected.len(), "{dst_table}: row count");
-    assert_eq!(copied, expected, "{dst_table}: every row, every column");
-    assert_eq!(common::rows_by_creation(&h.destination, dst_db, dst_table), ages, "{dst_table}: creation times");
-    assert!(h.destination.extents(dst_db, dst_table).unwrap().iter().all(|e| e.tags.is_empty()), "{dst_table}: tags left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -225,7 +147,7 @@ async fn under_the_host_backfill_and_new_and_injected_failures() {
     });
     h.host.queue("kc-requests").await.send(&request.to_string(), Duration::ZERO).await.unwrap();
     let status = run_until_activities(&h, "continuous", "idle").await;
-    assert_eq!(status["activities"]["default"]["copiedRows"], 300, "{status}");
+    assert_eq!(status["activities"][0]["copiedRows"], 300, "{status}");
     assert_eq!(h.source.with_state(|s| s.faults.pending()) + h.destination.with_state(|s| s.faults.pending()), 0, "every fault was met");
 
     // New rows arrive; the scheduler's timer starts the next iteration once the period passed.
@@ -247,12 +169,73 @@ async fn under_the_host_backfill_and_new_and_injected_failures() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let status = run_until_activities(&h, "continuous", "idle").await;
-        if status["activities"]["default"]["iteration"] == 2 {
-            assert_eq!(status["activities"]["default"]["copiedRows"], 340, "{status}");
+        if status["activities"][0]["iteration"] == 2 {
+            assert_eq!(status["activities"][0]["copiedRows"], 340, "{status}");
             break;
         }
         assert!(tokio::time::Instant::now() < deadline);
         h.host.poll_once().await;
     }
     assert_same(&h, (DB, "Events | order by Id asc"), (DB, "Events"));
+}
+
+/// "Copy since last copy" through the queue: the same request sent again after a continuous
+/// job without a period completed starts the next iteration from the last end cursor; sent
+/// with nothing new, it copies an empty window. The status lists every iteration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_host_a_request_sent_again_copies_the_delta() {
+    let h = host_stack().await;
+    seed(&h.source, DB, "Events", 300, 3, JAN_2023);
+    h.destination.command(DB, ".create table Events (Id:long, Name:string, Amount:real, Props:dynamic)").unwrap();
+    let request = serde_json::json!({
+        "jobId": "delta-by-queue",
+        "source": format!("{}/{DB}/Events", h.source.url()),
+        "destination": format!("{}/{DB}", h.destination.url()),
+        "stagingDirectory": format!("{}/staging/delta", h.azurite.blob_endpoint()),
+        "copyMode": "BackfillAndNew",
+    })
+    .to_string();
+    let send_and_wait = |iteration: u64| {
+        let (h, request) = (&h, request.clone());
+        async move {
+            h.host.queue("kc-requests").await.send(&request, Duration::ZERO).await.unwrap();
+            run_until_status(h, "delta-by-queue", |a| a[0]["iteration"] == iteration && a[0]["state"] == "completed").await
+        }
+    };
+    let status = send_and_wait(1).await;
+    assert_eq!(status["activities"][0]["copiedRows"], 300, "{status}");
+    assert_same(&h, (DB, "Events | order by Id asc"), (DB, "Events"));
+
+    let fresh: Vec<Vec<kusto_sim::Value>> = (0..40)
+        .map(|i| {
+            vec![
+                kusto_sim::Value::Long(70_000 + i),
+                kusto_sim::Value::String(format!("delta-{i}")),
+                kusto_sim::Value::Real(i as f64),
+                kusto_sim::Value::Dynamic(serde_json::json!({"delta": i})),
+            ]
+        })
+        .collect();
+    h.source
+        .seed_extent(DB, "Events", kusto_sim::SeedExtent { rows: fresh, creation_time: JAN_2023 + 800 * DAY, ingestion_time: Some(JAN_2023 + 900 * DAY), tags: vec![] })
+        .unwrap();
+    let status = send_and_wait(2).await;
+    assert_eq!(status["activities"][0]["copiedRows"], 340, "{status}");
+    assert_same(&h, (DB, "Events | order by Id asc"), (DB, "Events"));
+
+    // Nothing new: an empty third window, and still every row once.
+    let status = send_and_wait(3).await;
+    assert_eq!(status["activities"][0]["copiedRows"], 340, "{status}");
+    assert_same(&h, (DB, "Events | order by Id asc"), (DB, "Events"));
+
+    let iterations = status["activities"][0]["iterations"].as_array().unwrap();
+    let rows: Vec<u64> = iterations.iter().map(|i| i["copiedRows"].as_u64().unwrap()).collect();
+    assert_eq!(rows, [300, 40, 0], "{status}");
+    assert!(iterations[0]["cursorFrom"].is_null(), "the first window starts at the beginning");
+    for pair in iterations.windows(2) {
+        assert_eq!(pair[1]["cursorFrom"], pair[0]["cursorTo"], "each window starts where the last ended: {status}");
+    }
+    assert!(iterations.iter().all(|i| i["state"] == "done" && i["finishedAt"].is_string()), "{status}");
+    assert_eq!(iterations[1]["firstIngestion"], iterations[1]["lastIngestion"], "the delta's 40 rows share one ingestion time");
+    assert!(iterations[2]["firstIngestion"].is_null(), "an empty window has no ingestion times");
 }

@@ -11,14 +11,15 @@ use kusto_sim::{SeedExtent, SeedPlan, Value};
 use std::sync::Arc;
 
 /// `count` new rows with ids from `first_id`, ingested after everything before (`nth` > 0
-/// orders the batches).
+/// orders the batches), in an extent created 30 days after the batch before: further apart
+/// than a block may spread (a day), so each batch keeps its own creation time.
 fn ingest_more(stack: &Stack, first_id: i64, count: i64, nth: i64) {
     let rows = (first_id..first_id + count)
         .map(|id| vec![Value::Long(id), Value::String(format!("late-{id}")), Value::DateTime(JAN_2024 + id * HOUR)])
         .collect();
     stack
         .source
-        .seed_extent(DB, "Events", SeedExtent { rows, creation_time: JAN_2024 + 600 * DAY + nth * DAY, ingestion_time: Some(JAN_2024 + 700 * DAY + nth * HOUR), tags: vec![] })
+        .seed_extent(DB, "Events", SeedExtent { rows, creation_time: JAN_2024 + 600 * DAY + nth * 30 * DAY, ingestion_time: Some(JAN_2024 + 700 * DAY + nth * HOUR), tags: vec![] })
         .unwrap();
 }
 
@@ -142,4 +143,51 @@ async fn kc_copy_run_again_copies_the_delta_and_reports_it() {
     let again = run("BackfillOnly", "cli-bo").await;
     assert!(again.contains("already complete"), "{again}");
     assert_exact_rows(&stack, 340);
+}
+
+/// `kc copy` killed (SIGKILL) in the middle of a delta iteration, then the same command:
+/// the delta arrives exactly once and the history is not copied again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kc_copy_killed_in_a_delta_then_run_again_is_exact() {
+    let stack = stack().await;
+    seed_with(&stack, SeedPlan { rows: 300, extents: 3, first_creation: JAN_2024, creation_step: 30 * DAY, first_ingestion: Some(JAN_2024 + 400 * DAY), ingestion_step: HOUR });
+    let kc = || {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_kc"));
+        c.args(["copy", "-s", &format!("{}/{DB}/Events", stack.source.url()), "-d", &format!("{}/{DB}", stack.destination.url())])
+            .args(["-t", &format!("{}/staging/killed-delta", stack.azurite.blob_endpoint()), "--copy-mode", "BackfillAndNew", "--export", "1"])
+            .env("KC_CREDENTIAL", "emulator")
+            .env("KC_CA_CERT", &stack.azurite.ca_pem_path)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true);
+        c
+    };
+    let out = kc().output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_exact_rows(&stack, 300);
+
+    // A delta of six blocks (six ingestion hours, one export at a time), killed once the
+    // first of them has reached the destination.
+    for nth in 0..6 {
+        ingest_more(&stack, 1000 + nth * 50, 50, nth + 1);
+    }
+    let mut child = kc().stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    let at_kill = loop {
+        let n = ids_at_destination(&stack).len();
+        if n > 300 {
+            break n;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before the delta started landing");
+        assert!(tokio::time::Instant::now() < deadline, "the delta never started landing");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    child.kill().await.unwrap();
+    assert!(at_kill < 600, "killed mid-delta ({at_kill} rows at the destination)");
+
+    let out = kc().output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("600 rows copied"), "{stdout}");
+    assert_exact_rows(&stack, 600);
+    assert_nothing_left(&stack).await;
 }

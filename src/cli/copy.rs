@@ -111,15 +111,25 @@ pub fn request_text(args: &CopyArgs) -> Result<String, String> {
 
 /// Runs the copy to completion (or, for a continuous copy, iteration after iteration).
 /// Returns a summary line, or why it stopped.
-pub async fn run(args: &CopyArgs, env: Environment) -> Result<String, String> {
+pub async fn run(args: &CopyArgs, mut env: Environment) -> Result<String, String> {
     let text = request_text(args)?;
+    // `--clientId`, or the job file's `managedIdentityClientId` (the original tool's field):
+    // on this machine the person running the copy chooses the identity, so it is the one the
+    // request may name.
+    let client_id = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v.get("managedIdentityClientId").and_then(Value::as_str).map(str::to_owned));
+    if let Some(id) = &client_id {
+        env.policy.app_client_id = Some(id.clone());
+    }
     let spec = crate::job::check_request(&text, &env.policy).map_err(|r| r.0)?;
     let staging = spec.staging[0].clone();
-    let credential_kind = match &args.client_id {
+    let credential_kind = match &client_id {
         Some(id) => CredentialKind::ManagedIdentity { client_id: Some(id.clone()) },
         None => env.credential.clone(),
     };
     let credential = auth::credential(&credential_kind).map_err(|e| format!("credential: {e}"))?;
+    auth::preflight(&credential_kind, &credential).await?;
     let account: url::Url = staging.account_url.parse().map_err(|e| format!("staging account: {e}"))?;
     let budget = if crate::config::is_loopback(&account) { RetryBudget::LOCAL } else { RetryBudget::PRODUCTION };
     let clients = StorageClients::new(account.clone(), account, Some(credential.clone()), env.ca_cert.as_deref(), budget)
@@ -208,6 +218,9 @@ async fn summarize(engine: &CopyEngine, job: &JobRecord) -> Result<String, Strin
             Some(r) => {
                 if let ActivityState::Failed { reason } = &r.state {
                     return Err(format!("activity {} stopped: {reason}", activity.name));
+                }
+                if r.state == ActivityState::Cancelled {
+                    return Err(format!("activity {} was cancelled ({} rows copied before); copy again under another staging folder or jobId", activity.name, r.copied_rows));
                 }
                 let mut line = format!("{}: {} rows copied", activity.name, r.copied_rows);
                 if r.rows_without_ingestion_time > 0 {

@@ -1,3 +1,4 @@
 //! The `kc` subcommands that run in a terminal (argument parsing stays in `main.rs`).
 
 pub mod copy;
+pub mod operate;

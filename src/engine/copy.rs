@@ -165,6 +165,16 @@ pub enum ActivityState {
     Idle,
     Completed,
     Failed { reason: String },
+    /// Stopped by `kc cancel` (or a replication replaced or removed): for good, unlike a
+    /// failure, which a resubmitted job resumes.
+    Cancelled,
+}
+
+impl ActivityState {
+    /// Whether no step of the activity may run any more (only its cleanup).
+    pub fn stopped(&self) -> bool {
+        matches!(self, ActivityState::Failed { .. } | ActivityState::Cancelled)
+    }
 }
 
 impl ActivityRecord {
@@ -185,6 +195,10 @@ pub mod keys {
     }
     pub fn block(job: &str, activity: &str, n: u64, block: u64) -> String {
         format!("jobs/{job}/{activity}/{n:06}/blocks/{block:06}.json")
+    }
+    /// The running count of an iteration's finished blocks and their rows.
+    pub fn done(job: &str, activity: &str, n: u64) -> String {
+        format!("jobs/{job}/{activity}/{n:06}/done.json")
     }
 }
 
@@ -316,7 +330,7 @@ impl CopyEngine {
                     Written::Conflict => continue,
                 }
             };
-            if matches!(record.state, ActivityState::Failed { .. }) {
+            if record.state.stopped() {
                 return Ok(());
             }
             record.state = ActivityState::Failed { reason: reason.to_owned() };
@@ -371,6 +385,9 @@ impl CopyEngine {
                     cluster_capacity: None,
                     chunk_bins: None,
                     aborted: false,
+                    first_ingestion: None,
+                    last_ingestion: None,
+                    copied_rows: None,
                     pending: Vec::new(),
                     started_at: self.clock.now(),
                     finished_at: None,
@@ -423,6 +440,8 @@ impl CopyEngine {
             let mut next = iteration.clone();
             next.summarized = true;
             next.rows_without_ingestion_time = no_time;
+            next.first_ingestion = summary.first;
+            next.last_ingestion = summary.last;
             next.plan_next = summary.first.map(|t| align_down(t, bin));
             // Half-open: one microsecond past the last ingestion time keeps it in range.
             next.plan_end = summary.last.map(|t| t + time::Duration::microseconds(1));
@@ -696,7 +715,7 @@ impl CopyEngine {
         let activity_key = keys::activity(&place.job.id, &place.activity.name);
         loop {
             let Some((mut record, etag)) = self.read::<ActivityRecord>(&activity_key).await? else { break };
-            if record.last_finished_iteration >= place.iteration || matches!(record.state, ActivityState::Failed { .. }) {
+            if record.last_finished_iteration >= place.iteration || record.state.stopped() {
                 break;
             }
             record.last_finished_iteration = place.iteration;
@@ -721,6 +740,7 @@ impl CopyEngine {
             }
             it.state = IterationState::Done;
             it.finished_at = Some(self.clock.now());
+            it.copied_rows = Some(rows);
             if self.swap(&key, &it, &etag).await? {
                 break;
             }
@@ -826,6 +846,13 @@ impl CopyEngine {
             if matches!(record.state, ActivityState::Completed | ActivityState::Idle) {
                 continue;
             }
+            if record.state == ActivityState::Cancelled {
+                let it_key = keys::iteration(&job.id, &activity.name, record.iteration);
+                if self.read::<IterationRecord>(&it_key).await?.is_some_and(|(it, _)| !it.aborted) {
+                    out.push(place(record.iteration).now(Step::Abort, None));
+                }
+                continue;
+            }
             if let ActivityState::Failed { reason } = &record.state {
                 let it_key = keys::iteration(&job.id, &activity.name, record.iteration);
                 let aborted = self.read::<IterationRecord>(&it_key).await?.is_none_or(|(it, _)| it.aborted);
@@ -911,7 +938,7 @@ impl CopyEngine {
         let Some(spec) = &job.spec else { return Ok(true) };
         for activity in &spec.activities {
             match self.read::<ActivityRecord>(&keys::activity(&job.id, &activity.name)).await? {
-                Some((r, _)) if matches!(r.state, ActivityState::Completed | ActivityState::Failed { .. }) => {}
+                Some((r, _)) if matches!(r.state, ActivityState::Completed) || r.state.stopped() => {}
                 _ => return Ok(false),
             }
         }
@@ -981,14 +1008,14 @@ pub struct JobProgress {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Progress {
+pub(super) struct Progress {
     /// Numbers of the blocks done (a set, so counting is idempotent).
-    blocks: std::collections::BTreeSet<u64>,
-    rows: u64,
+    pub(super) blocks: std::collections::BTreeSet<u64>,
+    pub(super) rows: u64,
 }
 
 fn done_key(place: &Place) -> String {
-    format!("jobs/{}/{}/{:06}/done.json", place.job.id, place.activity.name, place.iteration)
+    keys::done(&place.job.id, &place.activity.name, place.iteration)
 }
 
 /// The blob name inside `folder` of a path `.show operation details` lists (a full URL, or a
@@ -1017,14 +1044,11 @@ impl Engine for CopyEngine {
     async fn step(&self, message: &StepMessage, delivery: &Delivery) -> Result<Vec<Outgoing>, EngineError> {
         let step = Step::parse(&message.step).ok_or_else(|| EngineError::Permanent(format!("unknown step '{}'", message.step)))?;
         let place = self.place(message).await?;
-        let failed = matches!(
-            self.read::<ActivityRecord>(&keys::activity(&place.job.id, &place.activity.name)).await?,
-            Some((ActivityRecord { state: ActivityState::Failed { .. }, .. }, _))
-        );
+        let stopped = self.read::<ActivityRecord>(&keys::activity(&place.job.id, &place.activity.name)).await?.is_some_and(|(r, _)| r.state.stopped());
         if step == Step::Abort {
-            return self.abort(&place).await.map(|_| vec![]);
+            return self.abort(&place).await;
         }
-        if failed {
+        if stopped {
             return Ok(vec![]);
         }
         let result = match (step, message.block) {
@@ -1087,9 +1111,15 @@ impl CopyEngine {
     /// staging folders, the block tags at the destination and the staging table. Blocks that
     /// reached the destination stay there whole; the others go back to `Planned`, so a
     /// resubmitted job continues without redoing a committed block. Safe to repeat.
-    async fn abort(&self, place: &Place) -> Result<(), EngineError> {
+    ///
+    /// An attempt still in flight (a fresh lease) may yet write into a folder or the staging
+    /// table after they are removed: the cleanup then runs again once every such lease has
+    /// expired, and only that run marks the iteration clean.
+    async fn abort(&self, place: &Place) -> Result<Vec<Outgoing>, EngineError> {
         let it_key = keys::iteration(&place.job.id, &place.activity.name, place.iteration);
-        let Some((iteration, _)) = self.read::<IterationRecord>(&it_key).await? else { return Ok(()) };
+        let Some((iteration, _)) = self.read::<IterationRecord>(&it_key).await? else { return Ok(vec![]) };
+        let now = self.clock.now();
+        let mut in_flight_until: Option<OffsetDateTime> = None;
         let dest = self.connections.kusto(&place.activity.destination.cluster)?;
         let db = &place.activity.destination.database;
         let dest_table = ident(&place.activity.destination.table)?;
@@ -1097,6 +1127,9 @@ impl CopyEngine {
         let rid = ClientRequestId::new("abort", &place.job.id, &place.activity.name, 1);
         for key in self.store.list(&keys::blocks(&place.job.id, &place.activity.name, place.iteration)).await.map_err(storage_err)? {
             let Some((block, etag)) = self.read::<BlockRecord>(&key).await? else { continue };
+            if let Some(lease) = block.lease.as_ref().filter(|l| l.is_fresh(now)) {
+                in_flight_until = Some(in_flight_until.map_or(lease.expires_at, |t| t.max(lease.expires_at)));
+            }
             self.cluster_slot(place, &iteration, &block, SlotAction::Release).await?;
             self.delete_folders(place, &block.folders).await?;
             let (tag, rows) = match &block.state {
@@ -1107,15 +1140,18 @@ impl CopyEngine {
             next.lease = None;
             next.waiting_until = None;
             next.transient_errors = 0;
+            // A block whose rows are at the destination is done once its folders are gone
+            // (just above): it is counted, so progress says what the destination holds.
             next.state = match &block.state {
-                BlockState::Done { .. } | BlockState::Committed { .. } => block.state.clone(),
-                BlockState::Moved { .. } => BlockState::Committed { rows },
+                BlockState::Done { .. } => block.state.clone(),
+                BlockState::Committed { rows } => BlockState::Done { rows: *rows },
+                BlockState::Moved { .. } => BlockState::Done { rows },
                 BlockState::Moving { tag, extents, .. } => {
                     // Where did the move get? Looked at before the staging table goes.
                     let in_staging = self.extents_in(&dest, db, &staging, extents, &rid).await?;
                     let at_dest = self.tag_rows(&dest, db, &dest_table, tag, &rid).await?;
                     if in_staging.is_empty() && at_dest == rows {
-                        BlockState::Committed { rows }
+                        BlockState::Done { rows }
                     } else if in_staging.len() == extents.len() {
                         BlockState::Planned
                     } else {
@@ -1129,11 +1165,20 @@ impl CopyEngine {
                 let cmd = commands::drop_extent_tags(&dest_table, &[tag.as_str()], None).map_err(|e| kusto_err("drop tag", e))?;
                 dest.execute(db, &cmd, &rid).await.map_err(|e| kusto_err("drop a block's tag at the destination", e))?;
             }
-            if next != block {
-                self.swap(&key, &next, &etag).await?;
+            if next != block && self.swap(&key, &next, &etag).await? {
+                if let BlockState::Done { rows } = next.state {
+                    if !matches!(block.state, BlockState::Done { .. }) {
+                        self.count_done(place, block.number, rows).await?;
+                    }
+                }
             }
         }
         dest.execute(db, &commands::drop_table(&staging), &rid).await.map_err(|e| kusto_err("drop the staging table", e))?;
+        if let Some(until) = in_flight_until {
+            let wait = (until - now).max(time::Duration::ZERO).unsigned_abs() + Duration::from_secs(1);
+            tracing::info!(job = %place.job.id, activity = %place.activity.name, seconds = wait.as_secs(), "an attempt was in flight: cleaning up again once its lease has expired");
+            return Ok(vec![place.later(Step::Abort, None, wait)]);
+        }
         loop {
             let Some((mut it, etag)) = self.read::<IterationRecord>(&it_key).await? else { break };
             if it.aborted {
@@ -1145,7 +1190,44 @@ impl CopyEngine {
             }
         }
         tracing::info!(job = %place.job.id, activity = %place.activity.name, iteration = place.iteration, "cleaned up after the activity stopped");
-        Ok(())
+        Ok(vec![])
+    }
+
+    /// Cancels a job: every activity stops for good (`Cancelled`), and the messages returned
+    /// clean up each current iteration (an `abort` step, as after a failure). Blocks already
+    /// moved to the destination stay there whole; nothing else is left. Steps of the job
+    /// still queued find the activity stopped and end. Safe to repeat; the sweeper sends the
+    /// cleanup again if its message is lost.
+    pub async fn cancel(&self, job: &JobRecord) -> Result<Vec<Outgoing>, EngineError> {
+        let Some(spec) = &job.spec else { return Ok(vec![]) };
+        let mut out = Vec::new();
+        for activity in &spec.activities {
+            let key = keys::activity(&job.id, &activity.name);
+            let iteration = loop {
+                let Some((mut record, etag)) = self.read::<ActivityRecord>(&key).await? else {
+                    // Not started: a plan delivered later finds it cancelled.
+                    let record = ActivityRecord::new(1, ActivityState::Cancelled);
+                    match checkpoint::create_json(self.store.as_ref(), &key, &record).await.map_err(storage_err)? {
+                        Written::Done(_) => break 1,
+                        Written::Conflict => continue,
+                    }
+                };
+                if record.state == ActivityState::Cancelled {
+                    break record.iteration;
+                }
+                record.state = ActivityState::Cancelled;
+                if self.swap(&key, &record, &etag).await? {
+                    break record.iteration;
+                }
+            };
+            tracing::info!(job = %job.id, activity = %activity.name, iteration, "cancelled");
+            let aborted = self.read::<IterationRecord>(&keys::iteration(&job.id, &activity.name, iteration)).await?.is_none_or(|(it, _)| it.aborted);
+            if !aborted {
+                let place = Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration };
+                out.push(place.now(Step::Abort, None));
+            }
+        }
+        Ok(out)
     }
 
     async fn extents_in(&self, kusto: &Arc<dyn KustoApi>, db: &str, table: &Ident, ids: &[uuid::Uuid], rid: &ClientRequestId) -> Result<Vec<uuid::Uuid>, EngineError> {

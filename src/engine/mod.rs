@@ -21,6 +21,7 @@ pub mod local;
 pub mod plan;
 pub mod records;
 pub mod slots;
+pub mod status;
 pub mod steps;
 
 use crate::job::JobRecord;

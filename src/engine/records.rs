@@ -358,6 +358,15 @@ pub struct IterationRecord {
     /// slot claims) were removed.
     #[serde(default)]
     pub aborted: bool,
+    /// The ingestion times of the window's first and last rows, as planning measured them
+    /// (for status: which rows an iteration holds). `None`: nothing in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub first_ingestion: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub last_ingestion: Option<OffsetDateTime>,
+    /// Rows the iteration copied, counted from its blocks when it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_rows: Option<u64>,
     /// Blocks a planning step decided whose records may not be written yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<BlockRecord>,

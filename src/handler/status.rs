@@ -1,7 +1,9 @@
-//! `status`: `GET /api/status` (all jobs) or `GET /api/status?job=<id>` (one).
+//! `status`: `GET /api/status` (all jobs) or `GET /api/status?job=<id>` (one, with every
+//! activity and iteration: the same document `kc status --json` prints).
 
 use super::invocation::{http_response, HttpRequest, InvocationResult};
 use super::{bindings, AppState, HandlerError};
+use crate::engine::status::job_status;
 use crate::job::record::{list_jobs, read_job};
 use serde_json::json;
 
@@ -12,9 +14,8 @@ pub async fn run(state: &AppState, invocation: &super::Invocation) -> Result<Inv
     let (code, body) = match job_id {
         Some(id) => match read_job(state.store.as_ref(), &id).await? {
             Some(job) => {
-                let mut body = serde_json::to_value(&job).expect("job records serialize");
-                body["activities"] = activities(state, &job).await?;
-                (200, body)
+                let status = job_status(state.store.as_ref(), &job, time::OffsetDateTime::now_utc()).await?;
+                (200, serde_json::to_value(&status).expect("statuses serialize"))
             }
             None => (404, json!({"error": format!("no job '{id}'")})),
         },
@@ -26,19 +27,4 @@ pub async fn run(state: &AppState, invocation: &super::Invocation) -> Result<Inv
     let mut result = InvocationResult::default();
     result.outputs.insert(bindings::RES.into(), http_response(code, &body));
     Ok(result)
-}
-
-/// Each activity's progress: its current iteration, state, rows copied.
-async fn activities(state: &AppState, job: &crate::job::JobRecord) -> Result<serde_json::Value, HandlerError> {
-    let mut out = serde_json::Map::new();
-    for activity in job.spec.iter().flat_map(|s| s.activities.iter()) {
-        let key = crate::engine::copy::keys::activity(&job.id, &activity.name);
-        let record = crate::storage::checkpoint::read_json::<crate::engine::copy::ActivityRecord>(state.store.as_ref(), &key).await?;
-        let value = match record {
-            Some((r, _)) => serde_json::to_value(r).expect("activity records serialize"),
-            None => json!({"state": "notStarted"}),
-        };
-        out.insert(activity.name.clone(), value);
-    }
-    Ok(serde_json::Value::Object(out))
 }

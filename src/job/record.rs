@@ -60,6 +60,14 @@ pub fn job_key(id: &str) -> String {
 /// Namespace for name-based job ids (a fixed random UUID: ids only need to be stable).
 const JOB_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b63_2d6a_6f62_4f1d_9a3e_5c0f_7d21_a9b4);
 
+/// The id of a job whose request names none: a name-based UUID of the validated job, so
+/// the same request is the same job however often it is sent (and `kc submit` can say which
+/// job it submitted before the app has read the message).
+pub fn job_id_for(spec: &JobSpec) -> String {
+    let canonical = serde_json::to_vec(spec).expect("job specs serialize");
+    uuid::Uuid::new_v5(&JOB_ID_NAMESPACE, &canonical).to_string()
+}
+
 pub fn validate_job_id(id: &str) -> Result<(), String> {
     let ok = (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
@@ -88,10 +96,7 @@ pub async fn record_request(
         .map_err(|Rejection(reason)| Rejection(super::redact::redact(&reason)));
     match validated {
         Ok(spec) => {
-            let id = given_id.unwrap_or_else(|| {
-                let canonical = serde_json::to_vec(&spec).expect("job specs serialize");
-                uuid::Uuid::new_v5(&JOB_ID_NAMESPACE, &canonical).to_string()
-            });
+            let id = given_id.unwrap_or_else(|| job_id_for(&spec));
             let record = JobRecord {
                 id: id.clone(),
                 state: JobState::Accepted,

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod copy;
+pub mod host;
 
 use async_trait::async_trait;
 use kc_host_harness::{HostQueue, QueueError, QueueService, Received};
