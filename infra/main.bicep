@@ -55,6 +55,9 @@ param operatorPrincipalType string = 'User'
 @description('Replications declared in configuration (KC_REPLICATIONS): each a copy request as on kc-requests, plus a name.')
 param replications array = []
 
+@description('Version of the replications declaration (KC_REPLICATIONS_VERSION): the deployment time by default, so instances still on older settings change nothing. Leave the default.')
+param replicationsVersion string = utcNow('yyyyMMddHHmmss')
+
 @description('NCRONTAB schedule of the scheduler function (six fields, seconds first): KC_SCHEDULE.')
 param schedule string = '0 */1 * * * *'
 
@@ -231,15 +234,34 @@ resource operatorSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = i
   dependsOn: [queues]
 }
 
-// The operator reads job progress from the checkpoints (kc status).
-resource operatorReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
-  name: guid(subscription().id, storage.id, operatorPrincipalId, roles.storageBlobDataReader)
+// The operator reads job progress from the checkpoints (kc status) and writes the cancel
+// flag there (kc cancel marks each activity cancelled): read and write, on this container only.
+resource operatorCheckpoints 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+  name: guid(subscription().id, storage.id, operatorPrincipalId, roles.storageBlobDataContributor)
   scope: checkpointContainer
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
     principalId: operatorPrincipalId
     principalType: operatorPrincipalType
   }
+}
+
+resource stepsQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' existing = {
+  parent: queueService
+  name: 'kc-steps'
+}
+
+// kc cancel puts the cleanup step of each cancelled activity on kc-steps, for the app to run
+// under its own identity (the scheduler's sweeper would send it too, a tick later).
+resource operatorStepsSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+  name: guid(subscription().id, storage.id, operatorPrincipalId, roles.storageQueueDataMessageSender, 'kc-steps')
+  scope: stepsQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataMessageSender)
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+  }
+  dependsOn: [queues]
 }
 
 // ADX databases in reach: the identity as a Kusto principal (principalId is its client id).
@@ -295,6 +317,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'KC_ALLOWED_CLUSTERS', value: join(clusterUris, ',') }
         { name: 'KC_ALLOWED_STORAGE_ACCOUNTS', value: join(stagingAccountNames, ',') }
         { name: 'KC_REPLICATIONS', value: string(replications) }
+        { name: 'KC_REPLICATIONS_VERSION', value: replicationsVersion }
         // Read by the host: functions/scheduler/function.json has "schedule": "%KC_SCHEDULE%".
         { name: 'KC_SCHEDULE', value: schedule }
       ]

@@ -25,6 +25,11 @@ pub mod names {
     pub const ALLOWED_CLUSTERS: &str = "KC_ALLOWED_CLUSTERS";
     /// Storage account names a request may stage in (comma-separated). Unset: any account.
     pub const ALLOWED_STORAGE_ACCOUNTS: &str = "KC_ALLOWED_STORAGE_ACCOUNTS";
+    /// Replications to keep running: a JSON array of copy requests, each with a `name`.
+    pub const REPLICATIONS: &str = "KC_REPLICATIONS";
+    /// Which declaration of KC_REPLICATIONS is newer (an integer, e.g. the deployment time
+    /// as yyyyMMddHHmmss): instances with older settings change nothing.
+    pub const REPLICATIONS_VERSION: &str = "KC_REPLICATIONS_VERSION";
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -76,6 +81,8 @@ pub struct Settings {
     pub direct_ingestion: bool,
     /// What requests may name: allow-lists, loopback (only with the emulator credential).
     pub policy: crate::job::RequestPolicy,
+    pub replications: Vec<crate::job::replication::Replication>,
+    pub replications_version: u64,
 }
 
 /// Reads settings from a name → value map (the process environment in production, a literal
@@ -120,6 +127,14 @@ pub fn from_map(env: &HashMap<String, String>) -> Result<Settings, ConfigError> 
         Some("direct") => true,
         Some(other) => return Err(ConfigError::new(names::INGESTION, format!("'{other}' is not one of queued, direct"))),
     };
+    let replications = match get(names::REPLICATIONS) {
+        None => Vec::new(),
+        Some(text) => crate::job::replication::parse(text).map_err(|p| ConfigError::new(names::REPLICATIONS, p))?,
+    };
+    let replications_version = match get(names::REPLICATIONS_VERSION) {
+        None => 0,
+        Some(v) => v.parse::<u64>().map_err(|_| ConfigError::new(names::REPLICATIONS_VERSION, format!("'{v}' is not a whole number")))?,
+    };
     let ca_cert = get(names::CA_CERT).map(PathBuf::from);
     if let Some(path) = &ca_cert {
         if !path.is_file() {
@@ -144,6 +159,8 @@ pub fn from_map(env: &HashMap<String, String>) -> Result<Settings, ConfigError> 
         ),
         credential,
         direct_ingestion,
+        replications,
+        replications_version,
     })
 }
 
@@ -260,7 +277,8 @@ pub const SETTINGS: &[(&str, Need)] = &[
     (names::CREDENTIAL, Need::Optional),
     (names::LOG_FORMAT, Need::Optional),
     (names::INGESTION, Need::Optional),
-    ("KC_REPLICATIONS", Need::Optional),
+    (names::REPLICATIONS, Need::Optional),
+    (names::REPLICATIONS_VERSION, Need::Optional),
     (names::CA_CERT, Need::TestOnly),
 ];
 

@@ -120,6 +120,13 @@ fn serve() -> ExitCode {
     for warning in settings.policy.warnings() {
         tracing::warn!("{warning}");
     }
+    // Checked again when each job is recorded (its rejection then shows in status); said here
+    // too, so a bad declaration is seen at start-up.
+    for r in &settings.replications {
+        if let Err(rejection) = kusto_copy::job::check_request(&r.request, &settings.policy) {
+            tracing::error!(replication = %r.name, reason = %rejection.0, "replication in KC_REPLICATIONS is invalid and will not run");
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
         let state = match handler::AppState::from_settings(&settings) {

@@ -304,6 +304,9 @@ impl Engine for Duplicating {
     async fn tick(&self, t: &Tick) -> Result<Vec<Outgoing>, EngineError> {
         self.0.tick(t).await
     }
+    async fn cancel(&self, job: &JobRecord) -> Result<Vec<Outgoing>, EngineError> {
+        self.0.cancel(job).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -613,6 +616,9 @@ impl Engine for Losing {
     }
     async fn tick(&self, t: &Tick) -> Result<Vec<Outgoing>, EngineError> {
         self.inner.tick(t).await
+    }
+    async fn cancel(&self, job: &JobRecord) -> Result<Vec<Outgoing>, EngineError> {
+        self.inner.cancel(job).await
     }
 }
 

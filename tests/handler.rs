@@ -48,6 +48,9 @@ impl Engine for ScriptedEngine {
         self.ticks.lock().unwrap().push(tick.clone());
         Ok(vec![Outgoing { message: msg("cont", "plan"), delay: Duration::ZERO }])
     }
+    async fn cancel(&self, _job: &kusto_copy::job::JobRecord) -> Result<Vec<Outgoing>, EngineError> {
+        Err(EngineError::Permanent("this test engine is never asked to cancel".into()))
+    }
 }
 
 #[derive(Default)]
@@ -73,7 +76,7 @@ async fn start() -> Harness {
     let store = Arc::new(MemoryCheckpointStore::default());
     let sender = Arc::new(RecordingSender::default());
     let engine = Arc::new(ScriptedEngine::default());
-    let state = AppState { store: store.clone(), steps: sender.clone(), engine: engine.clone(), policy: Arc::new(kusto_copy::job::RequestPolicy::emulator()) };
+    let state = AppState { store: store.clone(), steps: sender.clone(), engine: engine.clone(), policy: Arc::new(kusto_copy::job::RequestPolicy::emulator()), replications: Default::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });

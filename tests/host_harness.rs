@@ -105,6 +105,9 @@ impl Engine for ChainEngine {
     async fn tick(&self, _t: &Tick) -> Result<Vec<Outgoing>, EngineError> {
         Ok(vec![Outgoing { message: step("timer-job", "t"), delay: Duration::ZERO }])
     }
+    async fn cancel(&self, _job: &kusto_copy::job::JobRecord) -> Result<Vec<Outgoing>, EngineError> {
+        Err(EngineError::Permanent("this test engine is never asked to cancel".into()))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,7 +117,7 @@ async fn outputs_retries_delays_and_timers_flow_through_the_harness() {
     let steps = StorageQueue::new(clients.queue("kc-steps").unwrap(), "kc-steps", MessageEncoding::None);
     steps.ensure_exists().await.unwrap();
     let engine = Arc::new(ChainEngine::default());
-    let state = AppState { store: Arc::new(MemoryCheckpointStore::default()), steps: Arc::new(steps), engine: engine.clone(), policy: Arc::new(kusto_copy::job::RequestPolicy::emulator()) };
+    let state = AppState { store: Arc::new(MemoryCheckpointStore::default()), steps: Arc::new(steps), engine: engine.clone(), policy: Arc::new(kusto_copy::job::RequestPolicy::emulator()), replications: Default::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });

@@ -178,7 +178,6 @@ fn every_file_parses_without_error_nodes() {
 
 const OWNER: &str = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b";
 const BLOB_CONTRIBUTOR: &str = "ba92f5b4-2d11-453d-a403-e96b0029c9fe";
-const BLOB_READER: &str = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1";
 const QUEUE_CONTRIBUTOR: &str = "974c5e8b-45b9-4653-ba55-5f855dd0fb88";
 const QUEUE_SENDER: &str = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a";
 const METRICS_PUBLISHER: &str = "3913510d-42f4-4e42-8a64-420c390055eb";
@@ -193,7 +192,8 @@ fn role_assignments_are_exactly_the_least_that_work() {
         (("main.bicep", "telemetryPublisher"), (METRICS_PUBLISHER, "appInsights", identity, "'ServicePrincipal'")),
         (("main.bicep", "stagingContributor"), (BLOB_CONTRIBUTOR, "stagingAccount", identity, "'ServicePrincipal'")),
         (("main.bicep", "operatorSender"), (QUEUE_SENDER, "requestsQueue", "operatorPrincipalId", "operatorPrincipalType")),
-        (("main.bicep", "operatorReader"), (BLOB_READER, "checkpointContainer", "operatorPrincipalId", "operatorPrincipalType")),
+        (("main.bicep", "operatorCheckpoints"), (BLOB_CONTRIBUTOR, "checkpointContainer", "operatorPrincipalId", "operatorPrincipalType")),
+        (("main.bicep", "operatorStepsSender"), (QUEUE_SENDER, "stepsQueue", "operatorPrincipalId", "operatorPrincipalType")),
         (("staging-access.bicep", "contributor"), (BLOB_CONTRIBUTOR, "account", "principalId", "'ServicePrincipal'")),
     ]
     .into();
@@ -267,6 +267,7 @@ fn app_settings_are_what_config_rs_asks_for() {
     assert_eq!(settings["KC_ALLOWED_CLUSTERS"], "join(clusterUris, ',')");
     assert_eq!(settings["KC_ALLOWED_STORAGE_ACCOUNTS"], "join(stagingAccountNames, ',')");
     assert_eq!(settings["KC_REPLICATIONS"], "string(replications)");
+    assert_eq!(settings["KC_REPLICATIONS_VERSION"], "replicationsVersion");
     assert_eq!(settings["KC_SCHEDULE"], "schedule");
     // The scheduler's timer reads its schedule from that setting.
     let scheduler: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("functions/scheduler/function.json")).unwrap()).unwrap();

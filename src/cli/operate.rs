@@ -212,7 +212,7 @@ pub async fn cancel(args: &CancelArgs, env: &HashMap<String, String>) -> Result<
     // app's, under its identity, so these connections are never used here.
     let connections = Arc::new(LiveConnections::new(credential, settings.storage.ca_cert.clone(), crate::engine::copy::step_client_options()));
     let engine = CopyEngine::new(store.clone(), connections, EngineOptions::default());
-    let messages = engine.cancel(&job).await.map_err(|e| e.to_string())?;
+    let messages = engine.cancel_job(&job).await.map_err(|e| e.to_string())?;
     let steps = StorageQueue::new(clients.queue(config::queues::STEPS).map_err(|e| e.to_string())?, config::queues::STEPS, MessageEncoding::None);
     for message in &messages {
         let text = serde_json::to_string(&message.message).expect("step messages serialize");

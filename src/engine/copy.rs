@@ -1067,6 +1067,10 @@ impl Engine for CopyEngine {
         }
     }
 
+    async fn cancel(&self, job: &JobRecord) -> Result<Vec<Outgoing>, EngineError> {
+        self.cancel_job(job).await
+    }
+
     async fn tick(&self, tick: &Tick) -> Result<Vec<Outgoing>, EngineError> {
         let mut out = Vec::new();
         for job in list_jobs(self.store.as_ref()).await.map_err(record_err)? {
@@ -1198,7 +1202,7 @@ impl CopyEngine {
     /// moved to the destination stay there whole; nothing else is left. Steps of the job
     /// still queued find the activity stopped and end. Safe to repeat; the sweeper sends the
     /// cleanup again if its message is lost.
-    pub async fn cancel(&self, job: &JobRecord) -> Result<Vec<Outgoing>, EngineError> {
+    pub async fn cancel_job(&self, job: &JobRecord) -> Result<Vec<Outgoing>, EngineError> {
         let Some(spec) = &job.spec else { return Ok(vec![]) };
         let mut out = Vec::new();
         for activity in &spec.activities {

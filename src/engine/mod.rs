@@ -84,4 +84,6 @@ pub trait Engine: Send + Sync {
     async fn step(&self, message: &StepMessage, delivery: &Delivery) -> Result<Vec<Outgoing>, EngineError>;
     /// Start due iterations and re-emit lost work.
     async fn tick(&self, tick: &Tick) -> Result<Vec<Outgoing>, EngineError>;
+    /// Stop a job for good (its committed rows stay): the messages that clean up after it.
+    async fn cancel(&self, job: &JobRecord) -> Result<Vec<Outgoing>, EngineError>;
 }

@@ -9,6 +9,7 @@
 //! and the server keeps serving.
 
 pub mod invocation;
+pub mod replications;
 pub mod requests;
 pub mod scheduler;
 pub mod status;
@@ -60,6 +61,15 @@ pub struct AppState {
     pub engine: Arc<dyn Engine>,
     /// What requests may name (hosts, identity): checked before any job is recorded.
     pub policy: Arc<crate::job::RequestPolicy>,
+    /// Replications declared in the settings, kept by the scheduler.
+    pub replications: Arc<Declared>,
+}
+
+/// `KC_REPLICATIONS` and its version (`KC_REPLICATIONS_VERSION`).
+#[derive(Debug, Clone, Default)]
+pub struct Declared {
+    pub replications: Vec<crate::job::replication::Replication>,
+    pub version: u64,
 }
 
 /// Why an invocation did not succeed, and so which status the host sees. A non-2xx answer
@@ -209,6 +219,7 @@ impl AppState {
             steps: Arc::new(StorageQueue::new(queue, steps_queue, MessageEncoding::None)),
             engine,
             policy: Arc::new(settings.policy.clone()),
+            replications: Arc::new(Declared { replications: settings.replications.clone(), version: settings.replications_version }),
         })
     }
 }

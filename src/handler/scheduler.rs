@@ -1,4 +1,5 @@
-//! `scheduler`: the timer. Starts due iterations of continuous jobs and re-emits lost work.
+//! `scheduler`: the timer. Keeps the declared replications, starts due iterations of
+//! continuous jobs and re-emits lost work.
 
 use super::invocation::{timer_info, InvocationResult};
 use super::{bindings, emit, AppState, HandlerError};
@@ -15,10 +16,19 @@ pub async fn run(state: &AppState, invocation: &super::Invocation) -> Result<Inv
     let mut result = InvocationResult::default();
     // A timer invocation is not retried by the host, so a failure here only waits for the next
     // tick; say so in the answer.
-    let outgoing = state.engine.tick(&tick).await.map_err(|e| match e {
+    let failed = |e| match e {
         EngineError::Transient(m) => HandlerError::Transient(format!("{m}; the next tick will try again")),
         EngineError::Permanent(m) => HandlerError::Failed(m),
-    })?;
+    };
+    let declared = &state.replications;
+    let mut outgoing = if declared.replications.is_empty() && declared.version == 0 {
+        Vec::new()
+    } else {
+        super::replications::reconcile(state.store.as_ref(), state.engine.as_ref(), &state.policy, &declared.replications, declared.version, tick.now)
+            .await
+            .map_err(failed)?
+    };
+    outgoing.extend(state.engine.tick(&tick).await.map_err(failed)?);
     let count = outgoing.len();
     emit(state, outgoing, &mut result).await?;
     result.return_value = json!({"pastDue": tick.past_due, "messages": count});

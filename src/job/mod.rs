@@ -14,6 +14,7 @@ pub mod policy;
 pub mod query;
 pub mod record;
 pub mod redact;
+pub mod replication;
 pub mod request;
 pub mod uri;
 

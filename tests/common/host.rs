@@ -17,10 +17,25 @@ pub struct HostStack {
     pub source: Cluster,
     pub destination: Cluster,
     pub host: Arc<Host>,
-    pub _kc: tokio::process::Child,
+    pub kc: tokio::process::Child,
+    pub port: u16,
+}
+
+impl HostStack {
+    /// Stops `kc serve` and starts it again on the same port with `settings`, as the host
+    /// restarts a worker after a settings change.
+    pub async fn restart(&mut self, settings: &[(&str, String)]) {
+        self.kc.kill().await.unwrap();
+        self.kc = super::spawn_kc_serve_with(&self.azurite, self.port, settings);
+        super::wait_ready(self.port).await;
+    }
 }
 
 pub async fn host_stack() -> HostStack {
+    host_stack_with(&[]).await
+}
+
+pub async fn host_stack_with(settings: &[(&str, String)]) -> HostStack {
     let azurite = Azurite::start();
     let config = ClusterConfig {
         async_duration: Duration::from_millis(200),
@@ -30,11 +45,11 @@ pub async fn host_stack() -> HostStack {
     let source = Cluster::start("source", config.clone()).await.unwrap();
     let destination = Cluster::start("destination", config).await.unwrap();
     let port = super::free_port();
-    let kc = super::spawn_kc_serve(&azurite, port);
+    let kc = super::spawn_kc_serve_with(&azurite, port, settings);
     super::wait_ready(port).await;
     let mut host = Host::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), &format!("http://127.0.0.1:{port}"), super::host_queues(&azurite));
     host.settings.visibility_timeout = Duration::from_secs(1);
-    HostStack { azurite, source, destination, host: Arc::new(host), _kc: kc }
+    HostStack { azurite, source, destination, host: Arc::new(host), kc, port }
 }
 
 pub fn seed(cluster: &Cluster, db: &str, table: &str, rows: usize, extents: usize, first_creation: i64) {

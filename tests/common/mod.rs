@@ -35,8 +35,14 @@ pub fn free_port() -> u16 {
 
 /// `kc serve` as the Functions host starts it, on Azurite with the emulator credential.
 pub fn spawn_kc_serve(azurite: &Azurite, port: u16) -> tokio::process::Child {
+    spawn_kc_serve_with(azurite, port, &[])
+}
+
+/// `kc serve` with more settings (replications, say).
+pub fn spawn_kc_serve_with(azurite: &Azurite, port: u16, settings: &[(&str, String)]) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_kc"))
         .arg("serve")
+        .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
         .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
         .env("KC_BLOB_ENDPOINT", azurite.blob_endpoint())
         .env("KC_QUEUE_ENDPOINT", azurite.queue_endpoint())
