@@ -135,6 +135,13 @@ async fn kc_copy_run_again_copies_the_delta_and_reports_it() {
     assert!(third.contains("(0 rows by this run)"), "{third}");
     assert_exact_rows(&stack, 340);
 
+    // The same staging folder with another query: refused, saying how to start over.
+    let out = kc("BackfillAndNew", "cli-bn").args(["-q", "| where Id > 5"]).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("holds another job") && stderr.contains("another staging folder"), "{stderr}");
+    assert_exact_rows(&stack, 340);
+
     // BackfillOnly into another table of its own: once, then nothing.
     stack.destination.command(DB, ".drop table Events").unwrap();
     stack.destination.command(DB, ".create table Events (Id:long, Name:string, When:datetime)").unwrap();

@@ -138,6 +138,21 @@ pub async fn run(args: &CopyArgs, mut env: Environment) -> Result<String, String
     let tracking = if staging.path.is_empty() { "tracking".to_owned() } else { format!("{}/tracking", staging.path) };
     let store: Arc<dyn CheckpointStore> = Arc::new(PrefixedStore::new(Arc::new(BlobCheckpointStore::new(container)), tracking));
 
+    // One job per staging folder: running again continues it; a changed job (another query,
+    // destination, mode...) would be another job copying everything again beside it, so it
+    // is refused with what to do instead.
+    let id = crate::job::record::job_id_for(&spec);
+    for other in crate::job::record::list_jobs(store.as_ref()).await.map_err(|e| e.to_string())? {
+        if other.state == crate::job::JobState::Accepted && other.id != id && other.spec.as_ref() != Some(&spec) {
+            return Err(format!(
+                "the staging folder {} holds another job ({}): {}; this command differs from it. \
+                 To continue that job, run it as it was; to copy with the new options, start over in another staging folder (-t)",
+                [staging.account_url.as_str(), staging.container.as_str(), staging.path.as_str()].iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("/"),
+                other.id,
+                describe(other.spec.as_ref().expect("accepted jobs have a spec")),
+            ));
+        }
+    }
     let job = match record_request(store.as_ref(), &text, time::OffsetDateTime::now_utc(), &env.policy).await.map_err(|e| e.to_string())? {
         RecordOutcome::Accepted(job) | RecordOutcome::AlreadyRecorded(job) => job,
         RecordOutcome::IdTaken { id } => return Err(format!("job {id} in this staging directory has a different definition; use another staging folder")),
@@ -207,6 +222,19 @@ async fn drive(
         tokio::time::sleep(Duration::from_secs(spec.iteration_period_secs.unwrap_or(60))).await;
         engine.tick(&Tick { now: time::OffsetDateTime::now_utc() + time::Duration::days(3650), past_due: false }).await.map_err(|e| e.to_string())?;
     }
+}
+
+/// A job in a few words, for a person comparing it with the command they ran.
+fn describe(spec: &crate::job::JobSpec) -> String {
+    let activities: Vec<String> = spec
+        .activities
+        .iter()
+        .map(|a| {
+            let query = a.query.as_deref().map(|q| format!(" {q}")).unwrap_or_default();
+            format!("{}.{}{query} -> {}.{}", a.source.database, a.source.table, a.destination.database, a.destination.table)
+        })
+        .collect();
+    format!("{} ({:?})", activities.join(", "), spec.copy_mode)
 }
 
 async fn summarize(engine: &CopyEngine, job: &JobRecord) -> Result<String, String> {

@@ -41,9 +41,9 @@ pub fn parse(text: &str) -> Result<Vec<Replication>, String> {
         if out.iter().any(|r| r.name == name) {
             return Err(format!("replication name '{name}' is declared twice"));
         }
-        // serde_json's maps are sorted by key, so the same definition hashes the same
-        // whatever order its fields were written in.
-        let definition = Value::Object(fields.clone()).to_string();
+        // Keys sorted at every level, so the same definition hashes the same whatever order
+        // its fields were written in (and whether or not serde_json keeps insertion order).
+        let definition = canonical(&Value::Object(fields.clone()));
         let ns = uuid::Uuid::from_u128(0x6b63_7265_706c_4963_8a1b_2c3d_4e5f_6072);
         let hash = uuid::Uuid::new_v5(&ns, definition.as_bytes()).simple().to_string();
         let job_id = format!("{name}-{}", &hash[..12]);
@@ -51,6 +51,20 @@ pub fn parse(text: &str) -> Result<Vec<Replication>, String> {
         out.push(Replication { name, job_id, request: Value::Object(fields).to_string() });
     }
     Ok(out)
+}
+
+/// JSON text with object keys sorted at every level.
+fn canonical(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys.into_iter().map(|k| format!("{}:{}", Value::String(k.clone()), canonical(&map[k]))).collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => format!("[{}]", items.iter().map(canonical).collect::<Vec<_>>().join(",")),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -61,8 +75,9 @@ mod tests {
     fn the_same_definition_names_the_same_job_and_a_change_a_new_one() {
         let a = parse(r#"[{"name": "logs", "source": "s", "destination": "d", "copyMode": "BackfillAndNew"}]"#).unwrap();
         let reordered = parse(r#"[{"copyMode": "BackfillAndNew", "destination": "d", "name": "logs", "source": "s"}]"#).unwrap();
+        assert_eq!(canonical(&serde_json::json!({"b": {"d": 1, "c": [{"f": 2, "e": 3}]}, "a": null})), r#"{"a":null,"b":{"c":[{"e":3,"f":2}],"d":1}}"#);
         let changed = parse(r#"[{"name": "logs", "source": "s", "destination": "d2", "copyMode": "BackfillAndNew"}]"#).unwrap();
-        assert_eq!(a, reordered);
+        assert_eq!(a[0].job_id, reordered[0].job_id);
         assert_ne!(a[0].job_id, changed[0].job_id);
         assert!(a[0].job_id.starts_with("logs-") && a[0].job_id.len() == 17, "{}", a[0].job_id);
         let request: Value = serde_json::from_str(&a[0].request).unwrap();
