@@ -291,6 +291,7 @@ async fn stalled_job(store: &dyn CheckpointStore, id: &str, state: BlockState) -
         export_slots: 1,
         cluster_capacity: None,
         chunk_bins: None,
+        route: None,
         aborted: false,
         first_ingestion: None,
         last_ingestion: None,

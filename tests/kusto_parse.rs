@@ -374,3 +374,77 @@ fn malformed_answers_are_protocol_errors() {
     let wrong_type = json!({"Tables": [{"TableName": "t", "Columns": [{"ColumnName": "a", "DataType": "Int64"}], "Rows": [["x"]]}]});
     assert_eq!(parse_v1(wrong_type.to_string().as_bytes()).unwrap_err().kind, ErrorKind::Protocol);
 }
+
+/// The official client's OpenAPI spec (camelCase counts, `startedAt`/`lastUpdateTime`) and the
+/// docs' example (PascalCase counts, `startTime`/`lastUpdated`) read the same.
+#[test]
+fn ingest_v2_status_in_both_casings() {
+    let pascal = parse_ingestion_status(&fixture("ingest_status_details.json")).unwrap();
+    let camel = parse_ingestion_status(&fixture("ingest_status_camel.json")).unwrap();
+    assert_eq!((camel.succeeded, camel.failed, camel.in_progress, camel.canceled), (1, 1, 1, 0));
+    assert_eq!(camel, pascal, "counts, times and every blob's detail agree");
+    assert_eq!(camel.blobs[0].start_time, Some(datetime!(2025-10-01 12:00:00 UTC)));
+    assert_eq!(camel.blobs[0].last_updated, Some(datetime!(2025-10-01 12:15:00 UTC)));
+    assert!(!camel.is_finished(), "one blob is still in progress");
+    assert!(camel.has_failures());
+}
+
+/// Completion and failure come from the per-blob details, as the official client decides
+/// them: a non-empty list whose blobs are all final. Counts alone are not trusted.
+#[test]
+fn ingest_v2_completion_is_judged_by_the_blobs() {
+    let status = |body: serde_json::Value| parse_ingestion_status(body.to_string().as_bytes()).unwrap();
+    let blob = |s: &str| json!({"sourceId": "s", "status": s});
+    // Counts say done, but no blob is listed yet: not finished.
+    let empty = status(json!({"status": {"succeeded": 1, "inProgress": 0}, "details": []}));
+    assert!(!empty.is_finished() && !empty.has_failures());
+    let done = status(json!({"status": {"succeeded": 2}, "details": [blob("Succeeded"), blob("Succeeded")]}));
+    assert!(done.is_finished() && !done.has_failures());
+    // Counts say nothing failed; a blob's detail says it was canceled.
+    let canceled = status(json!({"status": {"Succeeded": 1}, "details": [blob("Succeeded"), blob("Canceled")]}));
+    assert!(canceled.is_finished() && canceled.has_failures());
+    let queued = status(json!({"status": {}, "details": [blob("Queued"), blob("Succeeded")]}));
+    assert!(!queued.is_finished());
+    let unknown = status(json!({"details": [blob("Paused")]}));
+    assert!(!unknown.is_finished(), "an unknown blob state is not final");
+}
+
+/// Each state `.show operations` documents is read as itself, and only InProgress and
+/// Scheduled are pending (Throttled means "aborted because of throttling": final).
+#[test]
+fn every_documented_operation_state_is_parsed() {
+    let states = [
+        ("InProgress", OperationState::InProgress, true),
+        ("Scheduled", OperationState::Scheduled, true),
+        ("Completed", OperationState::Completed, false),
+        ("Failed", OperationState::Failed, false),
+        ("PartiallySucceeded", OperationState::PartiallySucceeded, false),
+        ("Abandoned", OperationState::Abandoned, false),
+        ("BadInput", OperationState::BadInput, false),
+        ("Throttled", OperationState::Throttled, false),
+        ("Canceled", OperationState::Canceled, false),
+        ("Cancelled", OperationState::Canceled, false),
+        ("Skipped", OperationState::Skipped, false),
+    ];
+    let rows: Vec<serde_json::Value> = states
+        .iter()
+        .enumerate()
+        .map(|(i, (text, _, _))| json!([format!("00000000-0000-4000-8000-{i:012}"), "DataExportCommand", "2024-05-01T10:00:00Z", "2024-05-01T10:05:00Z", text, "why"]))
+        .collect();
+    let answer = json!({"Tables": [{"TableName": "Table_0", "Columns": [
+        {"ColumnName": "OperationId", "DataType": "Guid", "ColumnType": "guid"},
+        {"ColumnName": "Operation", "DataType": "String", "ColumnType": "string"},
+        {"ColumnName": "StartedOn", "DataType": "DateTime", "ColumnType": "datetime"},
+        {"ColumnName": "LastUpdatedOn", "DataType": "DateTime", "ColumnType": "datetime"},
+        {"ColumnName": "State", "DataType": "String", "ColumnType": "string"},
+        {"ColumnName": "Status", "DataType": "String", "ColumnType": "string"}],
+      "Rows": rows}]});
+    let ops = results::operations(&parse_v1(answer.to_string().as_bytes()).unwrap()).unwrap();
+    assert_eq!(ops.len(), states.len());
+    for (op, (text, state, pending)) in ops.iter().zip(states) {
+        assert_eq!(op.state, state, "{text}");
+        assert_eq!(op.state.is_pending(), pending, "{text}");
+        assert_eq!(op.status.as_deref(), Some("why"));
+    }
+    assert_eq!(OperationState::from_text("Paused"), OperationState::Other("Paused".into()));
+}

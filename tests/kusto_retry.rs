@@ -443,6 +443,7 @@ async fn queued_ingestion_and_status_on_the_ingest_api() {
         creation_time: Some(time::macros::datetime!(2024-03-01 12:00:00 UTC)),
         tags: vec!["drop-by:kc-b1-a1".into()],
         ingest_if_not_exists: vec![],
+        ingestion_mapping: Some(kusto_copy::kusto::commands::csv_ordinal_mapping(&["A".into(), "B".into()])),
     };
     let id = ClientRequestId::new("ingest", "job", "b1", 1);
     let op = client.queue_ingestion(&db, &table, &blobs, &props, &id).await.unwrap();
@@ -462,7 +463,11 @@ async fn queued_ingestion_and_status_on_the_ingest_api() {
     assert_eq!(body["properties"]["tags"], json!(["drop-by:kc-b1-a1"]));
     assert_eq!(body["properties"]["creationTime"], "2024-03-01T12:00:00.0000000Z");
     assert!(body["properties"].get("ingestIfNotExists").is_none());
+    // The spec types the mapping as a string holding its JSON.
+    assert_eq!(body["properties"]["ingestionMapping"], r#"[{"Column":"A","Properties":{"Ordinal":"0"}},{"Column":"B","Properties":{"Ordinal":"1"}}]"#);
     assert!(body["timestamp"].is_string());
+    // The API version the official clients send (Java ingest-v2, Go), on the ingest API too.
+    assert_eq!(seen[0].header("x-ms-version"), Some("2024-12-12"));
 
     let status = client.ingestion_status(&db, &table, &op, &id).await.unwrap();
     assert_eq!(server.attempts(), 3, "the status read is retried after a 503");

@@ -384,6 +384,7 @@ impl CopyEngine {
                     export_slots: 0,
                     cluster_capacity: None,
                     chunk_bins: None,
+                    route: None,
                     aborted: false,
                     first_ingestion: None,
                     last_ingestion: None,
@@ -420,7 +421,7 @@ impl CopyEngine {
         if !iteration.summarized {
             // First planning step of the iteration: the destination must be able to take the
             // rows before anything is exported, and the window's extent bounds the chunks.
-            self.check_destination(place, &source, &dest, &table, &dest_table, user_query.as_ref()).await?;
+            let produced = self.check_destination(place, &source, &dest, &table, &dest_table, user_query.as_ref()).await?;
             let summary = source
                 .execute(&place.activity.source.database, &commands::window_summary(&table, &window, user_query.as_ref()).map_err(|e| kusto_err("plan", e))?, &request_id("plan-window"))
                 .await
@@ -439,6 +440,10 @@ impl CopyEngine {
             }
             let mut next = iteration.clone();
             next.summarized = true;
+            // Fixed here, before any block exists: every block of the iteration travels so.
+            let route = super::records::DataRoute::for_columns(&produced);
+            tracing::info!(job, activity, route = ?route, "staging format chosen from the copy's column types");
+            next.route = Some(route);
             next.rows_without_ingestion_time = no_time;
             next.first_ingestion = summary.first;
             next.last_ingestion = summary.last;
@@ -584,7 +589,7 @@ impl CopyEngine {
         table: &Ident,
         dest_table: &Ident,
         user_query: Option<&UserQuery>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Vec<crate::kusto::Column>, EngineError> {
         let request_id = |what: &str| ClientRequestId::new(what, &place.job.id, &format!("{}/{}", place.activity.name, place.iteration), 1);
         let schema = |answer: Result<crate::kusto::DataSet, KustoError>, what: &str| {
             answer.and_then(|a| a.primary().map(|t| t.columns.clone())).map_err(|e| kusto_err(what, e))
@@ -611,7 +616,7 @@ impl CopyEngine {
         if let Some(problem) = super::plan::schema_mismatch(&produced, &accepted) {
             return Err(EngineError::Permanent(format!("destination table {} cannot take this copy: {problem}", dest_table.as_str())));
         }
-        Ok(())
+        Ok(produced)
     }
 
     async fn prepare_staging_table(&self, place: &Place, dest: &Arc<dyn KustoApi>, dest_table: &Ident) -> Result<(), EngineError> {

@@ -5,7 +5,8 @@
 //! outcome, failures included, goes back to the decision as an observation.
 
 use super::copy::{keys, CopyEngine, Place};
-use super::records::{BlockRecord, IngestRoute, IterationRecord, MessageAction, Step};
+use super::records::{BlockRecord, DataRoute, IngestRoute, IterationRecord, MessageAction, Step};
+use super::steps::operation::{consequence, Consequence, Waiting};
 use super::steps::{self, Ctx, Effect, ExportPoll, Failure, IngestPoll, Msg, Obs};
 use super::{Delivery, EngineError, Outgoing};
 use crate::kusto::{commands, results, ClientRequestId, CursorWindow, ExportRequest, Ident, IngestionRange, KustoApi, KustoError, SecretUrl, UserQuery};
@@ -116,7 +117,7 @@ impl CopyEngine {
                 Err(obs) => obs,
             },
             Effect::PollExport { operation } => self.poll_export(place, block, operation).await,
-            Effect::StartIngest { folder, tag } => match self.start_ingest(place, block, &folder, &tag).await {
+            Effect::StartIngest { folder, tag } => match self.start_ingest(place, iteration, block, &folder, &tag).await {
                 Ok(ops) => Obs::IngestStarted(ops),
                 Err(obs) => obs,
             },
@@ -127,7 +128,7 @@ impl CopyEngine {
                     Err(obs) => return obs,
                 };
                 match self.staged_extents(place, &tag, &rid).await {
-                    Ok(extents) => Obs::Ingest(IngestPoll { finished: status.0, failed: status.1, status_missing: status.2, extents }),
+                    Ok(extents) => Obs::Ingest(IngestPoll { extents, ..status }),
                     Err(e) => kusto_failure("count the tag's rows in staging", e),
                 }
             }
@@ -267,14 +268,18 @@ impl CopyEngine {
         let window = CursorWindow { from: iteration.cursor_from.clone(), to: iteration.cursor_to.clone() };
         let range = IngestionRange { from: block.from, to: block.to };
         let user_query = place.activity.query.as_deref().map(UserQuery::new).transpose().map_err(|e| failure("query", e, false))?;
-        let cmd = commands::export_parquet(&ExportRequest {
+        let request = ExportRequest {
             table: &table,
             window: &window,
             range: Some(&range),
             user_query: user_query.as_ref(),
             destinations: std::slice::from_ref(&destination),
             name_prefix: &format!("b{}", block.number),
-        })
+        };
+        let cmd = match iteration.data_route() {
+            DataRoute::Parquet => commands::export_parquet(&request),
+            DataRoute::Csv { .. } => commands::export_csv(&request),
+        }
         .map_err(|e| kusto_failure("build the export", e))?;
         let source = self.connections.kusto(&place.activity.source.cluster).map_err(|e| engine_failure("source cluster", e))?;
         let rid = ClientRequestId::new("export", &place.job.id, &block.number.to_string(), block.export_attempt);
@@ -296,9 +301,14 @@ impl CopyEngine {
             Ok(o) => o,
             Err(e) => return engine_failure("look at the export", e),
         };
-        match operation {
-            Some(o) if o.state.is_pending() => Obs::Export(ExportPoll::Pending),
-            Some(o) if o.state == results::OperationState::Completed => {
+        let Some(o) = operation else {
+            return Obs::Export(ExportPoll::Ended { why: format!("export operation {op} is no longer listed") });
+        };
+        match consequence(&o.state, o.status.as_deref(), Waiting::Export) {
+            Consequence::Pending => Obs::Export(ExportPoll::Pending),
+            Consequence::NewAttempt(why) => Obs::Export(ExportPoll::Ended { why }),
+            Consequence::Fail(why) => Obs::Export(ExportPoll::Stopped { why: format!("export operation {op}: {why}") }),
+            Consequence::Succeeded => {
                 let details = match source.execute(db, &commands::show_operation_details(op), &rid).await.and_then(|d| results::exported_blobs(&d)) {
                     Ok(d) => d,
                     Err(e) => return kusto_failure("read export details", e),
@@ -310,12 +320,10 @@ impl CopyEngine {
                     Err(e) => engine_failure("read export details", e),
                 }
             }
-            Some(o) => Obs::Export(ExportPoll::Ended { why: format!("export {:?}: {}", o.state, o.status.unwrap_or_default()) }),
-            None => Obs::Export(ExportPoll::Ended { why: format!("export operation {op} is no longer listed") }),
         }
     }
 
-    async fn start_ingest(&self, place: &Place, block: &BlockRecord, folder: &str, tag: &str) -> Result<Vec<String>, Obs> {
+    async fn start_ingest(&self, place: &Place, iteration: &IterationRecord, block: &BlockRecord, folder: &str, tag: &str) -> Result<Vec<String>, Obs> {
         let BlockRecord { state: super::records::BlockState::Ingesting { blobs, .. }, .. } = block else {
             return Err(failure("ingest", "the block has no blobs recorded", false));
         };
@@ -324,7 +332,11 @@ impl CopyEngine {
             let transient = e.is_transient();
             failure("sign the staging folder", e, transient)
         })?;
-        let mut props = commands::IngestProperties::parquet();
+        // The format the iteration exported in: CSV fields go to columns by the export's order.
+        let mut props = match iteration.data_route() {
+            DataRoute::Parquet => commands::IngestProperties::parquet(),
+            DataRoute::Csv { columns } => commands::IngestProperties::csv(&columns),
+        };
         props.creation_time = block.creation_time;
         props.tags = vec![tag.to_owned()];
         let table = self.staging_ident(place).map_err(|e| engine_failure("staging table", e))?;
@@ -363,18 +375,22 @@ impl CopyEngine {
         Ok(operations)
     }
 
-    /// (finished, failed, status no longer known) of an ingestion's operations.
-    async fn ingestion_outcome(&self, place: &Place, route: IngestRoute, operations: &[String], rid: &ClientRequestId) -> Result<(bool, bool, bool), Obs> {
+    /// What the ingestion's operations say (the extents are filled in by the caller).
+    async fn ingestion_outcome(&self, place: &Place, route: IngestRoute, operations: &[String], rid: &ClientRequestId) -> Result<IngestPoll, Obs> {
+        let poll = |finished, failed, status_missing, stopped| IngestPoll { finished, failed, status_missing, stopped, extents: vec![] };
         let dest = self.dest(place).map_err(|e| engine_failure("destination cluster", e))?;
         let db = &place.activity.destination.database;
         match route {
             IngestRoute::Direct => {
                 let id = operations.first().and_then(|o| o.parse::<Uuid>().ok()).ok_or_else(|| failure("ingest", "bad operation id", false))?;
-                Ok(match self.operation(&dest, db, id, rid).await.map_err(|e| engine_failure("look at the ingestion", e))?.map(|o| o.state) {
-                    None => (false, false, true),
-                    Some(s) if s.is_pending() => (false, false, false),
-                    Some(results::OperationState::Completed) => (true, false, false),
-                    Some(_) => (true, true, false),
+                let Some(o) = self.operation(&dest, db, id, rid).await.map_err(|e| engine_failure("look at the ingestion", e))? else {
+                    return Ok(poll(false, false, true, None));
+                };
+                Ok(match consequence(&o.state, o.status.as_deref(), Waiting::Ingestion) {
+                    Consequence::Pending => poll(false, false, false, None),
+                    Consequence::Succeeded => poll(true, false, false, None),
+                    Consequence::NewAttempt(_) => poll(true, true, false, None),
+                    Consequence::Fail(why) => poll(true, true, false, Some(format!("ingestion operation {id}: {why}"))),
                 })
             }
             IngestRoute::Queued => {
@@ -383,9 +399,11 @@ impl CopyEngine {
                 let (mut finished, mut failed, mut missing) = (true, false, false);
                 for op in operations {
                     match dest.ingestion_status(&database, &table, op, rid).await {
+                        // Judged by the per-blob details, as the official client judges them: done
+                        // when the list is non-empty and every blob is final.
                         Ok(status) => {
                             finished &= status.is_finished();
-                            failed |= status.failed > 0 || status.canceled > 0;
+                            failed |= status.has_failures();
                         }
                         // The service keeps a status for a while only: the count decides. (404, or
                         // a 400 whose code says the operation is not found.)
@@ -393,7 +411,7 @@ impl CopyEngine {
                         Err(e) => return Err(kusto_failure("read the ingestion status", e)),
                     }
                 }
-                Ok((finished && !missing, failed, missing))
+                Ok(poll(finished && !missing, failed, missing, None))
             }
         }
     }

@@ -73,6 +73,39 @@ pub enum IngestRoute {
     Direct,
 }
 
+/// The file format a table's rows travel in through staging, chosen once per iteration from
+/// the columns the copy produces and recorded before any block exists, so every block of the
+/// iteration (and a resumed copy) ingests what it exported.
+///
+/// Parquet is exact only for `bool int long real string dynamic`: by the export docs' Parquet
+/// mapping datetime is written as microseconds (Kusto keeps 100 ns ticks), timespan as INT64
+/// ticks and guid as UTF8, and the documented Parquet ingestion conversions turn no Parquet
+/// type into timespan and only UUID into guid ("might result in empty or incorrect data",
+/// management/mappings), while decimal's Parquet precision and scale are not stated. Any
+/// other column sends the table through gzip CSV, whose text carries every type, read back by
+/// an explicit ordinal mapping (CSV ingests by position, and the staging table has the
+/// destination's column order, which may differ from the copy's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "camelCase")]
+pub enum DataRoute {
+    Parquet,
+    /// Gzip CSV; `columns`: the exported columns in export order (the mapping's ordinals).
+    Csv { columns: Vec<String> },
+}
+
+impl DataRoute {
+    /// Parquet when every column is of a type it carries exactly, else CSV.
+    pub fn for_columns(columns: &[crate::kusto::Column]) -> DataRoute {
+        use crate::kusto::KustoType as K;
+        let exact_in_parquet = |k: &K| matches!(k, K::Bool | K::Int | K::Long | K::Real | K::String | K::Dynamic);
+        if columns.iter().all(|c| exact_in_parquet(&c.kind)) {
+            DataRoute::Parquet
+        } else {
+            DataRoute::Csv { columns: columns.iter().map(|c| c.name.clone()).collect() }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "camelCase")]
 pub enum BlockState {
@@ -354,6 +387,9 @@ pub struct IterationRecord {
     /// truncated, so a chunk that is too large is split, not retried as it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_bins: Option<u32>,
+    /// How this iteration's blocks travel (set by the first planning step, before any block).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<DataRoute>,
     /// A failed or cancelled activity's leftovers (staging table, folders, destination tags,
     /// slot claims) were removed.
     #[serde(default)]
@@ -376,10 +412,31 @@ pub struct IterationRecord {
     pub finished_at: Option<OffsetDateTime>,
 }
 
+impl IterationRecord {
+    /// The route of this iteration's blocks. A record without one was written before routes
+    /// existed, when every block was exported as Parquet: it goes on as it began.
+    pub fn data_route(&self) -> DataRoute {
+        self.route.clone().unwrap_or(DataRoute::Parquet)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn the_route_is_parquet_only_where_parquet_is_exact() {
+        use crate::kusto::{Column, KustoType as K};
+        let cols = |kinds: &[K]| kinds.iter().enumerate().map(|(i, k)| Column { name: format!("c{i}"), kind: *k }).collect::<Vec<_>>();
+        assert_eq!(DataRoute::for_columns(&cols(&[K::Bool, K::Int, K::Long, K::Real, K::String, K::Dynamic])), DataRoute::Parquet);
+        for lossy in [K::DateTime, K::TimeSpan, K::Guid, K::Decimal] {
+            let c = cols(&[K::Long, lossy]);
+            assert_eq!(DataRoute::for_columns(&c), DataRoute::Csv { columns: vec!["c0".into(), "c1".into()] }, "{lossy:?}");
+        }
+        let json = serde_json::to_string(&DataRoute::Csv { columns: vec!["a".into()] }).unwrap();
+        assert_eq!(json, r#"{"format":"csv","columns":["a"]}"#);
+    }
 
     fn block(state: BlockState) -> BlockRecord {
         let mut b = BlockRecord::planned(1, datetime!(2026-01-01 0:00 UTC), datetime!(2026-01-01 1:00 UTC), 10, None, T);

@@ -25,6 +25,11 @@ const MGMT_SERVER_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Room for the answer to travel after the server gives up.
 const CLIENT_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
 
+/// `x-ms-version`, as the official clients send it: `KUSTO_API_VERSION = "2024-12-12"` in the
+/// Java ingest-v2 client (Azure/azure-kusto-java, ingest-v2) and `x-ms-version: 2024-12-12` on
+/// every request of the Go client (Azure/azure-kusto-go, `conn.go`).
+pub const API_VERSION: &str = "2024-12-12";
+
 /// A meaningful `x-ms-client-request-id`: `KC.<step>;<job>;<block>;<attempt>;<uuid>`, so a
 /// request in Kusto's logs points back at the copy step that sent it. Retries of one call
 /// send the same id with `;r<n>` appended.
@@ -269,6 +274,7 @@ impl KustoClient {
         headers.insert("x-ms-client-request-id", header(request_id)?);
         headers.insert("x-ms-app", header(&self.inner.options.app_name)?);
         headers.insert("x-ms-client-version", header(&self.inner.options.client_version)?);
+        headers.insert("x-ms-version", HeaderValue::from_static(API_VERSION));
         let mut builder = self
             .inner
             .http

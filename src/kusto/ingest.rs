@@ -1,6 +1,14 @@
 //! Queued ingestion through the ingest-v2 REST API on the cluster's ingest endpoint:
 //! `POST /v1/rest/ingestion/queued/{db}/{table}` and
 //! `GET /v1/rest/ingestion/queued/{db}/{table}/{operationId}?details=true`.
+//!
+//! The status answer is read in both casings seen: the official client's OpenAPI spec
+//! (`ingest-v2/src/main/resources/openapi.yaml` in Azure/azure-kusto-java) names the counts
+//! `succeeded`, `failed`, `inProgress`, `canceled` and the blob times `startedAt`,
+//! `lastUpdateTime`; the docs' example (management/data-ingestion/queued-ingest-status) uses
+//! `Succeeded`, ... and `startTime`, `lastUpdated`. Completion and failure are decided from the
+//! per-blob details, as the official client does (a non-empty list, every blob final), never
+//! from counts or from an empty list.
 
 use std::fmt;
 
@@ -57,6 +65,9 @@ struct PropertiesBody<'a> {
     ingest_if_not_exists: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     creation_time: Option<String>,
+    /// A string holding the mapping's JSON (the spec types it `string`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ingestion_mapping: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -133,8 +144,15 @@ pub struct IngestionStatus {
 }
 
 impl IngestionStatus {
+    /// Every blob reached a final state. An empty list is not an answer: the service may not
+    /// have registered the blobs yet (the official client waits for a non-empty list too).
     pub fn is_finished(&self) -> bool {
-        self.in_progress == 0 && self.blobs.iter().all(|b| b.state.is_final())
+        !self.blobs.is_empty() && self.blobs.iter().all(|b| b.state.is_final())
+    }
+
+    /// Some blob failed or was canceled (from the details: counts alone are not trusted).
+    pub fn has_failures(&self) -> bool {
+        self.blobs.iter().any(|b| matches!(b.state, BlobState::Failed | BlobState::Canceled))
     }
 }
 
@@ -149,16 +167,17 @@ struct StatusAnswer {
     details: Vec<BlobAnswer>,
 }
 
+/// Counts in the spec's camelCase, or the docs' PascalCase.
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "camelCase")]
 struct StatusCounts {
-    #[serde(default)]
+    #[serde(default, alias = "Succeeded")]
     succeeded: u64,
-    #[serde(default)]
+    #[serde(default, alias = "Failed")]
     failed: u64,
-    #[serde(default)]
+    #[serde(default, alias = "InProgress")]
     in_progress: u64,
-    #[serde(default)]
+    #[serde(default, alias = "Canceled")]
     canceled: u64,
 }
 
@@ -168,7 +187,9 @@ struct BlobAnswer {
     source_id: Option<String>,
     url: Option<String>,
     status: Option<String>,
+    #[serde(alias = "startedAt")]
     start_time: Option<String>,
+    #[serde(alias = "lastUpdateTime")]
     last_updated: Option<String>,
     error_code: Option<String>,
     failure_status: Option<String>,
@@ -219,6 +240,7 @@ impl KustoClient {
                 tags: &props.tags,
                 ingest_if_not_exists: &props.ingest_if_not_exists,
                 creation_time: props.creation_time.map(format_datetime),
+                ingestion_mapping: props.ingestion_mapping.as_deref(),
             },
         };
         let body = serde_json::to_vec(&body)

@@ -10,7 +10,9 @@
 //! - Only the blobs the finished operation lists are ingested. A finished export hands the
 //!   export slot of its job to block `number + export_slots` at once.
 //! - A failed or vanished operation is a new attempt, up to `max_export_attempts`; a
-//!   permanent error of the command (a bad query, a missing column) stops the activity.
+//!   permanent error of the command (a bad query, a missing column) stops the activity, and so
+//!   does a final state another attempt cannot change (`BadInput`, `Canceled`, an unknown
+//!   state: the table in [`super::operation`]).
 
 use super::{failed, held_by_other, touched, Ctx, Effect, ExportPoll, Msg, Obs, Transition};
 use crate::engine::records::{BlockRecord, BlockState, Step};
@@ -92,6 +94,7 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
             next.lease = None;
             Transition::write(next).send(Msg::now(Step::Export, b.number))
         }
+        (BlockState::Exporting { .. }, Obs::Export(ExportPoll::Stopped { why })) => Transition::fail(format!("block {}: {why}", b.number)),
         (BlockState::Exporting { operation_id: Some(_), .. }, Obs::Failed(f)) => failed(b, f, ctx, "look at the export", None, Step::AwaitExport),
 
         // Slot renewals and releases report nothing to decide on.
@@ -205,6 +208,42 @@ mod tests {
 
         let t = decide(&b, &transient("timeout"), &c);
         assert_eq!(t.record.unwrap().state, b.state, "a failed look changes nothing but the budget");
+
+        let t = decide(&b, &Obs::Export(ExportPoll::Stopped { why: "export was canceled".into() }), &c);
+        assert!(t.record.is_none() && t.fail.unwrap().contains("canceled"), "recorded on the activity, not retried");
+    }
+
+    /// Every final operation state, through the table in `operation` and this step: a new
+    /// attempt (a new folder) or a recorded failure, never "still pending".
+    #[test]
+    fn each_final_operation_state_is_a_new_attempt_or_a_recorded_failure() {
+        use crate::engine::steps::operation::{consequence, Consequence, Waiting};
+        use crate::kusto::results::OperationState as S;
+        let c = ctx();
+        let b = block(exporting(Some(7)));
+        let table = [
+            (S::Failed, true),
+            (S::PartiallySucceeded, true),
+            (S::Throttled, true),
+            (S::Abandoned, true),
+            (S::Skipped, true),
+            (S::BadInput, false),
+            (S::Canceled, false),
+        ];
+        for (state, new_attempt) in table {
+            let poll = match consequence(&state, None, Waiting::Export) {
+                Consequence::NewAttempt(why) => ExportPoll::Ended { why },
+                Consequence::Fail(why) => ExportPoll::Stopped { why },
+                other => panic!("{state:?}: {other:?}"),
+            };
+            let t = decide(&b, &Obs::Export(poll), &c);
+            if new_attempt {
+                assert_eq!(t.record.unwrap().state, BlockState::Planned, "{state:?}");
+                assert_eq!(t.messages, vec![Msg::now(Step::Export, 1)], "{state:?}");
+            } else {
+                assert!(t.fail.is_some() && t.record.is_none(), "{state:?}");
+            }
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   they are moved, so a late duplicate under the same tag stays behind.
 //! - More rows than exported (a stray duplicate), a failed operation, or fewer rows once it
 //!   is over: the tag is given up (its extents dropped) and the block ingests again.
+//! - An operation in a final state another attempt cannot change (`BadInput`, `Canceled`, an
+//!   unknown state: the table in [`super::operation`]) stops the activity with the reason.
 
 use super::{failed, held_by_other, touched, Ctx, Effect, IngestPoll, Msg, Obs, Transition};
 use crate::engine::records::{BlockRecord, BlockState, Step};
@@ -39,6 +41,9 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
 
         (BlockState::Ingesting { tag, route, operations, .. }, Obs::Delivered) => {
             Transition::effect(Effect::PollIngest { tag: tag.clone(), route: *route, operations: operations.clone() })
+        }
+        (BlockState::Ingesting { .. }, Obs::Ingest(IngestPoll { stopped: Some(why), .. })) => {
+            Transition::fail(format!("block {}: {why}", b.number))
         }
         (BlockState::Ingesting { blobs, rows, tag, started_at, .. }, Obs::Ingest(poll)) => {
             let tagged: u64 = poll.extents.iter().map(|(_, r)| r).sum();
@@ -144,6 +149,7 @@ mod tests {
             finished,
             failed,
             status_missing: missing,
+            stopped: None,
             extents: extents.iter().enumerate().map(|(i, r)| (Uuid::from_u128(i as u128 + 1), *r)).collect(),
         })
     }
@@ -210,6 +216,31 @@ mod tests {
             assert_eq!(t.record.as_ref().unwrap().state, state, "{obs:?}");
             assert_eq!(t.messages.first().map(|m| m.step), step, "{obs:?}");
             assert_eq!(matches!(t.effect, Some(Effect::DropStaged { .. })), drops, "{obs:?}");
+        }
+    }
+
+    #[test]
+    fn each_final_operation_state_is_a_new_tag_or_a_recorded_failure() {
+        use crate::engine::steps::operation::{consequence, Consequence, Waiting};
+        use crate::kusto::results::OperationState as S;
+        let c = ctx();
+        let b = block(ingesting(&["op1"]));
+        // The rows are all there: only the state decides.
+        let table = [(S::Failed, true), (S::PartiallySucceeded, true), (S::Throttled, true), (S::Abandoned, true), (S::Skipped, true), (S::BadInput, false), (S::Canceled, false)];
+        for (state, new_attempt) in table {
+            let mut p = IngestPoll { finished: true, failed: false, status_missing: false, stopped: None, extents: vec![(Uuid::from_u128(1), 10)] };
+            match consequence(&state, None, Waiting::Ingestion) {
+                Consequence::NewAttempt(_) => p.failed = true,
+                Consequence::Fail(why) => p.stopped = Some(why),
+                other => panic!("{state:?}: {other:?}"),
+            }
+            let t = decide(&b, &Obs::Ingest(p), &c);
+            if new_attempt {
+                assert_eq!(t.record.unwrap().state, exported(), "{state:?}: never trusted, even with the rows there");
+                assert!(matches!(t.effect, Some(Effect::DropStaged { .. })), "{state:?}");
+            } else {
+                assert!(t.fail.is_some() && t.record.is_none(), "{state:?}");
+            }
         }
     }
 

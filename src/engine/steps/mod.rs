@@ -22,6 +22,7 @@ pub mod cleanup;
 pub mod commit;
 pub mod export;
 pub mod ingest;
+pub mod operation;
 
 use super::records::{BlockRecord, BlockState, IngestRoute, Lease, Step};
 use std::time::Duration;
@@ -140,6 +141,8 @@ pub enum ExportPoll {
     Completed { blobs: Vec<String>, rows: u64 },
     /// Failed, or another final state, or its record is gone: a new attempt.
     Ended { why: String },
+    /// A final state another attempt cannot change (see [`operation`]): the activity stops.
+    Stopped { why: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +152,8 @@ pub struct IngestPoll {
     pub failed: bool,
     /// The status is no longer known (404, or the operation record expired).
     pub status_missing: bool,
+    /// A final state another attempt cannot change (see [`operation`]): the activity stops.
+    pub stopped: Option<String>,
     /// Staging extents under the tag: (id, rows).
     pub extents: Vec<(Uuid, u64)>,
 }

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod blob;
 pub mod commands;
 pub mod control;
+pub mod csv_io;
 pub mod faults;
 pub mod kql;
 pub mod model;

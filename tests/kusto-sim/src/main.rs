@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! kusto-sim [--cluster NAME]... [--database NAME] [--async-ms N] [--export-capacity N]
-//!           [--ca-cert PEM] [--lenient-parquet]
+//!           [--ca-cert PEM]
 //! kusto-sim token <cluster-url>      # prints a bearer token that cluster accepts
 //! ```
 
@@ -12,7 +12,7 @@ use kusto_sim::{ClusterConfig, Simulator};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: kusto-sim [--cluster NAME]... [--database NAME] [--async-ms N] [--export-capacity N] [--ca-cert PEM] [--lenient-parquet]\n       kusto-sim token <cluster-url>"
+        "usage: kusto-sim [--cluster NAME]... [--database NAME] [--async-ms N] [--export-capacity N] [--ca-cert PEM]\n       kusto-sim token <cluster-url>"
     );
     std::process::exit(2)
 }
@@ -49,7 +49,6 @@ async fn main() {
                     std::process::exit(2)
                 }));
             }
-            "--lenient-parquet" => config.lenient_parquet = true,
             _ => usage(),
         }
     }

@@ -1,7 +1,13 @@
 //! The ingest-v2 REST API for queued ingestion, served on the cluster's own port:
 //! `POST /v1/rest/ingestion/queued/{db}/{table}` submits up to 20 blobs and answers an
 //! `ingestionOperationId` (empty unless `enableTracking`); `GET .../{operationId}[?details=true]`
-//! answers per-blob status counts (Succeeded, Failed, InProgress, Canceled) and details.
+//! answers status counts and per-blob details.
+//!
+//! The status answer uses the casing of the official client's OpenAPI spec
+//! (`ingest-v2/src/main/resources/openapi.yaml` in Azure/azure-kusto-java): counts
+//! `succeeded`, `failed`, `inProgress`, `canceled`; per blob `sourceId`, `status`, `startedAt`,
+//! `lastUpdateTime`, `errorCode`, `failureStatus`, `details`. The docs' example
+//! (queued-ingest-status) spells the counts in PascalCase; clients should read both.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -138,13 +144,13 @@ pub async fn submit(
         return fail(e);
     }
     let tracking = props.get("enabletracking").is_some_and(|v| v == "true");
-    let (columns, store, delay, lenient, now) = {
+    let (columns, store, delay, now) = {
         let s = lock(&state);
         let columns = match s.table(&db, &table) {
             Ok(t) => t.columns.clone(),
             Err(e) => return fail(e),
         };
-        (columns, s.blobs.clone(), s.config.async_duration, s.config.lenient_parquet, s.now())
+        (columns, s.blobs.clone(), s.config.async_duration, s.now())
     };
     let op_id = uuid::Uuid::new_v4().to_string();
     {
@@ -178,11 +184,11 @@ pub async fn submit(
                         (task_state.clone(), db.clone(), table.clone(), store.clone(), url.clone(), columns.clone(), format.clone(), props.clone(), *after);
                     tokio::spawn(async move {
                         tokio::time::sleep(after).await;
-                        let _ = ingest_blobs(&st, &db, &table, &*store, std::slice::from_ref(&url), &columns, &format, &props, &[], lenient).await;
+                        let _ = ingest_blobs(&st, &db, &table, &*store, std::slice::from_ref(&url), &columns, &format, &props, &[]).await;
                     });
                 }
             }
-            let outcome = ingest_blobs(&task_state, &db, &table, &*store, std::slice::from_ref(url), &columns, &format, &props, &faults, lenient).await;
+            let outcome = ingest_blobs(&task_state, &db, &table, &*store, std::slice::from_ref(url), &columns, &format, &props, &faults).await;
             let mut s = lock(&task_state);
             let now = s.now();
             if let Some(op) = s.queued.get_mut(&task_op) {
@@ -230,10 +236,10 @@ pub async fn status(
         "startTime": format_datetime(o.start),
         "lastUpdated": format_datetime(o.last),
         "status": {
-            "Succeeded": count("Succeeded"),
-            "Failed": count("Failed"),
-            "InProgress": count("InProgress"),
-            "Canceled": count("Canceled"),
+            "succeeded": count("Succeeded"),
+            "failed": count("Failed"),
+            "inProgress": count("InProgress"),
+            "canceled": count("Canceled"),
         }
     });
     if details {
@@ -245,8 +251,8 @@ pub async fn status(
                         "sourceId": b.source_id,
                         "url": b.url,
                         "status": b.status,
-                        "startTime": format_datetime(b.start),
-                        "lastUpdated": format_datetime(b.last),
+                        "startedAt": format_datetime(b.start),
+                        "lastUpdateTime": format_datetime(b.last),
                     });
                     if b.status == "Failed" {
                         d["errorCode"] = json!(b.error_code);

@@ -41,16 +41,19 @@ async fn queued_ingestion_is_tracked_per_blob() {
         let (status, s) = get(&c, &format!("/v1/rest/ingestion/queued/db/T/{op}?details=true")).await;
         assert_eq!(status, 200);
         last = s;
-        if last["status"]["InProgress"] == 0 {
+        if last["status"]["inProgress"] == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(last["status"]["Succeeded"], 1, "{last}");
-    assert_eq!(last["status"]["Failed"], 1, "{last}");
+    // The casing of the official client's OpenAPI spec, not the docs' PascalCase example.
+    assert_eq!(last["status"]["succeeded"], 1, "{last}");
+    assert_eq!(last["status"]["failed"], 1, "{last}");
+    assert!(last["status"].get("Succeeded").is_none(), "{last}");
     let failed = last["details"].as_array().unwrap().iter().find(|d| d["status"] == "Failed").unwrap();
     assert_eq!(failed["sourceId"], "s2");
     assert_eq!(failed["failureStatus"], "Transient");
+    assert!(failed["startedAt"].is_string() && failed["lastUpdateTime"].is_string(), "{failed}");
     assert!(!failed.to_string().contains("sig="), "no SAS in status answers");
     let extents = c.extents("db", "T").unwrap();
     assert_eq!(extents.len(), 1);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::data::{ingest_rows, parse_csv_rows, write_csv};
+use super::data::ingest_rows;
 use super::parse::{Command, Props};
 use super::{frame, lock, Shared};
 use crate::blob::{file_url, without_secret, BlobStore};
@@ -13,6 +13,7 @@ use crate::faults::{CommandKind, Fault};
 use crate::kql::eval::{run_query, Env, Frame};
 use crate::model::table::Column;
 use crate::model::value::{ScalarType as T, Value as V};
+use crate::csv_io;
 use crate::parquet_io::{read_parquet, write_parquet, DatetimePrecision};
 use crate::wire::error::KustoError;
 
@@ -48,9 +49,16 @@ async fn export(
     if format != "parquet" && format != "csv" {
         return Err(KustoError::bad_request(format!("kusto-sim exports only parquet and csv, not '{format}'")));
     }
-    if format == "csv" && compressed {
-        return Err(KustoError::bad_request("kusto-sim does not write compressed (gzip) CSV; use parquet or drop 'compressed'"));
+    let compression = props.get("compressiontype").map(|c| c.to_ascii_lowercase()).unwrap_or_else(|| "gzip".into());
+    if compressed && format == "csv" && compression != "gzip" {
+        return Err(KustoError::bad_request(format!("compressionType '{compression}' does not apply to csv: only gzip does")));
     }
+    // `none` (the documented default): no header line, so every record is data.
+    let headers = props.get("includeheaders").map(|h| h.to_ascii_lowercase()).unwrap_or_else(|| "none".into());
+    if !["none", "all", "firstfile"].contains(&headers.as_str()) {
+        return Err(KustoError::bad_request(format!("includeHeaders '{headers}' is not none, all or firstFile")));
+    }
+    let encoding = CsvEncoding { gzip: compressed, headers };
     let precision = match props.get("parquetdatetimeprecision") {
         Some(p) => DatetimePrecision::parse(p)
             .ok_or_else(|| KustoError::bad_request(format!("parquetDatetimePrecision '{p}' is not millisecond or microsecond")))?,
@@ -95,7 +103,7 @@ async fn export(
         let format = format.to_string();
         async move {
             tokio::time::sleep(delay).await;
-            let outcome = write_files(&*blobs, &columns, files, &format, precision, row_group_size, &faults).await;
+            let outcome = write_files(&*blobs, &columns, files, &format, precision, row_group_size, &encoding, &faults).await;
             let mut s = lock(&state);
             let now = s.now();
             let recorded = outcome.clone().map_err(|e| (e.detail.clone(), !e.permanent));
@@ -155,6 +163,7 @@ fn plan_files(result: &Frame, targets: &[String], prefix: &str, distribution: &s
     let ext = match (format, compressed) {
         ("parquet", true) => "snappy.parquet",
         ("parquet", false) => "parquet",
+        (_, true) => "csv.gz",
         _ => "csv",
     };
     let short = op.simple().to_string();
@@ -168,6 +177,19 @@ fn plan_files(result: &Frame, targets: &[String], prefix: &str, distribution: &s
         .collect()
 }
 
+/// How CSV artifacts are written: gzip (`compressed`) and header lines (`includeHeaders`).
+struct CsvEncoding {
+    gzip: bool,
+    headers: String,
+}
+
+impl CsvEncoding {
+    fn header_for(&self, file_index: usize) -> bool {
+        self.headers == "all" || (self.headers == "firstfile" && file_index == 0)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn write_files(
     blobs: &dyn BlobStore,
     columns: &[Column],
@@ -175,6 +197,7 @@ async fn write_files(
     format: &str,
     precision: DatetimePrecision,
     row_group_size: usize,
+    csv: &CsvEncoding,
     faults: &[Fault],
 ) -> Result<Frame, KustoError> {
     let total = files.len();
@@ -182,9 +205,9 @@ async fn write_files(
         // Write some artifacts (half of a lone file), then fail: what was written stays
         // behind, as with a failed Kusto export.
         let keep = (total / 2).max(1);
-        for f in files.iter().take(keep) {
+        for (i, f) in files.iter().take(keep).enumerate() {
             let rows = if total == 1 { &f.rows[..f.rows.len() / 2] } else { &f.rows[..] };
-            let data = encode(columns, rows, format, precision, row_group_size)?;
+            let data = encode(columns, rows, format, precision, row_group_size, csv, i)?;
             blobs.put(&f.url, data).await.map_err(|e| KustoError::transient(500, e))?;
         }
         return Err(KustoError::transient(
@@ -193,8 +216,8 @@ async fn write_files(
         ));
     }
     let mut rows_out = Vec::new();
-    for f in files {
-        let data = encode(columns, &f.rows, format, precision, row_group_size)?;
+    for (i, f) in files.into_iter().enumerate() {
+        let data = encode(columns, &f.rows, format, precision, row_group_size, csv, i)?;
         let size = data.len() as i64;
         blobs
             .put(&f.url, data)
@@ -205,10 +228,14 @@ async fn write_files(
     Ok(frame(&[("Path", T::String), ("NumRecords", T::Long), ("SizeInBytes", T::Long)], rows_out))
 }
 
-fn encode(columns: &[Column], rows: &[Vec<V>], format: &str, precision: DatetimePrecision, row_group_size: usize) -> Result<Vec<u8>, KustoError> {
+#[allow(clippy::too_many_arguments)]
+fn encode(columns: &[Column], rows: &[Vec<V>], format: &str, precision: DatetimePrecision, row_group_size: usize, csv: &CsvEncoding, file_index: usize) -> Result<Vec<u8>, KustoError> {
     match format {
         "parquet" => write_parquet(columns, rows, precision, row_group_size).map_err(|e| KustoError::internal(format!("writing Parquet failed: {e}"))),
-        _ => Ok(write_csv(rows).into_bytes()),
+        _ => {
+            let text = csv_io::write_csv(columns, rows, csv.header_for(file_index)).into_bytes();
+            Ok(if csv.gzip { csv_io::gzip(&text) } else { text })
+        }
     }
 }
 
@@ -218,7 +245,7 @@ async fn ingest(state: &Shared, db: &str, is_async: bool, table: String, sources
         return Err(KustoError::bad_request(format!("kusto-sim ingests only parquet and csv, not '{format}'")));
     }
     super::data::ingest_props(&props)?;
-    let (columns, blobs, faults, op, delay, lenient) = {
+    let (columns, blobs, faults, op, delay) = {
         let mut s = lock(state);
         let columns = s.table(db, &table)?.columns.clone();
         let faults = s.faults.take(CommandKind::Ingest, false);
@@ -230,14 +257,14 @@ async fn ingest(state: &Shared, db: &str, is_async: bool, table: String, sources
                 delay += *d;
             }
         }
-        (columns, s.blobs.clone(), faults, op, delay, s.config.lenient_parquet)
+        (columns, s.blobs.clone(), faults, op, delay)
     };
     let db = db.to_string();
     let work = {
         let state = state.clone();
         async move {
             tokio::time::sleep(delay).await;
-            let outcome = ingest_blobs(&state, &db, &table, &*blobs, &sources, &columns, &format, &props, &faults, lenient).await;
+            let outcome = ingest_blobs(&state, &db, &table, &*blobs, &sources, &columns, &format, &props, &faults).await;
             if let Some(op) = op {
                 let mut s = lock(&state);
                 let now = s.now();
@@ -270,21 +297,31 @@ pub async fn ingest_blobs(
     format: &str,
     props: &Props,
     faults: &[Fault],
-    lenient: bool,
 ) -> Result<Frame, KustoError> {
+    let mapping = match props.get("ingestionmapping") {
+        None => None,
+        Some(_) if format == "parquet" => {
+            return Err(KustoError::bad_request("kusto-sim takes an ingestionMapping for csv only; Parquet maps columns by name"))
+        }
+        Some(json) => Some(csv_io::parse_mapping(json, columns).map_err(|e| KustoError::bad_request(format!("Invalid ingestionMapping: {e}")))?),
+    };
+    if props.contains_key("ingestionmappingreference") {
+        return Err(KustoError::bad_request("kusto-sim does not keep named ingestion mappings: pass ingestionMapping"));
+    }
     let mut rows = Vec::new();
     for url in sources {
         let data = blobs
             .get(url)
             .await
             .map_err(|e| KustoError::transient(500, format!("Ingestion failed to download a blob: {e}")))?;
+        let failed = |e: String| KustoError::bad_request(format!("Ingestion of {} failed: {e}", without_secret(url)));
+        // Compression is known by the blob's extension, as Kusto knows it.
+        let data = if csv_io::is_gzip_name(url) { csv_io::gunzip(&data).map_err(failed)? } else { data };
         let mut parsed = match format {
-            "parquet" => read_parquet(data, columns, lenient)
-                .map_err(|e| KustoError::bad_request(format!("Ingestion of {} failed: {e}", without_secret(url))))?,
+            "parquet" => read_parquet(data, columns).map_err(failed)?,
             _ => {
-                let text = String::from_utf8(data)
-                    .map_err(|_| KustoError::bad_request(format!("{} is not UTF-8 text", without_secret(url))))?;
-                parse_csv_rows(&text, columns)?
+                let text = String::from_utf8(data).map_err(|_| failed("not UTF-8 text".into()))?;
+                csv_io::read_csv(&text, columns, mapping.as_deref()).map_err(failed)?
             }
         };
         rows.append(&mut parsed);

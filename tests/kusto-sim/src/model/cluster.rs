@@ -28,9 +28,6 @@ pub struct ClusterConfig {
     pub default_database: String,
     /// An extra root CA (PEM) for HTTPS blob storage, e.g. the test stack's self-signed one.
     pub ca_cert_pem: Option<Vec<u8>>,
-    /// Accept Parquet conversions the documentation does not list (INT64 ticks into timespan,
-    /// UTF8 text into guid). Off by default: the documented table decides.
-    pub lenient_parquet: bool,
     /// How long after an extent's newest ingestion (or move) the extent tags retention policy
     /// may act on it. The docs: tags are never deleted before the period is exceeded, "but
     /// deletion isn't immediate following that point".
@@ -45,7 +42,6 @@ impl Default for ClusterConfig {
             operation_retention: Duration::from_secs(6 * 3600),
             default_database: "db".into(),
             ca_cert_pem: None,
-            lenient_parquet: false,
             tag_retention_lag: Duration::from_secs(30),
         }
     }
