@@ -14,8 +14,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run as the Azure Functions custom handler (the host sets FUNCTIONS_CUSTOMHANDLER_PORT).
+    #[command(after_help = "Settings come from the environment (README, \"Configuration\"). Locally, against Azurite:\n  FUNCTIONS_CUSTOMHANDLER_PORT=7071 KC_CREDENTIAL=emulator KC_BLOB_ENDPOINT=https://127.0.0.1:10000/devstoreaccount1 \\\n    KC_QUEUE_ENDPOINT=https://127.0.0.1:10001/devstoreaccount1 KC_CA_CERT=ca.pem kc serve")]
     Serve,
     /// Copy a table (or a job of several) to completion, with the engine in this process.
+    #[command(after_help = "Examples:
+  kc copy -s https://src.westeurope.kusto.windows.net/Sales/Orders -d https://dst.kusto.windows.net/Sales \\
+      -t https://stagingacct.blob.core.windows.net/staging/orders
+  kc copy ... -q \"| where Region == 'EU' | project OrderId, Amount\"      a query of the table
+  kc copy ... --copy-mode BackfillAndNew      run again later: copies what arrived since
+  kc copy -y job.yaml                        the original tool's job file (several tables)
+Interrupted? Run the same command again: it resumes from the checkpoints in the staging folder.")]
     Copy(kusto_copy::cli::copy::CopyArgs),
     /// Check a copy request without running it: JSON as dropped on the kc-requests queue, or
     /// a YAML job file in the original tool's schema (as `kc copy -y` reads).

@@ -3,15 +3,14 @@
 
 pub mod copy;
 pub mod host;
+#[path = "../../tools/serverless-demo/src/queues.rs"]
+mod queues;
 
-use async_trait::async_trait;
-use kc_host_harness::{HostQueue, QueueError, QueueService, Received};
+use kc_host_harness::QueueService;
 use kc_test_stack::Azurite;
 use kusto_copy::auth::EmulatorCredential;
 use kusto_copy::storage::clients::{RetryBudget, StorageClients};
-use kusto_copy::storage::queue::{MessageEncoding, MessageSender, StorageQueue};
 use std::sync::Arc;
-use std::time::Duration;
 
 pub fn clients(azurite: &Azurite) -> StorageClients {
     StorageClients::new(
@@ -107,55 +106,8 @@ pub fn query_rows(cluster: &kusto_sim::Cluster, db: &str, query: &str) -> (std::
     (by_id, by_creation)
 }
 
-/// The host harness's queues over Azurite, through kusto-copy's own queue client.
-pub struct AzuriteQueues(pub StorageClients);
-
-/// The harness (`kc-host-harness`) over this Azurite: the host's queue service.
+/// The harness (`kc-host-harness`) over this Azurite: the host's queue service. The adapter
+/// is the serverless demo's, shared as a source file (a crate dependency would be a cycle).
 pub fn host_queues(azurite: &Azurite) -> Arc<dyn QueueService> {
-    Arc::new(AzuriteQueues(clients(azurite)))
-}
-
-#[async_trait]
-impl QueueService for AzuriteQueues {
-    async fn open(&self, name: &str, encoding: kc_host_harness::MessageEncoding) -> Result<Arc<dyn HostQueue>, QueueError> {
-        let encoding = match encoding {
-            kc_host_harness::MessageEncoding::None => MessageEncoding::None,
-            kc_host_harness::MessageEncoding::Base64 => MessageEncoding::Base64,
-        };
-        let q = StorageQueue::new(self.0.queue(name)?, name, encoding);
-        q.ensure_exists().await?;
-        Ok(Arc::new(AzuriteQueue(q)))
-    }
-}
-
-struct AzuriteQueue(StorageQueue);
-
-#[async_trait]
-impl HostQueue for AzuriteQueue {
-    fn name(&self) -> &str {
-        self.0.name()
-    }
-    async fn send(&self, text: &str, delay: Duration) -> Result<(), QueueError> {
-        Ok(MessageSender::send(&self.0, text, delay).await?)
-    }
-    async fn receive(&self, max: u8, visibility: Duration) -> Result<Vec<Received>, QueueError> {
-        Ok(self.0.receive(max, visibility).await?.into_iter().map(|m| Received {
-            id: m.id,
-            pop_receipt: m.pop_receipt,
-            dequeue_count: m.dequeue_count,
-            text: m.text,
-            insertion_time: m.insertion_time,
-            expiration_time: m.expiration_time,
-            next_visible: m.next_visible,
-        }).collect())
-    }
-    async fn delete(&self, id: &str, pop_receipt: &str) -> Result<(), QueueError> {
-        // A stale receipt means another delivery holds the message now: nothing to delete.
-        self.0.delete(id, pop_receipt).await?;
-        Ok(())
-    }
-    async fn release(&self, id: &str, pop_receipt: &str, visibility: Duration) -> Result<(), QueueError> {
-        self.0.extend(id, pop_receipt, visibility).await?;
-        Ok(())
-    }
+    queues::host_queues(clients(azurite))
 }

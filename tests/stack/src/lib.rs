@@ -9,6 +9,8 @@
 //! Dropping the handle stops the emulator's whole process group. A watchdog shell stops it
 //! too if the test process dies without dropping (a panic that aborts, a kill).
 
+pub mod demo;
+
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
