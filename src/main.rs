@@ -27,10 +27,14 @@ Interrupted? Run the same command again: it resumes from the checkpoints in the 
     Copy(kusto_copy::cli::copy::CopyArgs),
     /// Check a copy request without running it: JSON as dropped on the kc-requests queue, or
     /// a YAML job file in the original tool's schema (as `kc copy -y` reads).
-    #[command(after_help = "Examples:\n  kc validate request.json\n  kc validate job.yaml\n  echo '{\"source\": ...}' | kc validate -")]
+    #[command(after_help = "Examples:\n  kc validate request.json\n  kc validate job.yaml\n  kc validate job.yaml --connect    also reach the clusters and staging accounts, as the copy will\n  echo '{\"source\": ...}' | kc validate -")]
     Validate {
         /// Path to the request file, or - for standard input.
         file: String,
+        /// Reach both clusters and every staging account with the copy's credential and check
+        /// what the copy will need (each refusal names the missing role).
+        #[arg(long)]
+        connect: bool,
     },
     /// Put a copy job on a deployment's kc-requests queue (checked as the app checks it) and
     /// print its job id.
@@ -45,7 +49,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve => serve(),
-        Command::Validate { file } => validate(&file),
+        Command::Validate { file, connect } => validate(&file, connect),
         Command::Copy(args) => copy(&args),
         Command::Submit(args) => operate(|env| async move {
             let id = kusto_copy::cli::operate::submit(&args, &env).await?;
@@ -191,7 +195,7 @@ fn copy(args: &kusto_copy::cli::copy::CopyArgs) -> ExitCode {
     }
 }
 
-fn validate(file: &str) -> ExitCode {
+fn validate(file: &str, connect: bool) -> ExitCode {
     let text = if file == "-" {
         std::io::read_to_string(std::io::stdin())
     } else {
@@ -216,13 +220,48 @@ fn validate(file: &str) -> ExitCode {
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let emulator = env.get(config::names::CREDENTIAL).map(String::as_str) == Some("emulator");
     let policy = kusto_copy::job::RequestPolicy::from_map(&env, emulator, env.get(config::names::IDENTITY_CLIENT_ID).cloned());
-    match kusto_copy::job::check_request(&text, &policy) {
-        Ok(spec) => {
-            println!("{}", serde_json::to_string_pretty(&spec).expect("specs serialize"));
-            ExitCode::SUCCESS
-        }
-        Err(rejection) => fail(&rejection.0),
+    let spec = match kusto_copy::job::check_request(&text, &policy) {
+        Ok(spec) => spec,
+        Err(rejection) => return fail(&rejection.0),
+    };
+    println!("{}", serde_json::to_string_pretty(&spec).expect("specs serialize"));
+    if !connect {
+        return ExitCode::SUCCESS;
     }
+    init_tracing(false, LogStreams::StderrOnly);
+    let credential_kind = match env.get(config::names::CREDENTIAL).map(String::as_str) {
+        Some("emulator") => config::CredentialKind::Emulator,
+        Some("managed-identity") => config::CredentialKind::ManagedIdentity { client_id: env.get(config::names::IDENTITY_CLIENT_ID).cloned() },
+        _ => config::CredentialKind::DeveloperTools,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(async move {
+        let credential = match kusto_copy::auth::credential(&credential_kind) {
+            Ok(c) => c,
+            Err(e) => return fail(&format!("credential: {e}")),
+        };
+        if let Err(e) = kusto_copy::auth::preflight(&credential_kind, &credential).await {
+            return fail(&e);
+        }
+        let connections = engine::copy::LiveConnections::new(credential, env.get(config::names::CA_CERT).map(std::path::PathBuf::from), engine::copy::step_client_options());
+        let checks = kusto_copy::cli::connect::check(&spec, &connections).await;
+        let mut failed = 0;
+        for c in &checks {
+            match &c.outcome {
+                Ok(found) => println!("ok    {}: {found}", c.subject),
+                Err(problem) => {
+                    failed += 1;
+                    println!("FAIL  {}: {problem}", c.subject);
+                }
+            }
+        }
+        if failed == 0 {
+            println!("every check passed: the copy has what it needs");
+            ExitCode::SUCCESS
+        } else {
+            fail(&format!("{failed} of {} checks failed", checks.len()))
+        }
+    })
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -234,3 +234,51 @@ fn kc_validate_reads_json_requests_and_the_original_tools_yaml() {
     assert!(why.contains("broken.yaml"), "names the file: {why}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kc validate --connect` reaches both clusters and the staging account as the copy will:
+/// every check passes on a good job; a missing source table and a missing destination table
+/// are each named; the probes leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kc_validate_connect_checks_what_the_copy_needs() {
+    let stack = common::copy::stack().await;
+    common::copy::seed(&stack);
+    let dir = std::env::temp_dir().join(format!("kc-connect-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |name: &str, source_table: &str, dest_table: &str| {
+        let request = serde_json::json!({
+            "source": format!("{}/{}/{source_table}", stack.source.url(), common::copy::DB),
+            "destination": format!("{}/{}/{dest_table}", stack.destination.url(), common::copy::DB),
+            "stagingDirectory": format!("{}/staging/connect", stack.azurite.blob_endpoint()),
+        });
+        let path = dir.join(name);
+        std::fs::write(&path, request.to_string()).unwrap();
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_kc"));
+        c.arg("validate").arg(&path).arg("--connect").env("KC_CREDENTIAL", "emulator").env("KC_CA_CERT", &stack.azurite.ca_pem_path).env("RUST_LOG", "warn");
+        output(c)
+    };
+    let (ok, stdout, stderr) = run("good.json", "Events", "Events").await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("every check passed") && !stdout.contains("FAIL"), "{stdout}");
+    for needed in ["read db.Events", "source cursor", "destination table db.Events", "staging tables in db", "staging account devstoreaccount1"] {
+        assert!(stdout.contains(needed), "checks {needed}: {stdout}");
+    }
+
+    let (ok, stdout, stderr) = run("bad.json", "NoSuchTable", "NoSuchCopy").await;
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("checks failed"), "{stderr}");
+    let fails: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(fails.iter().any(|l| l.contains("read db.NoSuchTable")), "{stdout}");
+    assert!(fails.iter().any(|l| l.contains("destination table db.NoSuchCopy") && l.contains("createDestinationTable")), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("ok") && l.contains("staging account")), "the rest is still checked: {stdout}");
+
+    let tables = format!("{:?}", stack.destination.command(common::copy::DB, ".show tables").unwrap().rows);
+    assert!(!tables.contains("kc_probe"), "probe table left: {tables}");
+    let service = common::clients(&stack.azurite).blob_service().unwrap();
+    let mut pages = service.list_containers(None).unwrap().into_pages();
+    let mut probes = Vec::new();
+    while let Some(page) = futures::TryStreamExt::try_next(&mut pages).await.unwrap() {
+        probes.extend(page.into_model().unwrap().container_items.into_iter().filter_map(|c| c.name).filter(|n| n.starts_with("kcs-probe")));
+    }
+    assert!(probes.is_empty(), "probe containers left: {probes:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -109,6 +109,11 @@ pub fn request_text(args: &CopyArgs) -> Result<String, String> {
     Ok(Value::Object(request).to_string())
 }
 
+/// The managed identity a request names (`managedIdentityClientId`, or `--clientId`).
+fn identity_named(request: &str) -> Option<String> {
+    serde_json::from_str::<Value>(request).ok().and_then(|v| v.get("managedIdentityClientId").and_then(Value::as_str).map(str::to_owned))
+}
+
 /// Runs the copy to completion (or, for a continuous copy, iteration after iteration).
 /// Returns a summary line, or why it stopped.
 pub async fn run(args: &CopyArgs, mut env: Environment) -> Result<String, String> {
@@ -116,9 +121,7 @@ pub async fn run(args: &CopyArgs, mut env: Environment) -> Result<String, String
     // `--clientId`, or the job file's `managedIdentityClientId` (the original tool's field):
     // on this machine the person running the copy chooses the identity, so it is the one the
     // request may name.
-    let client_id = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v.get("managedIdentityClientId").and_then(Value::as_str).map(str::to_owned));
+    let client_id = identity_named(&text);
     if let Some(id) = &client_id {
         env.policy.app_client_id = Some(id.clone());
     }
@@ -354,5 +357,30 @@ impl Progress {
             self.refresh();
             bar.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: CopyArgs,
+    }
+
+    #[test]
+    fn a_job_files_managed_identity_is_the_one_used_and_clientid_overrides_it() {
+        let file = std::env::temp_dir().join(format!("kc-mi-{}.yaml", uuid::Uuid::new_v4()));
+        std::fs::write(&file, "managedIdentityClientId: 11111111-2222-3333-4444-555555555555\nactivities: []\n").unwrap();
+        let from_file = Cli::parse_from(["kc", "-y", file.to_str().unwrap()]).args;
+        assert_eq!(identity_named(&request_text(&from_file).unwrap()).as_deref(), Some("11111111-2222-3333-4444-555555555555"));
+        let overridden = Cli::parse_from(["kc", "-y", file.to_str().unwrap(), "--clientId", "99999999-2222-3333-4444-555555555555"]).args;
+        assert_eq!(identity_named(&request_text(&overridden).unwrap()).as_deref(), Some("99999999-2222-3333-4444-555555555555"));
+        let none = Cli::parse_from(["kc", "-s", "https://a.kusto.windows.net/db/T"]).args;
+        assert_eq!(identity_named(&request_text(&none).unwrap()), None);
+        let _ = std::fs::remove_file(&file);
     }
 }

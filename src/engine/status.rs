@@ -218,7 +218,8 @@ pub fn render(status: &JobStatus) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let job = &status.job;
-    let _ = writeln!(out, "job {} ({:?}, received {})", job.id, job.state, job.received_at);
+    let received = job.received_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let _ = writeln!(out, "job {} ({:?}, received {received})", job.id, job.state);
     if let Some(reason) = &job.reason {
         let _ = writeln!(out, "  rejected: {reason}");
     }
@@ -234,14 +235,16 @@ pub fn render(status: &JobStatus) -> String {
         if a.iterations.is_empty() {
             continue;
         }
-        let _ = writeln!(out, "  {:>4}  {:<8}  {:>13}  {:>21}  {:>10}  {:>9}  {:<25}  {:<25}", "iter", "state", "blocks done", "rows copied", "rows/s", "eta", "ingested from", "ingested to");
+        let _ = writeln!(out, "  {:>4}  {:<8}  {:>13}  {:>21}  {:>10}  {:>9}  {:<30}  {:<30}", "iter", "state", "blocks done", "rows copied", "rows/s", "eta", "ingested from", "ingested to");
         for i in &a.iterations {
             let eta = i.eta_seconds.map(|s| format!("{s} s")).unwrap_or_else(|| "-".into());
             let rate = i.rows_per_second.map(|r| format!("{r:.0}")).unwrap_or_else(|| "-".into());
-            let time = |t: Option<OffsetDateTime>| t.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
+            let time = |t: Option<OffsetDateTime>| {
+                t.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()).unwrap_or_else(|| "-".into())
+            };
             let _ = writeln!(
                 out,
-                "  {:>4}  {:<8}  {:>13}  {:>21}  {:>10}  {:>9}  {:<25}  {:<25}",
+                "  {:>4}  {:<8}  {:>13}  {:>21}  {:>10}  {:>9}  {:<30}  {:<30}",
                 i.number,
                 i.state,
                 format!("{}/{}", i.blocks_done, i.blocks),
