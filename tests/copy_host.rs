@@ -239,3 +239,35 @@ async fn under_the_host_a_request_sent_again_copies_the_delta() {
     assert_eq!(iterations[1]["firstIngestion"], iterations[1]["lastIngestion"], "the delta's 40 rows share one ingestion time");
     assert!(iterations[2]["firstIngestion"].is_null(), "an empty window has no ingestion times");
 }
+
+/// A request dropped on `kc-requests` base64-encoded by the official Python client
+/// (`azure-storage-queue` with `TextBase64EncodePolicy`) is copied like a plain one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_host_a_base64_request_from_the_python_client_is_copied() {
+    let h = host_stack().await;
+    seed(&h.source, DB, "Events", 200, 2, JAN_2023);
+    h.destination.command(DB, ".create table Events (Id:long, Name:string, Amount:real, Props:dynamic)").unwrap();
+    h.host.poll_once().await; // the queues exist once the host listens
+    let request = serde_json::json!({
+        "jobId": "from-python",
+        "source": format!("{}/{DB}/Events", h.source.url()),
+        "destination": format!("{}/{DB}", h.destination.url()),
+        "stagingDirectory": format!("{}/staging/python", h.azurite.blob_endpoint()),
+    });
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let token = kusto_copy::auth::EmulatorCredential::default().token_for("https://storage.azure.com", time::OffsetDateTime::now_utc());
+    let out = tokio::process::Command::new(repo.join(".venv/bin/python"))
+        .arg(repo.join("tests/python/send_request.py"))
+        .arg(h.azurite.queue_endpoint())
+        .arg("kc-requests")
+        .arg(&h.azurite.ca_pem_path)
+        .arg(request.to_string())
+        .env("KC_TEST_TOKEN", token.token.secret())
+        .output()
+        .await
+        .expect("the test command installs .venv");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = run_until_activities(&h, "from-python", "completed").await;
+    assert_eq!(status["activities"][0]["copiedRows"], 200, "{status}");
+    assert_same(&h, (DB, "Events | order by Id asc"), (DB, "Events"));
+}

@@ -73,10 +73,14 @@ struct Harness {
 }
 
 async fn start() -> Harness {
+    start_with(kusto_copy::job::RequestPolicy::emulator()).await
+}
+
+async fn start_with(policy: kusto_copy::job::RequestPolicy) -> Harness {
     let store = Arc::new(MemoryCheckpointStore::default());
     let sender = Arc::new(RecordingSender::default());
     let engine = Arc::new(ScriptedEngine::default());
-    let state = AppState { store: store.clone(), steps: sender.clone(), engine: engine.clone(), policy: Arc::new(kusto_copy::job::RequestPolicy::emulator()), replications: Default::default() };
+    let state = AppState { store: store.clone(), steps: sender.clone(), engine: engine.clone(), policy: Arc::new(policy), replications: Default::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
@@ -353,4 +357,84 @@ fn function_folders_match_the_handler() {
     assert_eq!(host["customHandler"]["enableProxyingHttpRequest"], false);
     // What we enqueue ourselves is plain text; the host must read it the same way.
     assert_eq!(host["extensions"]["queues"]["messageEncoding"], "none");
+}
+
+/// Hostile and careless requests, each refused for a reason that names what was refused,
+/// through the `requests` function (recorded as rejected once, answered 2xx, nothing
+/// started or sent) and through `kc validate` (exit 2, the same reason on stderr); and the
+/// accepted ones accepted by both. The policy is production's: no loopback, no allow-lists.
+#[tokio::test]
+async fn every_refused_class_through_requests_and_kc_validate() {
+    let base = serde_json::from_str::<Value>(VALID).unwrap();
+    let with = |key: &str, value: Value| {
+        let mut r = base.clone();
+        r[key] = value;
+        r.to_string()
+    };
+    let query = |q: &str| with("query", json!(q));
+    let refused: Vec<(&str, String, &str)> = vec![
+        ("userinfo in a cluster URI", with("source", json!("https://src.westeurope.kusto.windows.net@evil.example/Sales/Orders")), "evil.example"),
+        ("a look-alike cluster host", with("source", json!("https://evilkusto.windows.net/Sales/Orders")), "evilkusto.windows.net"),
+        ("a cluster on another port", with("source", json!("https://src.westeurope.kusto.windows.net:8443/Sales/Orders")), "port"),
+        ("a cluster by IP", with("source", json!("https://10.1.2.3/Sales/Orders")), "10.1.2.3"),
+        ("loopback without the emulator", with("source", json!("https://127.0.0.1:8080/Sales/Orders")), "127.0.0.1"),
+        ("a storage look-alike", with("stagingDirectory", json!("https://stagingacct.blob.core.windows.net.evil.example/staging")), "evil.example"),
+        ("staging on any host", with("stagingDirectory", json!("https://evil.example/staging")), "evil.example"),
+        ("staging over http", with("stagingDirectory", json!("http://stagingacct.blob.core.windows.net/staging")), "https"),
+        ("union", query("| union Other"), "union"),
+        ("join", query("| join (Other) on OrderId"), "join"),
+        ("lookup", query("| lookup Other on OrderId"), "lookup"),
+        ("take", query("| take 10"), "take"),
+        ("summarize", query("| summarize count() by Region"), "summarize"),
+        ("distinct", query("| distinct Region"), "distinct"),
+        ("evaluate", query("| evaluate bag_unpack(Props)"), "evaluate"),
+        ("a subquery", query("| where OrderId in (Other | project OrderId)"), "subquery"),
+        ("cluster()", query("| where OrderId in (cluster('x').database('y').T | project OrderId)"), "cluster"),
+        ("time-dependent", query("| where Timestamp > ago(1d)"), "ago"),
+        ("random", query("| extend r = rand()"), "rand"),
+        ("order-dependent", query("| serialize | extend p = prev(OrderId)"), "serialize"),
+        ("let", query("| where true; let x = 1"), ";"),
+        ("a second command", query("| where true <| .drop table Orders"), "<|"),
+        ("another app's identity", with("managedIdentityClientId", json!("11111111-2222-3333-4444-555555555555")), "managedIdentityClientId"),
+        ("too many exports", with("exportCount", json!(1000)), "exportCount"),
+        ("too large", with("query", json!(format!("| where Region in ({})", vec!["'EU'"; 20_000].join(",")))), "64"),
+    ];
+    let accepted = [VALID.to_owned(), query("| where Region == 'EU' | project OrderId, Region, Amount"), query("| extend Total = Amount * 2 | project-away Secret | project-rename Id = OrderId")];
+
+    let h = start_with(kusto_copy::job::RequestPolicy { allowed_clusters: None, allowed_storage_accounts: None, loopback: false, app_client_id: None }).await;
+    let dir = std::env::temp_dir().join(format!("kc-hostile-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let validate = |name: &str, text: &str| {
+        let path = dir.join(format!("{}.json", name.replace(' ', "-")));
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kc")).arg("validate").arg(&path).env_remove("KC_CREDENTIAL").env_remove("KC_ALLOWED_CLUSTERS").env_remove("KC_ALLOWED_STORAGE_ACCOUNTS").output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let mismatches: Vec<String> = refused
+        .iter()
+        .filter_map(|(name, text, names)| {
+            let (code, stderr) = validate(name, text);
+            (code != Some(2) || !stderr.contains(names)).then(|| format!("{name}: exit {code:?}, expected the reason to name '{names}': {stderr}"))
+        })
+        .collect();
+    assert!(mismatches.is_empty(), "kc validate:\n{}", mismatches.join("\n"));
+    for (name, text, names) in &refused {
+        for delivery in [1, 2] {
+            let (code, answer) = h.invoke("requests", &queue_payload("request", text, delivery)).await;
+            assert_eq!(code, 200, "{name}: {answer}");
+            assert_eq!(answer["ReturnValue"]["state"], "Rejected", "{name}: {answer}");
+            assert!(answer.get("Outputs").and_then(|o| o.get("next")).is_none(), "{name}: nothing is started");
+            assert!(answer["ReturnValue"]["reason"].as_str().unwrap().contains(names), "{name}: {answer}");
+        }
+    }
+    assert!(h.engine.started.lock().unwrap().is_empty(), "no refused request reached the engine");
+    assert!(h.sender.0.lock().unwrap().is_empty(), "nothing was sent");
+    assert_eq!(h.store.list("jobs/").await.unwrap().len(), refused.len(), "each rejection recorded once, though delivered twice");
+    for text in &accepted {
+        let (code, stderr) = validate("accepted", text);
+        assert_eq!(code, Some(0), "{text}: {stderr}");
+        let (_, answer) = h.invoke("requests", &queue_payload("request", text, 1)).await;
+        assert_eq!(answer["ReturnValue"]["state"], "Accepted", "{text}: {answer}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
