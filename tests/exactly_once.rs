@@ -124,6 +124,23 @@ async fn scenario_04_a_misspelt_column_fails_the_activity_with_its_reason() {
     assert_nothing_left(&stack).await;
 }
 
+/// A bare name in the query that is no source column (here another table of the source
+/// database, which `in (Other)` would read) is refused at planning, before any export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bare_name_that_is_no_column_is_refused_at_planning() {
+    let stack = stack().await;
+    seed(&stack);
+    stack.source.command(DB, ".create table Other (Id:long)").unwrap();
+    let engine = Arc::new(CopyEngine::new(blob_store(&stack), connections(&stack), options()));
+    let job = submit(&engine, &request(&stack, "bare-name", Some("| where Id in (Other)"))).await;
+    run(&engine, &job, |m| assert_ne!(m.step, "export", "nothing is exported")).await;
+    let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    let ActivityState::Failed { reason } = &activity.state else { panic!("{activity:?}") };
+    assert!(reason.contains("'Other' is not a column of the source table"), "{reason}");
+    assert_eq!(stack.destination.extents(DB, "Events").unwrap().len(), 0);
+    assert_nothing_left(&stack).await;
+}
+
 /// Scenario 13: an activity that fails mid-copy (a permanent export error after the first
 /// blocks were committed) leaves no staging table, folder, tag or claim; the destination holds
 /// whole blocks only; the same job submitted again completes the copy exactly, without

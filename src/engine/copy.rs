@@ -419,8 +419,21 @@ impl CopyEngine {
         let bin = self.options.limits.bin;
 
         if !iteration.summarized {
-            // First planning step of the iteration: the destination must be able to take the
-            // rows before anything is exported, and the window's extent bounds the chunks.
+            // First planning step of the iteration: the query may read only the source's
+            // columns (a bare name that is no column could be a stored function or another
+            // table, which the request's checks cannot know), the destination must be able to
+            // take the rows before anything is exported, and the window's extent bounds the
+            // chunks.
+            if let Some(query) = place.activity.query.as_deref() {
+                let columns = source
+                    .execute(&place.activity.source.database, &commands::result_schema(&table, None), &request_id("source-columns"))
+                    .await
+                    .and_then(|a| a.primary().map(|t| t.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>()))
+                    .map_err(|e| kusto_err("read the source table's columns", e))?;
+                crate::job::query::check(query)
+                    .and_then(|checked| checked.check_columns(&columns))
+                    .map_err(|e| EngineError::Permanent(format!("query: {e}")))?;
+            }
             let produced = self.check_destination(place, &source, &dest, &table, &dest_table, user_query.as_ref()).await?;
             let summary = source
                 .execute(&place.activity.source.database, &commands::window_summary(&table, &window, user_query.as_ref()).map_err(|e| kusto_err("plan", e))?, &request_id("plan-window"))
