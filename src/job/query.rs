@@ -139,6 +139,28 @@ pub fn check(query: &str) -> Result<CheckedQuery, String> {
             Tok::Punct("|") => {
                 return Err("query refused: '|' inside brackets is a subquery, which reads data other than the source table's rows".into())
             }
+            // `a .. b` (a range of `between`), or a member of a dynamic value (`Props.key`):
+            // a dot anywhere else is no expression Kusto accepts, and on a line of its own it
+            // would read as the start of a management command.
+            Tok::Punct(".") if tokens.get(i + 1) == Some(&Tok::Punct(".")) => {
+                i += 2;
+                continue;
+            }
+            Tok::Punct(".") => {
+                let prev = i.checked_sub(1).and_then(|p| tokens.get(p));
+                // The value is a name (not an operator right after '|', not a keyword), a quoted
+                // name, or a bracketed expression.
+                let operator_before = i >= 2 && tokens.get(i - 2) == Some(&Tok::Punct("|"));
+                let member_of = match prev {
+                    Some(Tok::Word(w)) => !operator_before && !KEYWORDS.contains(&w.as_str()),
+                    Some(Tok::Quoted(_) | Tok::Punct(")") | Tok::Punct("]")) => true,
+                    _ => false,
+                };
+                let member = matches!(tokens.get(i + 1), Some(Tok::Word(_) | Tok::Quoted(_)));
+                if !(member_of && member) {
+                    return Err("query refused: '.' must join a value and its member, as in Props.key".into());
+                }
+            }
             Tok::Punct("(") | Tok::Punct("[") => depth += 1,
             Tok::Punct(")") | Tok::Punct("]") => depth = depth.saturating_sub(1),
             Tok::Word(w) => {
@@ -372,6 +394,18 @@ mod tests {
         ] {
             check(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
+    }
+
+    #[test]
+    fn a_stray_dot_is_refused_and_members_and_ranges_are_not() {
+        // Found by the fuzz target: a dot on a line of its own passed the checks.
+        assert!(check("| where Name has\n.").unwrap_err().contains("a line starting with '.'"));
+        assert!(check("| where I\n.d in (1)").is_err());
+        assert!(check("| where . == 1").is_err());
+        assert!(check("| where\n. Region projectdeon").is_err());
+        assert!(check("| where T between (datetime(\n.2024-01-01) .. datetime(2024-02-01))").is_err());
+        assert!(check("| where Props.key == 1 and Props['a'].b == 2").is_ok());
+        assert!(check("| where When between (datetime(2024-01-01) .. datetime(2024-02-01))").is_ok());
     }
 
     #[test]

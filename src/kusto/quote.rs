@@ -183,6 +183,12 @@ fn check_user_query(text: &str) -> Result<(), KustoError> {
                 }
                 continue;
             }
+            // Any Unicode line break, then any blank: a line that starts with '.'.
+            '\n' | '\r' | '\u{b}' | '\u{c}' | '\u{85}' | '\u{2028}' | '\u{2029}'
+                if chars[i + 1..].iter().find(|c| !c.is_whitespace()) == Some(&'.') =>
+            {
+                return refuse("a line starting with '.' would read as a management command")
+            }
             ';' => return refuse("';' would start another statement"),
             '<' if next == Some('|') => return refuse("'<|' would pipe into a command"),
             '(' | '[' | '{' => stack.push(c),
