@@ -21,7 +21,10 @@
 //! is no column could be a stored function or a table (`where Id in (Other)`).
 //!
 //! The property ("block by block equals the whole window") is tested with proptest against the
-//! simulator's evaluator in `tests/query_checker.rs`.
+//! simulator's evaluator in `tests/query_checker.rs`, over pipelines of the accepted operators
+//! and functions and over token soup. Member access on a dynamic value (`Props.key`) is
+//! accepted as row-local by its definition; the simulator does not evaluate it, so that one
+//! rests on the documentation alone.
 
 use std::collections::BTreeSet;
 
