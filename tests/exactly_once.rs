@@ -124,6 +124,38 @@ async fn scenario_04_a_misspelt_column_fails_the_activity_with_its_reason() {
     assert_nothing_left(&stack).await;
 }
 
+/// Scenario 4, second half: the destination table's schema changes after the first block
+/// committed (here it is recreated with `Name` as a long): the next move is refused, the
+/// activity fails with Kusto's message within a few steps, nothing loops, nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_04b_a_destination_schema_change_mid_copy_fails_the_activity() {
+    let stack = stack().await;
+    seed(&stack);
+    let engine = Arc::new(CopyEngine::new(blob_store(&stack), connections(&stack), options()));
+    let job = submit(&engine, &request(&stack, "s04b", None)).await;
+    let destination = &stack.destination;
+    let mut changed = false;
+    let mut after_change = 0;
+    run(&engine, &job, |m| {
+        if changed {
+            after_change += 1;
+        } else if m.step == "cleanup" {
+            changed = true;
+            destination.command(DB, ".drop table Events").unwrap();
+            destination.command(DB, ".create table Events (Id:long, Name:long, When:datetime)").unwrap();
+        }
+    })
+    .await;
+    assert!(changed);
+    let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    let ActivityState::Failed { reason } = &activity.state else { panic!("{activity:?}") };
+    assert!(reason.contains("schema"), "Kusto's message says why: {reason}");
+    assert!(after_change <= 20, "failed within a few steps, not a loop: {after_change}");
+    let again = engine.tick(&Tick { now: time::OffsetDateTime::now_utc() + time::Duration::hours(1), past_due: false }).await.unwrap();
+    assert!(again.is_empty(), "the scheduler does not send it again: {again:?}");
+    assert_nothing_left(&stack).await;
+}
+
 /// A bare name in the query that is no source column (here another table of the source
 /// database, which `in (Other)` would read) is refused at planning, before any export.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -138,6 +170,37 @@ async fn a_bare_name_that_is_no_column_is_refused_at_planning() {
     let ActivityState::Failed { reason } = &activity.state else { panic!("{activity:?}") };
     assert!(reason.contains("'Other' is not a column of the source table"), "{reason}");
     assert_eq!(stack.destination.extents(DB, "Events").unwrap().len(), 0);
+    assert_nothing_left(&stack).await;
+}
+
+/// Scenario 11: a planning chunk whose counting query Kusto cuts short (a partial query
+/// failure, `80DA0003`, as when a result set passes the query limits) is split, not retried
+/// at the same size; the copy is still exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenario_11_a_chunk_too_large_for_one_query_is_split() {
+    let stack = stack().await;
+    seed(&stack);
+    let mut opts = options();
+    opts.limits.bins_per_step = 8;
+    let engine = Arc::new(CopyEngine::new(blob_store(&stack), connections(&stack), opts));
+    let job = submit(&engine, &request(&stack, "s11", None)).await;
+    let source = &stack.source;
+    let mut armed = false;
+    // After the first planning step (the window measured), the next counting queries fail.
+    run(&engine, &job, |m| {
+        if m.step == "plan" && !armed {
+            armed = true;
+            source.script_fault(Some(CommandKind::Query), Fault::PartialQueryFailure, 3);
+        }
+    })
+    .await;
+    assert_eq!(source.with_state(|s| s.faults.pending()), 0, "every fault was met");
+    let (iteration, _) = kusto_copy::storage::checkpoint::read_json::<IterationRecord>(engine.store().as_ref(), &keys::iteration("s11", "default", 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(iteration.chunk_bins.is_some_and(|n| n < 8), "the chunk was split: {:?}", iteration.chunk_bins);
+    assert_exact(&stack);
     assert_nothing_left(&stack).await;
 }
 
