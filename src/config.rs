@@ -30,6 +30,9 @@ pub mod names {
     /// Which declaration of KC_REPLICATIONS is newer (an integer, e.g. the deployment time
     /// as yyyyMMddHHmmss): instances with older settings change nothing.
     pub const REPLICATIONS_VERSION: &str = "KC_REPLICATIONS_VERSION";
+    /// Names this deployment in its staging tables and containers (hashed); default: where
+    /// its checkpoints live.
+    pub const DEPLOYMENT_ID: &str = "KC_DEPLOYMENT_ID";
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -83,6 +86,8 @@ pub struct Settings {
     pub policy: crate::job::RequestPolicy,
     pub replications: Vec<crate::job::replication::Replication>,
     pub replications_version: u64,
+    /// `KC_DEPLOYMENT_ID`, or the checkpoint store's location.
+    pub deployment_id: String,
 }
 
 /// Reads settings from a name → value map (the process environment in production, a literal
@@ -135,6 +140,7 @@ pub fn from_map(env: &HashMap<String, String>) -> Result<Settings, ConfigError> 
         None => 0,
         Some(v) => v.parse::<u64>().map_err(|_| ConfigError::new(names::REPLICATIONS_VERSION, format!("'{v}' is not a whole number")))?,
     };
+    let deployment_id = get(names::DEPLOYMENT_ID).map(str::to_owned).unwrap_or_else(|| format!("{blob_endpoint}{checkpoint_container}"));
     let ca_cert = get(names::CA_CERT).map(PathBuf::from);
     if let Some(path) = &ca_cert {
         if !path.is_file() {
@@ -161,6 +167,7 @@ pub fn from_map(env: &HashMap<String, String>) -> Result<Settings, ConfigError> 
         direct_ingestion,
         replications,
         replications_version,
+        deployment_id,
     })
 }
 
@@ -279,6 +286,7 @@ pub const SETTINGS: &[(&str, Need)] = &[
     (names::INGESTION, Need::Optional),
     (names::REPLICATIONS, Need::Optional),
     (names::REPLICATIONS_VERSION, Need::Optional),
+    (names::DEPLOYMENT_ID, Need::Optional),
     (names::CA_CERT, Need::TestOnly),
 ];
 

@@ -204,6 +204,51 @@ async fn scenario_11_a_chunk_too_large_for_one_query_is_split() {
     assert_nothing_left(&stack).await;
 }
 
+/// The janitor, ticking all through a copy: it removes this deployment's staging table and
+/// container that no iteration owns (left by a crash), never a live iteration's, and never
+/// another deployment's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_janitor_removes_only_this_deployments_orphans() {
+    let stack = stack().await;
+    seed(&stack);
+    let dep = kusto_copy::engine::copy::deployment_hash("");
+    let (ours, theirs) = (format!("{dep}-deadbeef0000"), "ffffff-deadbeef0000".to_owned());
+    for id in [&ours, &theirs] {
+        stack.destination.command(DB, &format!(".create table ['kc_staging_{id}'] (Id:long)")).unwrap();
+        common::clients(&stack.azurite).container(&format!("kcs-{id}-0-1")).unwrap().create(None).await.unwrap();
+    }
+    let engine = Arc::new(CopyEngine::new(blob_store(&stack), connections(&stack), options()));
+    let job = submit(&engine, &request(&stack, "janitor", None)).await;
+    let ticking = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            loop {
+                engine.tick(&Tick { now: time::OffsetDateTime::now_utc(), past_due: false }).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    run(&engine, &job, |_| {}).await;
+    ticking.abort();
+    engine.tick(&Tick { now: time::OffsetDateTime::now_utc(), past_due: false }).await.unwrap();
+    assert_exact(&stack);
+    let tables = format!("{:?}", stack.destination.command(DB, ".show tables").unwrap().rows);
+    assert!(!tables.contains(&format!("kc_staging_{ours}")), "our orphan table was dropped: {tables}");
+    assert!(tables.contains(&format!("kc_staging_{theirs}")), "another deployment's table stays: {tables}");
+    let service = common::clients(&stack.azurite).blob_service().unwrap();
+    let mut pages = service.list_containers(None).unwrap().into_pages();
+    let mut containers = Vec::new();
+    while let Some(page) = futures::TryStreamExt::try_next(&mut pages).await.unwrap() {
+        containers.extend(page.into_model().unwrap().container_items.into_iter().filter_map(|c| c.name));
+    }
+    assert!(!containers.contains(&format!("kcs-{ours}-0-1")), "our orphan container was deleted: {containers:?}");
+    assert!(containers.contains(&format!("kcs-{theirs}-0-1")), "another deployment's container stays: {containers:?}");
+    // Clean up the foreign ones so the usual check holds.
+    stack.destination.command(DB, &format!(".drop table ['kc_staging_{theirs}']")).unwrap();
+    common::clients(&stack.azurite).container(&format!("kcs-{theirs}-0-1")).unwrap().delete(None).await.unwrap();
+    assert_nothing_left(&stack).await;
+}
+
 /// Scenario 13: an activity that fails mid-copy (a permanent export error after the first
 /// blocks were committed) leaves no staging table, folder, tag or claim; the destination holds
 /// whole blocks only; the same job submitted again completes the copy exactly, without

@@ -163,6 +163,8 @@ pub async fn run(args: &CopyArgs, mut env: Environment) -> Result<String, String
     };
     let connections = Arc::new(LiveConnections::new(credential, env.ca_cert.clone(), crate::engine::copy::step_client_options()));
     let mut options = env.engine_options.clone();
+    // One `kc copy` deployment per tracking folder.
+    options.deployment = crate::engine::copy::deployment_hash(&format!("{}/{}/{}", staging.account_url, staging.container, staging.path));
     if args.direct_ingestion {
         options.ingest_route = crate::engine::records::IngestRoute::Direct;
     }

@@ -43,6 +43,16 @@ pub struct EngineOptions {
     pub stall_after: time::Duration,
     /// How long an attempt in flight is protected from duplicate deliveries.
     pub lease: time::Duration,
+    /// A short hash of the deployment ([`deployment_hash`]) that every staging table,
+    /// container and tag name starts with: the janitor removes only its own.
+    pub deployment: String,
+}
+
+/// Six hex digits naming a deployment: of `KC_DEPLOYMENT_ID` when set, else of where its
+/// checkpoints live (two deployments never share a checkpoint store).
+pub fn deployment_hash(id: &str) -> String {
+    let ns = uuid::Uuid::from_u128(0x6b63_6465_706c_4f79_8a1b_2c3d_4e5f_6073);
+    uuid::Uuid::new_v5(&ns, id.as_bytes()).simple().to_string()[..6].to_owned()
 }
 
 impl Default for EngineOptions {
@@ -55,6 +65,7 @@ impl Default for EngineOptions {
             min_poll: Duration::from_secs(2),
             max_poll: Duration::from_secs(60),
             sas_lifetime: time::Duration::hours(6),
+            deployment: deployment_hash(""),
         }
     }
 }
@@ -243,11 +254,15 @@ pub(super) struct Place {
     pub(super) spec: JobSpec,
     pub(super) activity: Activity,
     pub(super) iteration: u64,
+    /// [`EngineOptions::deployment`]: in every name the copy makes.
+    pub(super) deployment: String,
 }
 
 impl Place {
-    pub(super) fn id(&self) -> String {
-        iteration_id(&self.job.id, &self.activity.name, self.iteration)
+    /// `<deployment>-<iteration>`: the staging table, folders and tags are named by it, so a
+    /// repeated step finds what an earlier try made and two deployments never share one.
+    pub(crate) fn id(&self) -> String {
+        format!("{}-{}", self.deployment, iteration_id(&self.job.id, &self.activity.name, self.iteration))
     }
     fn message(&self, step: Step, block: Option<u64>) -> StepMessage {
         StepMessage {
@@ -307,7 +322,7 @@ impl CopyEngine {
             .cloned()
             .ok_or_else(|| EngineError::Permanent(format!("job '{}' has no activity '{name}'", job.id)))?;
         let iteration = message.iteration.unwrap_or(1);
-        Ok(Place { job, spec, activity, iteration })
+        Ok(Place { job, spec, activity, iteration, deployment: self.options.deployment.clone() })
     }
 
     pub(super) async fn read<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<(T, ETag)>, EngineError> {
@@ -821,7 +836,7 @@ impl CopyEngine {
             record.state = ActivityState::Running;
             if self.swap(&keys::activity(&job.id, &activity.name), &record, &etag).await? {
                 tracing::info!(job = %job.id, activity = %activity.name, iteration = record.iteration, "next iteration: copying what arrived since the last one");
-                let place = Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration: record.iteration };
+                let place = Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration: record.iteration, deployment: self.options.deployment.clone() };
                 out.push(place.now(Step::Plan, None));
             }
         }
@@ -855,7 +870,7 @@ impl CopyEngine {
         let stalled = |t: OffsetDateTime| stalled_before.is_none_or(|limit| t < limit);
         let mut out = Vec::new();
         for activity in &spec.activities {
-            let place = |n| Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration: n };
+            let place = |n| Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration: n, deployment: self.options.deployment.clone() };
             let activity_key = keys::activity(&job.id, &activity.name);
             let Some((mut record, etag)) = self.read::<ActivityRecord>(&activity_key).await? else {
                 out.push(place(1).now(Step::Plan, None));
@@ -969,7 +984,7 @@ impl CopyEngine {
         let Some(spec) = &job.spec else { return Ok(p) };
         for activity in &spec.activities {
             let Some((record, _)) = self.read::<ActivityRecord>(&keys::activity(&job.id, &activity.name)).await? else { continue };
-            let place = Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration: record.iteration };
+            let place = Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration: record.iteration, deployment: self.options.deployment.clone() };
             if let Some((it, _)) = self.read::<IterationRecord>(&keys::iteration(&job.id, &activity.name, record.iteration)).await? {
                 p.blocks += it.blocks;
                 p.planned_rows += it.planned_rows;
@@ -1091,13 +1106,17 @@ impl Engine for CopyEngine {
 
     async fn tick(&self, tick: &Tick) -> Result<Vec<Outgoing>, EngineError> {
         let mut out = Vec::new();
-        for job in list_jobs(self.store.as_ref()).await.map_err(record_err)? {
+        let jobs = list_jobs(self.store.as_ref()).await.map_err(record_err)?;
+        for job in &jobs {
             // One job's trouble (an unreachable cluster, a storage hiccup) never keeps the
             // scheduler from the others.
-            match self.tick_job(&job, tick).await {
+            match self.tick_job(job, tick).await {
                 Ok(next) => out.extend(next),
                 Err(e) => tracing::warn!(job = %job.id, error = %e, "scheduler skipped this job this tick"),
             }
+        }
+        if let Err(e) = self.janitor(&jobs).await {
+            tracing::warn!(error = %e, "janitor skipped this tick");
         }
         Ok(out)
     }
@@ -1121,7 +1140,7 @@ impl CopyEngine {
                 record.iteration += 1;
                 record.state = ActivityState::Running;
                 if self.swap(&key, &record, &etag).await? {
-                    let place = Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration: record.iteration };
+                    let place = Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration: record.iteration, deployment: self.options.deployment.clone() };
                     out.push(place.now(Step::Plan, None));
                 }
             }
@@ -1245,7 +1264,7 @@ impl CopyEngine {
             tracing::info!(job = %job.id, activity = %activity.name, iteration, "cancelled");
             let aborted = self.read::<IterationRecord>(&keys::iteration(&job.id, &activity.name, iteration)).await?.is_none_or(|(it, _)| it.aborted);
             if !aborted {
-                let place = Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration };
+                let place = Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration, deployment: self.options.deployment.clone() };
                 out.push(place.now(Step::Abort, None));
             }
         }

@@ -13,10 +13,13 @@
 //! - [`clock`]: time and ids as inputs.
 //! - [`local`]: the in-process driver of `kc copy`.
 //! - [`slots`]: export slots of a source cluster, shared across jobs.
+//! - [`janitor`]: removes this deployment's staging objects no live iteration owns.
+//! - [`status`]: what a job is doing, for people.
 
 pub mod clock;
 pub mod copy;
 pub mod execute;
+pub mod janitor;
 pub mod local;
 pub mod plan;
 pub mod records;

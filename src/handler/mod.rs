@@ -211,6 +211,7 @@ impl AppState {
             } else {
                 crate::engine::records::IngestRoute::Queued
             },
+            deployment: crate::engine::copy::deployment_hash(&settings.deployment_id),
             ..EngineOptions::default()
         };
         let engine = Arc::new(CopyEngine::new(store.clone(), connections, options));
