@@ -13,17 +13,8 @@ use std::time::Duration;
 
 const DB: &str = "db";
 
-/// `kc <args>` with the settings `kc serve` has, as an operator on the local stack would run it.
 fn kc(azurite: &Azurite, args: &[&str]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_kc"));
-    c.args(args)
-        .env("KC_BLOB_ENDPOINT", azurite.blob_endpoint())
-        .env("KC_QUEUE_ENDPOINT", azurite.queue_endpoint())
-        .env("KC_CREDENTIAL", "emulator")
-        .env("KC_CA_CERT", &azurite.ca_pem_path)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true);
-    c
+    kc_test_stack::kc_command(env!("CARGO_BIN_EXE_kc"), azurite, args)
 }
 
 async fn output(mut c: tokio::process::Command) -> (bool, String, String) {
@@ -152,12 +143,7 @@ async fn kc_cancel_mid_copy_leaves_only_whole_committed_blocks() {
     assert!(h.destination.extents(DB, "Events").unwrap().iter().all(|e| e.tags.is_empty()), "no tag left");
     let tables = format!("{:?}", h.destination.command(DB, ".show tables").unwrap().rows);
     assert!(!tables.contains("kc_staging"), "staging table left: {tables}");
-    let service = common::clients(&h.azurite).blob_service().unwrap();
-    let mut pages = service.list_containers(None).unwrap().into_pages();
-    let mut left = Vec::new();
-    while let Some(page) = futures::TryStreamExt::try_next(&mut pages).await.unwrap() {
-        left.extend(page.into_model().unwrap().container_items.into_iter().filter_map(|c| c.name).filter(|n| n.starts_with("kcs-")));
-    }
+    let left = common::containers(&h.azurite, "kcs-").await;
     assert!(left.is_empty(), "staging folders left: {left:?}");
 
     // Sending the job again does not bring it back.
@@ -273,12 +259,7 @@ async fn kc_validate_connect_checks_what_the_copy_needs() {
 
     let tables = format!("{:?}", stack.destination.command(common::copy::DB, ".show tables").unwrap().rows);
     assert!(!tables.contains("kc_probe"), "probe table left: {tables}");
-    let service = common::clients(&stack.azurite).blob_service().unwrap();
-    let mut pages = service.list_containers(None).unwrap().into_pages();
-    let mut probes = Vec::new();
-    while let Some(page) = futures::TryStreamExt::try_next(&mut pages).await.unwrap() {
-        probes.extend(page.into_model().unwrap().container_items.into_iter().filter_map(|c| c.name).filter(|n| n.starts_with("kcs-probe")));
-    }
+    let probes = common::containers(&stack.azurite, "kcs-probe").await;
     assert!(probes.is_empty(), "probe containers left: {probes:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -46,6 +46,8 @@ pub struct EngineOptions {
     /// A short hash of the deployment ([`deployment_hash`]) that every staging table,
     /// container and tag name starts with: the janitor removes only its own.
     pub deployment: String,
+    /// How often the janitor runs on scheduler ticks (per instance); `None`: never.
+    pub janitor_every: Option<time::Duration>,
 }
 
 /// Six hex digits naming a deployment: of `KC_DEPLOYMENT_ID` when set, else of where its
@@ -66,6 +68,7 @@ impl Default for EngineOptions {
             max_poll: Duration::from_secs(60),
             sas_lifetime: time::Duration::hours(6),
             deployment: deployment_hash(""),
+            janitor_every: Some(time::Duration::minutes(10)),
         }
     }
 }
@@ -290,11 +293,13 @@ pub struct CopyEngine {
     pub(super) options: EngineOptions,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) ids: Arc<dyn Ids>,
+    /// When this instance's janitor last ran.
+    pub(super) janitor_ran: Mutex<Option<OffsetDateTime>>,
 }
 
 impl CopyEngine {
     pub fn new(store: Arc<dyn CheckpointStore>, connections: Arc<dyn Connections>, options: EngineOptions) -> Self {
-        CopyEngine { store, connections, options, clock: Arc::new(SystemClock), ids: Arc::new(RandomIds) }
+        CopyEngine { store, connections, options, clock: Arc::new(SystemClock), ids: Arc::new(RandomIds), janitor_ran: Mutex::new(None) }
     }
 
     /// The same engine on another clock and id source (virtual time in tests).
@@ -1115,8 +1120,10 @@ impl Engine for CopyEngine {
                 Err(e) => tracing::warn!(job = %job.id, error = %e, "scheduler skipped this job this tick"),
             }
         }
-        if let Err(e) = self.janitor(&jobs).await {
-            tracing::warn!(error = %e, "janitor skipped this tick");
+        if self.janitor_due() {
+            if let Err(e) = self.janitor(&jobs).await {
+                tracing::warn!(error = %e, "janitor skipped this tick");
+            }
         }
         Ok(out)
     }

@@ -29,7 +29,33 @@ pub fn owner_of(name: &str, deployment: &str) -> Option<String> {
     (dep == deployment).then(|| format!("{dep}-{iteration}"))
 }
 
+/// The longest a janitor call may take: an unreachable cluster must not hold up the tick.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether a job may still own, or have left, staging objects: one of its activities is not
+/// over, or ended within the last day (a crash at the very end leaves its staging table).
+fn worth_a_look(activities: &[Option<ActivityRecord>], now: time::OffsetDateTime) -> bool {
+    activities.iter().any(|a| match a {
+        None => false,
+        Some(r) => {
+            !matches!(r.state, super::copy::ActivityState::Completed) || r.last_finished_at.is_none_or(|t| now - t < time::Duration::days(1))
+        }
+    })
+}
+
 impl CopyEngine {
+    /// Whether this instance's janitor is due (it runs every `janitor_every`).
+    pub(super) fn janitor_due(&self) -> bool {
+        let Some(every) = self.options.janitor_every else { return false };
+        let now = self.clock.now();
+        let mut last = self.janitor_ran.lock().unwrap();
+        if last.is_some_and(|t| now - t < every) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
     /// Removes what no live iteration owns; returns how many objects it removed. One
     /// unreachable cluster or account is skipped, not an error for the others.
     pub async fn janitor(&self, jobs: &[JobRecord]) -> Result<usize, EngineError> {
@@ -37,6 +63,18 @@ impl CopyEngine {
         // 1. What exists: staging tables per destination database, containers per account.
         let mut databases: BTreeSet<(String, String)> = BTreeSet::new();
         let mut accounts: BTreeSet<String> = BTreeSet::new();
+        let mut looked_at = Vec::new();
+        for job in jobs {
+            let Some(spec) = &job.spec else { continue };
+            let mut records = Vec::new();
+            for a in &spec.activities {
+                records.push(self.read::<ActivityRecord>(&keys::activity(&job.id, &a.name)).await?.map(|(r, _)| r));
+            }
+            if worth_a_look(&records, self.clock.now()) {
+                looked_at.push(job.clone());
+            }
+        }
+        let jobs = looked_at.as_slice();
         for spec in jobs.iter().filter_map(|j| j.spec.as_ref()) {
             databases.extend(spec.activities.iter().map(|a| (a.destination.cluster.clone(), a.destination.database.clone())));
             accounts.extend(spec.staging.iter().map(|s| s.account_url.clone()));
@@ -45,14 +83,16 @@ impl CopyEngine {
         let mut tables: Vec<(String, String, String)> = Vec::new();
         for (cluster, database) in &databases {
             let Ok(kusto) = self.connections.kusto(cluster) else { continue };
-            match kusto.execute(database, &commands::show_tables(), &rid).await.and_then(|a| results::table_names(&a)) {
+            let listed = tokio::time::timeout(CALL_TIMEOUT, kusto.execute(database, &commands::show_tables(), &rid)).await;
+            match listed.map_err(|_| "timed out".to_owned()).and_then(|r| r.and_then(|a| results::table_names(&a)).map_err(|e| e.to_string())) {
                 Ok(names) => tables.extend(names.into_iter().filter(|n| owner_of(n, &deployment).is_some()).map(|n| (cluster.clone(), database.clone(), n))),
                 Err(e) => tracing::warn!(%cluster, %database, error = %e, "janitor could not list tables"),
             }
         }
         let mut containers: Vec<(String, String)> = Vec::new();
         for account in &accounts {
-            match self.staging_containers(account, &format!("{CONTAINER_PREFIX}{deployment}-")).await {
+            let listed = tokio::time::timeout(CALL_TIMEOUT, self.staging_containers(account, &format!("{CONTAINER_PREFIX}{deployment}-"))).await;
+            match listed.unwrap_or_else(|_| Err(EngineError::Transient("timed out".into()))) {
                 Ok(names) => containers.extend(names.into_iter().map(|n| (account.clone(), n))),
                 Err(e) => tracing::warn!(%account, error = %e, "janitor could not list containers"),
             }

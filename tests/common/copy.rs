@@ -137,12 +137,7 @@ pub async fn assert_nothing_left(stack: &Stack) {
     assert!(stack.destination.extents(DB, "Events").unwrap().iter().all(|e| e.tags.is_empty()), "no tag left at the destination");
     let tables = format!("{:?}", stack.destination.command(DB, ".show tables").unwrap().rows);
     assert!(!tables.contains("kc_staging"), "staging table left: {tables}");
-    let service = super::clients(&stack.azurite).blob_service().unwrap();
-    let mut pages = service.list_containers(None).unwrap().into_pages();
-    let mut left = Vec::new();
-    while let Some(page) = futures::TryStreamExt::try_next(&mut pages).await.unwrap() {
-        left.extend(page.into_model().unwrap().container_items.into_iter().filter_map(|c| c.name).filter(|n| n.starts_with("kcs-")));
-    }
+    let left = super::containers(&stack.azurite, "kcs-").await;
     assert!(left.is_empty(), "staging folders left: {left:?}");
 }
 

@@ -23,6 +23,17 @@ pub fn clients(azurite: &Azurite) -> StorageClients {
     .expect("clients for Azurite")
 }
 
+/// The names of this Azurite's containers that start with `prefix`.
+pub async fn containers(azurite: &Azurite, prefix: &str) -> Vec<String> {
+    let service = clients(azurite).blob_service().unwrap();
+    let mut pages = service.list_containers(None).unwrap().into_pages();
+    let mut names = Vec::new();
+    while let Some(page) = futures::TryStreamExt::try_next(&mut pages).await.unwrap() {
+        names.extend(page.into_model().unwrap().container_items.into_iter().filter_map(|c| c.name).filter(|n| n.starts_with(prefix)));
+    }
+    names
+}
+
 /// A fresh, unique name for a container or queue, so tests sharing an Azurite never collide.
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])

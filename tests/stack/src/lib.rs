@@ -186,3 +186,17 @@ fn make_certificates(ca_path: &Path, cert_path: &Path, key_path: &Path) -> Resul
     std::fs::write(key_path, key.serialize_pem()).map_err(|e| e.to_string())?;
     Ok(())
 }
+
+/// `kc <args>` with the settings `kc serve` has on this Azurite (endpoints, the emulator
+/// credential, its CA): what an operator of the local stack runs. `kc` is the binary's path.
+pub fn kc_command(kc: impl AsRef<std::ffi::OsStr>, azurite: &Azurite, args: &[&str]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(kc);
+    c.args(args)
+        .env("KC_BLOB_ENDPOINT", azurite.blob_endpoint())
+        .env("KC_QUEUE_ENDPOINT", azurite.queue_endpoint())
+        .env("KC_CREDENTIAL", "emulator")
+        .env("KC_CA_CERT", &azurite.ca_pem_path)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true);
+    c
+}

@@ -19,17 +19,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// `kc <args>` with the settings `kc serve` has: what an operator on this stack runs.
 fn kc(path: &str, azurite: &kc_test_stack::Azurite, args: &[&str]) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(path);
-    c.args(args)
-        .env("KC_BLOB_ENDPOINT", azurite.blob_endpoint())
-        .env("KC_QUEUE_ENDPOINT", azurite.queue_endpoint())
-        .env("KC_CREDENTIAL", "emulator")
-        .env("KC_CA_CERT", &azurite.ca_pem_path)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true);
-    c
+    kc_test_stack::kc_command(path, azurite, args)
 }
 
 fn free_port() -> u16 {
