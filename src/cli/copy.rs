@@ -211,6 +211,12 @@ async fn drive(
         let summary = summarize(engine, job).await?;
         return Ok(format!("{summary} (already complete: a BackfillOnly job copies once; use another staging folder or jobId to copy again)"));
     }
+    // What a crashed earlier run of this job left and no iteration owns any more.
+    match engine.janitor(std::slice::from_ref(job)).await {
+        Ok(0) => {}
+        Ok(n) => progress.note(&format!("removed {n} staging object(s) an earlier run left")),
+        Err(e) => tracing::warn!(error = %e, "could not look for what an earlier run left"),
+    }
     loop {
         let failures = engine.run_locally(job, workers, |e| progress.on_event(e)).await.map_err(|e| e.to_string())?;
         iterations_run += 1;
