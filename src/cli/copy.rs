@@ -45,6 +45,10 @@ pub struct CopyArgs {
     /// A job file (YAML or JSON, the original tool's schema) instead of -s/-d.
     #[arg(short = 'y', long = "yaml")]
     pub yaml: Option<PathBuf>,
+    /// What a block must show before it is moved: count (default) or content (a digest of
+    /// its values computed by Kusto on both sides).
+    #[arg(long = "verify")]
+    pub verify: Option<String>,
     /// Client id of a user-assigned managed identity (then the managed identity is used).
     #[arg(long = "clientId")]
     pub client_id: Option<String>,
@@ -102,6 +106,9 @@ pub fn request_text(args: &CopyArgs) -> Result<String, String> {
     }
     if let Some(e) = args.export {
         set("exportCount", json!(e));
+    }
+    if let Some(v) = &args.verify {
+        set("verify", json!(v));
     }
     if let Some(c) = &args.client_id {
         set("managedIdentityClientId", json!(c));
@@ -234,7 +241,8 @@ fn describe(spec: &crate::job::JobSpec) -> String {
             format!("{}.{}{query} -> {}.{}", a.source.database, a.source.table, a.destination.database, a.destination.table)
         })
         .collect();
-    format!("{} ({:?})", activities.join(", "), spec.copy_mode)
+    let verify = if spec.verify == crate::job::Verify::Content { ", verify content" } else { "" };
+    format!("{} ({:?}{verify})", activities.join(", "), spec.copy_mode)
 }
 
 async fn summarize(engine: &CopyEngine, job: &JobRecord) -> Result<String, String> {
