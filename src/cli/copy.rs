@@ -364,3 +364,30 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: CopyArgs,
+    }
+
+    fn spec(extra: &[&str]) -> crate::job::JobSpec {
+        let mut argv = vec!["kc", "-s", "https://a.kusto.windows.net/db/T", "-d", "https://b.kusto.windows.net/db2", "-t", "https://stg.blob.core.windows.net/staging/kc"];
+        argv.extend_from_slice(extra);
+        let text = request_text(&Cli::parse_from(argv).args).unwrap();
+        crate::job::check_request(&text, &crate::job::RequestPolicy::default()).unwrap()
+    }
+
+    #[test]
+    fn verify_content_is_asked_for_by_flag_and_shown_in_the_description() {
+        assert_eq!(spec(&[]).verify, crate::job::Verify::Count);
+        let content = spec(&["--verify", "content"]);
+        assert_eq!(content.verify, crate::job::Verify::Content);
+        assert!(describe(&content).ends_with("(BackfillOnly, verify content)"), "{}", describe(&content));
+    }
+}
