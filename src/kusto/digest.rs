@@ -20,7 +20,8 @@
 //! (https://learn.microsoft.com/azure/data-explorer/kusto/query/hash-function), and two
 //! clusters answering two queries are exactly what this compares.
 //!
-//! The `mod` argument (an `int`; the result is "between 0 and mod - 1", same page) keeps
+//! The `mod` argument (an `int`, so written `int(P)`: a bare integer literal is a `long`; the
+//! result is "between 0 and mod - 1", same page) keeps
 //! each hash below the prime `P = 2^31 - 1`, so a sum over up to 2^32 rows fits a `long`
 //! exactly and is compared whole (no reduction needed). How Kusto turns a hash at or above
 //! 2^63 into a `long` before `mod` is not documented; it does not matter here, because
@@ -145,7 +146,7 @@ pub fn content_digest(rows: &DigestRows<'_>, columns: &[Column]) -> Result<Comma
     let hashes: Vec<String> = columns
         .iter()
         .enumerate()
-        .map(|(i, c)| Ok(format!("kc_h{i} = hash_xxhash64({}, {PRIME})", as_text(c)?)))
+        .map(|(i, c)| Ok(format!("kc_h{i} = hash_xxhash64({}, int({PRIME}))", as_text(c)?)))
         .collect::<Result<_, KustoError>>()?;
     q.push_str(&format!("| project {}\n", hashes.join(", ")));
     let mut joined = Vec::new();
@@ -156,11 +157,11 @@ pub fn content_digest(rows: &DigestRows<'_>, columns: &[Column]) -> Result<Comma
         joined.push(format!("kc_h{i}"));
     }
     let n = columns.len();
-    let mut extend = vec![format!("kc_row = hash_xxhash64({}, {PRIME})", strcat_all(joined))];
+    let mut extend = vec![format!("kc_row = hash_xxhash64({}, int({PRIME}))", strcat_all(joined))];
     let mut sums: Vec<String> = (0..n).map(|i| format!("C{i} = sum(kc_h{i})")).collect();
     if n >= 3 {
         for i in 0..n {
-            extend.push(format!("kc_p{i} = hash_xxhash64(strcat(kc_h{i}, ',', kc_h{}), {PRIME})", (i + 1) % n));
+            extend.push(format!("kc_p{i} = hash_xxhash64(strcat(kc_h{i}, ',', kc_h{}), int({PRIME}))", (i + 1) % n));
             sums.push(format!("P{i} = sum(kc_p{i})"));
         }
     }
@@ -198,11 +199,11 @@ mod tests {
         let q = content_digest(&DigestRows::StagingExtents { table: &table, extents: &ids }, &cols).unwrap();
         let text = q.expose_text();
         assert!(text.contains("| where extent_id() in (guid(00000000-0000-0000-0000-000000000001))"), "{text}");
-        assert!(text.contains("kc_h0 = hash_xxhash64(['Name'], 2147483647)"), "{text}");
-        assert!(text.contains("kc_h1 = hash_xxhash64(tostring(pack_array(['Bag'])), 2147483647)"), "{text}");
-        assert!(text.contains("kc_h2 = hash_xxhash64(iff(isnull(['At']), 'n', strcat('v', tostring(['At']))), 2147483647)"), "{text}");
-        assert!(text.contains("kc_row = hash_xxhash64(strcat(kc_h0, ',', kc_h1, ',', kc_h2), 2147483647)"), "{text}");
-        assert!(text.contains("kc_p2 = hash_xxhash64(strcat(kc_h2, ',', kc_h0), 2147483647)"), "{text}");
+        assert!(text.contains("kc_h0 = hash_xxhash64(['Name'], int(2147483647))"), "{text}");
+        assert!(text.contains("kc_h1 = hash_xxhash64(tostring(pack_array(['Bag'])), int(2147483647))"), "{text}");
+        assert!(text.contains("kc_h2 = hash_xxhash64(iff(isnull(['At']), 'n', strcat('v', tostring(['At']))), int(2147483647))"), "{text}");
+        assert!(text.contains("kc_row = hash_xxhash64(strcat(kc_h0, ',', kc_h1, ',', kc_h2), int(2147483647))"), "{text}");
+        assert!(text.contains("kc_p2 = hash_xxhash64(strcat(kc_h2, ',', kc_h0), int(2147483647))"), "{text}");
         assert!(!text.contains("hash("), "never the unstable hash()");
         assert!(content_digest(&DigestRows::StagingExtents { table: &table, extents: &[] }, &cols).is_err());
     }
