@@ -366,3 +366,56 @@ async fn export_then_ingest_both_routes() {
     assert!(extents.iter().all(|e| e.min_created_on == Some(created)));
     assert_eq!(store.names().len(), blobs.len());
 }
+
+/// `hash_xxhash64` gives the docs' examples; a content digest (kusto::digest) of two tables
+/// that differ in one value a count cannot see differs, and names the column, per type.
+#[tokio::test]
+async fn content_digests_reproduce_the_docs_and_tell_apart_what_a_count_cannot() {
+    use kusto_copy::kusto::digest::{content_digest, read_digest, DigestRows};
+    use kusto_copy::kusto::KustoType;
+    let cluster = Cluster::start("digest", ClusterConfig::default()).await.unwrap();
+    let client = client(&cluster);
+    let examples = cluster.query(DB, "print h = hash_xxhash64('World'), m = hash_xxhash64('World', 100)").unwrap().values();
+    assert_eq!(examples, vec![vec![Value::Long(1_846_988_464_401_551_951), Value::Long(51)]]);
+
+    let dt = |t: &str| Value::DateTime(kusto_sim::model::value::parse_datetime(t).unwrap());
+    let dynamic = |t: &str| Value::Dynamic(serde_json::from_str(t).unwrap());
+    let columns: Vec<kusto_copy::kusto::Column> = [("Id", KustoType::Long), ("T", KustoType::DateTime), ("R", KustoType::Real), ("Dyn", KustoType::Dynamic), ("S", KustoType::String)]
+        .into_iter()
+        .map(|(n, k)| kusto_copy::kusto::Column { name: n.into(), kind: k })
+        .collect();
+    let row = |column: usize, value: Value| {
+        let mut r = vec![Value::Long(1), dt("2024-01-01T00:00:00.1234567Z"), Value::Real(0.5), dynamic(r#"{"a":1}"#), Value::String("x".into())];
+        r[column] = value;
+        r
+    };
+    // (what, column, the source's value, staging's value)
+    let variants: Vec<(&str, usize, Value, Value)> = vec![
+        ("the 7th tick digit", 1, dt("2024-01-01T00:00:00.1234567Z"), dt("2024-01-01T00:00:00.1234568Z")),
+        ("a null datetime", 1, dt("2024-01-01T00:00:00Z"), Value::Null),
+        ("-0.0 for 0.0", 2, Value::Real(0.0), Value::Real(-0.0)),
+        ("a property bag's key order", 3, dynamic(r#"{"a":1,"b":2}"#), dynamic(r#"{"b":2,"a":1}"#)),
+        ("a dynamic null for a dynamic empty string", 3, dynamic(r#""""#), Value::Null),
+        ("a dynamic string for a dynamic number", 3, dynamic("1"), dynamic(r#""1""#)),
+        ("a trailing space", 4, Value::String("x".into()), Value::String("x ".into())),
+    ];
+    let mut n = 0;
+    let mut digest = |value: Value, column: usize| {
+        n += 1;
+        let name = format!("T{n}");
+        cluster.command(DB, &format!(".create table {name} (Id:long, T:datetime, R:real, Dyn:dynamic, S:string)")).unwrap();
+        let extent = cluster.seed_extent(DB, &name, SeedExtent { rows: vec![row(column, value), row(0, Value::Long(2))], creation_time: JAN_2024, ingestion_time: Some(JAN_2024), tags: vec![] }).unwrap();
+        (Ident::new(name).unwrap(), extent)
+    };
+    for (what, column, at_source, in_staging) in variants {
+        let mut digests = Vec::new();
+        for value in [at_source.clone(), at_source, in_staging] {
+            let (table, extent) = digest(value, column);
+            let cmd = content_digest(&DigestRows::StagingExtents { table: &table, extents: &[extent] }, &columns).unwrap();
+            digests.push(read_digest(&client.execute(DB, &cmd, &id("digest")).await.unwrap(), &columns).unwrap());
+        }
+        assert_eq!(digests[0].difference(&digests[1]), None, "{what}: the same values digest the same in two tables");
+        let why = digests[0].difference(&digests[2]).unwrap_or_else(|| panic!("{what}: not told apart"));
+        assert!(why.contains(&format!("column {}", columns[column].name)), "{what}: {why}");
+    }
+}

@@ -45,6 +45,10 @@ pub struct CopyArgs {
     /// A job file (YAML or JSON, the original tool's schema) instead of -s/-d.
     #[arg(short = 'y', long = "yaml")]
     pub yaml: Option<PathBuf>,
+    /// What a block must show before it is moved: count (default) or content (a digest of
+    /// its values computed by Kusto on both sides).
+    #[arg(long = "verify")]
+    pub verify: Option<String>,
     /// Client id of a user-assigned managed identity (then the managed identity is used).
     #[arg(long = "clientId")]
     pub client_id: Option<String>,
@@ -102,6 +106,9 @@ pub fn request_text(args: &CopyArgs) -> Result<String, String> {
     }
     if let Some(e) = args.export {
         set("exportCount", json!(e));
+    }
+    if let Some(v) = &args.verify {
+        set("verify", json!(v));
     }
     if let Some(c) = &args.client_id {
         set("managedIdentityClientId", json!(c));
@@ -245,7 +252,8 @@ fn describe(spec: &crate::job::JobSpec) -> String {
             format!("{}.{}{query} -> {}.{}", a.source.database, a.source.table, a.destination.database, a.destination.table)
         })
         .collect();
-    format!("{} ({:?})", activities.join(", "), spec.copy_mode)
+    let verify = if spec.verify == crate::job::Verify::Content { ", verify content" } else { "" };
+    format!("{} ({:?}{verify})", activities.join(", "), spec.copy_mode)
 }
 
 async fn summarize(engine: &CopyEngine, job: &JobRecord) -> Result<String, String> {
@@ -390,5 +398,20 @@ mod tests {
         let none = Cli::parse_from(["kc", "-s", "https://a.kusto.windows.net/db/T"]).args;
         assert_eq!(identity_named(&request_text(&none).unwrap()), None);
         let _ = std::fs::remove_file(&file);
+    }
+
+    fn spec(extra: &[&str]) -> crate::job::JobSpec {
+        let mut argv = vec!["kc", "-s", "https://a.kusto.windows.net/db/T", "-d", "https://b.kusto.windows.net/db2", "-t", "https://stg.blob.core.windows.net/staging/kc"];
+        argv.extend_from_slice(extra);
+        let text = request_text(&Cli::parse_from(argv).args).unwrap();
+        crate::job::check_request(&text, &crate::job::RequestPolicy::default()).unwrap()
+    }
+
+    #[test]
+    fn verify_content_is_asked_for_by_flag_and_shown_in_the_description() {
+        assert_eq!(spec(&[]).verify, crate::job::Verify::Count);
+        let content = spec(&["--verify", "content"]);
+        assert_eq!(content.verify, crate::job::Verify::Content);
+        assert!(describe(&content).ends_with("(BackfillOnly, verify content)"), "{}", describe(&content));
     }
 }

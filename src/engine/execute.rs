@@ -56,6 +56,7 @@ impl CopyEngine {
             iteration_id: place.id(),
             handover,
             route: self.options.ingest_route,
+            verify: place.spec.verify,
             rules: self.rules(),
         };
         match record.on_message(step, delivery.dequeue_count) {
@@ -147,6 +148,7 @@ impl CopyEngine {
                 }
                 Obs::Done
             }
+            Effect::CompareContent { extents } => self.compare_content(place, iteration, block, &extents).await,
             Effect::Move { extents } => {
                 let rid = ClientRequestId::new("move", job, &number, block.ingest_attempt);
                 let (dest, staging, target) = match self.commit_tables(place) {
@@ -288,6 +290,47 @@ impl CopyEngine {
             .await
             .and_then(|a| results::operation_id(&a))
             .map_err(|e| kusto_failure("start the export", e))
+    }
+
+    /// The block's content digest at the source (its export's selection: same window, same
+    /// ingestion-time range, same user query) and over its counted staging extents. The
+    /// columns are the copy's, read from the source as planning read them (`take 0`: no rows).
+    async fn compare_content(&self, place: &Place, iteration: &IterationRecord, block: &BlockRecord, extents: &[Uuid]) -> Obs {
+        use crate::kusto::digest::{content_digest, read_digest, DigestRows};
+        let rid = ClientRequestId::new("verify-content", &place.job.id, &block.number.to_string(), block.ingest_attempt);
+        let source = match self.connections.kusto(&place.activity.source.cluster) {
+            Ok(s) => s,
+            Err(e) => return engine_failure("source cluster", e),
+        };
+        let (table, staging, dest) = match (super::copy::ident(&place.activity.source.table), self.staging_ident(place), self.dest(place)) {
+            (Ok(t), Ok(s), Ok(d)) => (t, s, d),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return engine_failure("compare content", e),
+        };
+        let user_query = match place.activity.query.as_deref().map(UserQuery::new).transpose() {
+            Ok(q) => q,
+            Err(e) => return failure("query", e, false),
+        };
+        let src_db = &place.activity.source.database;
+        let columns = match source.execute(src_db, &commands::result_schema(&table, user_query.as_ref()), &rid).await.and_then(|a| a.primary().map(|t| t.columns.clone())) {
+            Ok(c) => c,
+            Err(e) => return kusto_failure("read the copy's schema", e),
+        };
+        let window = CursorWindow { from: iteration.cursor_from.clone(), to: iteration.cursor_to.clone() };
+        let range = IngestionRange { from: block.from, to: block.to };
+        let at_source = DigestRows::SourceBlock { table: &table, window: &window, range: &range, user_query: user_query.as_ref() };
+        let in_staging = DigestRows::StagingExtents { table: &staging, extents };
+        let (src_cmd, stg_cmd) = match (content_digest(&at_source, &columns), content_digest(&in_staging, &columns)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return kusto_failure("build the content digest", e),
+        };
+        let source_digest = match source.execute(src_db, &src_cmd, &rid).await.and_then(|a| read_digest(&a, &columns)) {
+            Ok(d) => d,
+            Err(e) => return kusto_failure("digest the block at the source", e),
+        };
+        match dest.execute(&place.activity.destination.database, &stg_cmd, &rid).await.and_then(|a| read_digest(&a, &columns)) {
+            Ok(staging_digest) => Obs::Compared { source: source_digest, staging: staging_digest },
+            Err(e) => kusto_failure("digest the block in staging", e),
+        }
     }
 
     async fn poll_export(&self, place: &Place, block: &BlockRecord, op: Uuid) -> Obs {

@@ -16,6 +16,8 @@
 //! Planned -> Exporting -> Exported -> Ingesting -> Ingested -> Committed -> Done
 //!    ^___________|  (export failed or lost: new attempt, new folder)
 //!                          ^___________|  (ingestion failed or counted wrong: new tag)
+//!    ^_______________________________________|  (verify content: staging differs from the
+//!                                                source; given up unmoved, exported again)
 //! ```
 //!
 //! Messages only name the step to try; [`BlockRecord::due`] says which step the record is
@@ -213,6 +215,14 @@ pub struct BlockRecord {
     /// Transient failures recorded on this block (its error budget).
     #[serde(default)]
     pub transient_errors: u32,
+    /// Attempts whose staging rows differed from the source by content (`verify: content`):
+    /// each is given up unmoved and the block exports again, up to a limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub content_mismatches: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Who runs an attempt, and until when that claim holds.
@@ -247,6 +257,7 @@ impl BlockRecord {
             lease: None,
             waiting_until: None,
             transient_errors: 0,
+            content_mismatches: 0,
         }
     }
 

@@ -20,4 +20,4 @@ pub mod uri;
 
 pub use record::{record_request, JobRecord, JobState, RecordOutcome};
 pub use policy::RequestPolicy;
-pub use request::{check_request, Activity, CopyMode, CopyRequest, JobSpec, Rejection};
+pub use request::{check_request, Activity, CopyMode, CopyRequest, JobSpec, Rejection, Verify};

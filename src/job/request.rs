@@ -40,6 +40,24 @@ impl CopyMode {
     }
 }
 
+/// What a block must show before it is moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    /// The staging extents hold as many rows as the export wrote.
+    #[default]
+    Count,
+    /// And Kusto on both sides computes the same digest of the block's values (row count,
+    /// per-column and per-row hashes): see `kusto::digest`.
+    Content,
+}
+
+impl Verify {
+    pub fn is_count(&self) -> bool {
+        *self == Verify::Count
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CopyRequest {
@@ -56,6 +74,8 @@ pub struct CopyRequest {
     pub managed_identity_client_id: Option<String>,
     /// Create a missing destination table with the columns the copy produces.
     pub create_destination_table: Option<bool>,
+    /// `count` (default) or `content`.
+    pub verify: Option<Verify>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +107,10 @@ pub struct JobSpec {
     pub export_count: u32,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub create_destination_table: bool,
+    /// Left out when `count`, so the specs (and so the job ids) of jobs that do not ask for
+    /// content verification are what they were before the option existed.
+    #[serde(default, skip_serializing_if = "Verify::is_count")]
+    pub verify: Verify,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,7 +256,8 @@ impl CopyRequest {
             return Err(reject(format!("exportCount {export_count} must be between 1 and {MAX_EXPORT_COUNT}")));
         }
         let create_destination_table = self.create_destination_table.unwrap_or(false);
-        Ok(JobSpec { activities, staging, copy_mode, iteration_period_secs, export_count, create_destination_table })
+        let verify = self.verify.unwrap_or_default();
+        Ok(JobSpec { activities, staging, copy_mode, iteration_period_secs, export_count, create_destination_table, verify })
     }
 }
 
@@ -393,6 +418,18 @@ mod tests {
         assert_eq!(spec.activities[1].destination.table, "LogsCopy");
         assert_eq!(spec.iteration_period_secs, Some(600));
         assert_eq!(spec.export_count, 8);
+    }
+
+    #[test]
+    fn verify_is_count_unless_content_is_asked_and_only_content_shows_in_the_spec() {
+        let spec = parse(&minimal()).unwrap().validate(&RequestPolicy::default()).unwrap();
+        assert_eq!(spec.verify, Verify::Count);
+        assert!(!serde_json::to_string(&spec).unwrap().contains("verify"), "job ids of count jobs are unchanged");
+        let text = minimal().replace("}", r#","verify":"content"}"#);
+        let spec = parse(&text).unwrap().validate(&RequestPolicy::default()).unwrap();
+        assert_eq!(spec.verify, Verify::Content);
+        assert!(serde_json::to_string(&spec).unwrap().contains(r#""verify":"content""#), "kc validate shows it");
+        assert!(parse(&minimal().replace("}", r#","verify":"rows"}"#)).is_err(), "only count and content");
     }
 
     #[test]

@@ -49,6 +49,11 @@ impl Command {
         }
     }
 
+    /// A read-only query whose text holds no secret.
+    pub(super) fn from_query(q: String) -> Command {
+        Command::new(CommandKind::Query, text(q), true)
+    }
+
     /// Raises (or lowers) Kusto's `servertimeout` for this request.
     pub fn with_server_timeout(mut self, timeout: Duration) -> Command {
         self.server_timeout = Some(timeout);
@@ -158,7 +163,7 @@ impl IngestionRange {
 
 /// The source rows of a block or a plan: table, cursor window, optional ingestion-time range,
 /// then the user's query, each on its own line.
-fn source_rows(
+pub(super) fn source_rows(
     table: &Ident,
     window: &CursorWindow,
     range: Option<&IngestionRange>,

@@ -6,6 +6,7 @@
 //!   headers, `servertimeout`, retries; [`ClientRequestId`].
 //! - `ingest`: the ingest-v2 REST API (queue blobs, read per-blob status).
 //! - `commands`: typed builders for every command and query the copy sends ([`Command`]).
+//! - `digest`: the content digest of a block (row count, per-column and per-row hashes).
 //! - `results`: typed rows of the answers the copy reads (operations, extents, capacity...).
 //! - `quote`: identifiers, string literals, `h'...'` secrets, the user's query.
 //! - `secret`: [`SecretUrl`], a SAS URL that redacts itself in logs.
@@ -18,6 +19,7 @@
 mod api;
 mod client;
 pub mod commands;
+pub mod digest;
 mod endpoint;
 mod error;
 mod ingest;

@@ -2,6 +2,12 @@
 //! destination's tag dropped.
 //!
 //! Rules:
+//! - With `verify: content`, nothing is moved before Kusto on both sides has computed the same
+//!   digest of the block (rows, per-column and per-row hashes: `kusto::digest`): the source
+//!   over the block's export selection, staging over exactly the counted extents. A
+//!   difference gives the attempt up unmoved (its tag's extents dropped) and exports the
+//!   block again, up to `max_content_attempts`; then the activity stops naming the block and
+//!   the column. The comparison only reads, so a repeat after a lost delivery compares again.
 //! - `Moving` (with a lease) is recorded before `.move extents` is sent, naming exactly the
 //!   extents that were counted; nothing else is ever moved.
 //! - Success is what `.move` answered: a result row per extent, none `Failed`. Then the
@@ -13,6 +19,7 @@
 
 use super::{failed, held_by_other, touched, Ctx, Effect, Msg, Obs, Transition};
 use crate::engine::records::{BlockRecord, BlockState, Step};
+use crate::job::Verify;
 
 pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
     match (&b.state, obs) {
@@ -20,11 +27,16 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
             if extents.is_empty() {
                 return Transition::fail(format!("block {}: no counted extents recorded for tag {tag}", b.number));
             }
-            let mut next = touched(b, ctx);
-            next.lease = Some(ctx.lease());
-            next.state = BlockState::Moving { rows: *rows, tag: tag.clone(), extents: extents.clone() };
-            Transition::write(next).then(Effect::Move { extents: extents.clone() })
+            match ctx.verify {
+                Verify::Content => Transition::effect(Effect::CompareContent { extents: extents.clone() }),
+                Verify::Count => start_move(b, ctx, *rows, tag, extents),
+            }
         }
+        (BlockState::Ingested { rows, tag, extents }, Obs::Compared { source, staging }) => match source.difference(staging) {
+            None => start_move(b, ctx, *rows, tag, extents),
+            Some(why) => content_differs(b, ctx, tag, &why),
+        },
+        (BlockState::Ingested { .. }, Obs::Failed(f)) => failed(b, f, ctx, "compare the block's content with the source", None, Step::Commit),
         (BlockState::Moving { tag, extents, .. }, Obs::Delivered) => {
             held_by_other(b, ctx).unwrap_or_else(|| Transition::effect(Effect::Locate { extents: extents.clone(), tag: tag.clone() }))
         }
@@ -100,6 +112,28 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
         (BlockState::Moved { .. }, Obs::Failed(f)) => failed(b, f, ctx, "finish the move", None, Step::Commit),
         _ => Transition::none(),
     }
+}
+
+fn start_move(b: &BlockRecord, ctx: &Ctx, rows: u64, tag: &str, extents: &[uuid::Uuid]) -> Transition {
+    let mut next = touched(b, ctx);
+    next.lease = Some(ctx.lease());
+    next.state = BlockState::Moving { rows, tag: tag.to_owned(), extents: extents.to_vec() };
+    Transition::write(next).then(Effect::Move { extents: extents.to_vec() })
+}
+
+/// Staging holds other values than the source: this attempt is never moved. Recorded first
+/// (back to `Planned`, a new export with a new folder and tag), then its extents dropped.
+fn content_differs(b: &BlockRecord, ctx: &Ctx, tag: &str, why: &str) -> Transition {
+    let mut next = touched(b, ctx);
+    next.content_mismatches += 1;
+    let reason = format!("block {} (ingestion times {} to {}): staging under {tag} differs from the source: {why}", b.number, b.from, b.to);
+    if next.content_mismatches >= ctx.rules.max_content_attempts {
+        return Transition::fail(format!("{reason}; {} attempts differed, none was moved", next.content_mismatches));
+    }
+    next.last_error = Some(reason);
+    next.lease = None;
+    next.state = BlockState::Planned;
+    Transition::write(next).send(Msg::now(Step::Export, b.number)).then(Effect::DropStaged { tag: tag.to_owned() })
 }
 
 fn moved_to(b: &BlockRecord, ctx: &Ctx, rows: u64, tag: &str, moved: Vec<uuid::Uuid>, counted: &[uuid::Uuid]) -> Transition {
@@ -202,6 +236,49 @@ mod tests {
         assert_eq!(t.messages, vec![Msg::now(Step::Cleanup, 1)]);
         let t = decide(&v, &Obs::TagDropped { failed: vec!["Failed".into()] }, &c);
         assert_eq!(t.record.unwrap().state, moved(true));
+    }
+
+    fn digest(rows: i64, row_hash: i64, a: i64) -> crate::kusto::digest::ContentDigest {
+        crate::kusto::digest::ContentDigest { rows, row_hash: Some(row_hash), columns: vec![("A".into(), Some(a)), ("B".into(), Some(5))], pairs: vec![] }
+    }
+
+    #[test]
+    fn content_is_compared_before_any_move() {
+        let count = ctx();
+        let content = Ctx { verify: Verify::Content, ..ctx() };
+        let b = block(ingested());
+        assert_eq!(decide(&b, &Obs::Delivered, &count).effect, Some(Effect::Move { extents: ids(&[1, 2]) }), "count: move at once");
+        let t = decide(&b, &Obs::Delivered, &content);
+        assert_eq!(t.effect, Some(Effect::CompareContent { extents: ids(&[1, 2]) }), "content: the counted extents, compared first");
+        assert_eq!(t.record, None, "a comparison only reads: nothing to record before it");
+
+        // (source, staging) -> what happens
+        let same = Obs::Compared { source: digest(10, 7, 3), staging: digest(10, 7, 3) };
+        let t = decide(&b, &same, &content);
+        assert_eq!(t.record.unwrap().state, moving());
+        assert_eq!(t.effect, Some(Effect::Move { extents: ids(&[1, 2]) }));
+
+        for (staging, names) in [(digest(10, 7, 4), "column A"), (digest(10, 8, 3), "not in the same rows"), (digest(9, 7, 3), "rows")] {
+            let t = decide(&b, &Obs::Compared { source: digest(10, 7, 3), staging }, &content);
+            let next = t.record.unwrap();
+            assert_eq!(next.state, BlockState::Planned, "{names}: given up unmoved, exported again");
+            assert_eq!(next.content_mismatches, 1);
+            assert!(next.last_error.unwrap().contains(names));
+            assert_eq!(t.effect, Some(Effect::DropStaged { tag: TAG.into() }), "its extents dropped (after the record says so)");
+            assert_eq!(t.messages, vec![Msg::now(Step::Export, 1)]);
+        }
+
+        let mut worn = block(ingested());
+        worn.content_mismatches = content.rules.max_content_attempts - 1;
+        let t = decide(&worn, &Obs::Compared { source: digest(10, 7, 3), staging: digest(10, 7, 4) }, &content);
+        let why = t.fail.expect("the limit stops the activity");
+        assert!(why.starts_with("block 1 ") && why.contains("column A") && why.contains("none was moved"), "{why}");
+        assert_eq!(t.effect, None, "nothing moved");
+
+        let t = decide(&b, &transient("query timed out"), &content);
+        assert_eq!(t.record.unwrap().state, ingested(), "a failed comparison is retried as it was");
+        assert_eq!(t.messages[0].step, Step::Commit);
+        assert!(decide(&b, &permanent("hash_xxhash64 unknown"), &content).fail.is_some());
     }
 
     #[test]

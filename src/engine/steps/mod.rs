@@ -25,6 +25,8 @@ pub mod ingest;
 pub mod operation;
 
 use super::records::{BlockRecord, BlockState, IngestRoute, Lease, Step};
+use crate::job::Verify;
+use crate::kusto::digest::ContentDigest;
 use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -42,6 +44,10 @@ pub struct Rules {
     pub max_poll: Duration,
     /// How often a block waiting for an export slot of its cluster looks again.
     pub slot_poll: Duration,
+    /// Attempts of a block whose staging content differs from the source before the
+    /// activity stops (`verify: content`). A difference that repeats is not noise: it is a
+    /// value the route cannot carry, or a bug, and a person must look.
+    pub max_content_attempts: u32,
 }
 
 impl Default for Rules {
@@ -54,6 +60,7 @@ impl Default for Rules {
             min_poll: Duration::from_secs(2),
             max_poll: Duration::from_secs(60),
             slot_poll: Duration::from_secs(5),
+            max_content_attempts: 3,
         }
     }
 }
@@ -70,6 +77,8 @@ pub struct Ctx {
     /// The block this block's finished export starts (`number + export_slots`), if any.
     pub handover: Option<u64>,
     pub route: IngestRoute,
+    /// What a block must show before it is moved (the job's `verify`).
+    pub verify: Verify,
     pub rules: Rules,
 }
 
@@ -114,6 +123,9 @@ pub enum Effect {
     PollIngest { tag: String, route: IngestRoute, operations: Vec<String> },
     /// Drop the staging extents under a tag that is given up.
     DropStaged { tag: String },
+    /// The content digest of the block at the source (its export's selection) and of these
+    /// staging extents (`verify: content`).
+    CompareContent { extents: Vec<Uuid> },
     /// `.move extents` of exactly these staging extents.
     Move { extents: Vec<Uuid> },
     /// After a move whose answer is unknown: which counted extents are still in staging, and
@@ -173,6 +185,8 @@ pub enum Obs {
     Ingest(IngestPoll),
     /// `.move` result rows: the destination ids, and the details of rows that failed.
     Moved { moved: Vec<Uuid>, failed: Vec<String> },
+    /// The two digests of [`Effect::CompareContent`].
+    Compared { source: ContentDigest, staging: ContentDigest },
     Located { in_staging: Vec<Uuid>, tagged_at_destination: u64 },
     Verified { by_ids: u64, by_tag: u64, left_in_staging: usize },
     TagDropped { failed: Vec<String> },
@@ -310,6 +324,7 @@ pub(crate) mod test_support {
             iteration_id: "it".into(),
             handover: Some(9),
             route: IngestRoute::Queued,
+            verify: Verify::Count,
             rules: Rules::default(),
         }
     }

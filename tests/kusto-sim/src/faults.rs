@@ -81,6 +81,13 @@ pub enum Fault {
     /// in that table: a late duplicate of an ingestion, arriving between a count by tag and
     /// whatever the counter does next.
     DuplicateAfterCount { table_prefix: String },
+    /// The next ingestion into a table whose name starts with `table_prefix` lands with the
+    /// value of `column` in its first row changed, and as many rows: a value lost between the
+    /// blob and the extent that no count can see.
+    CorruptIngestedValue { table_prefix: String, column: String },
+    /// The next ingestion into such a table lands with the values of `column` in its first
+    /// two rows swapped: every column holds the same values, only not in the same rows.
+    SwapIngestedValues { table_prefix: String, column: String },
 }
 
 impl Fault {
@@ -91,6 +98,21 @@ impl Fault {
             self,
             Fault::Throttle | Fault::ServerError(_) | Fault::ConnectionDrop | Fault::DropAfterExecution | Fault::PartialQueryFailure
         )
+    }
+}
+
+impl Fault {
+    /// Faults taken where they name a table (by [`FaultPlan::take_for_table`]), never by a
+    /// request's kind.
+    pub fn is_taken_by_table(&self) -> bool {
+        matches!(self, Fault::DuplicateAfterCount { .. } | Fault::CorruptIngestedValue { .. } | Fault::SwapIngestedValues { .. })
+    }
+
+    fn table_prefix(&self) -> Option<&str> {
+        match self {
+            Fault::DuplicateAfterCount { table_prefix } | Fault::CorruptIngestedValue { table_prefix, .. } | Fault::SwapIngestedValues { table_prefix, .. } => Some(table_prefix),
+            _ => None,
+        }
     }
 }
 
@@ -135,6 +157,19 @@ impl FaultPlan {
         true
     }
 
+    /// Takes one scripted data fault (corrupt or swap) for an ingestion into `table`.
+    pub fn take_for_table(&mut self, table: &str) -> Option<Fault> {
+        let s = self.scripted.iter_mut().find(|s| {
+            s.remaining > 0
+                && matches!(s.fault, Fault::CorruptIngestedValue { .. } | Fault::SwapIngestedValues { .. })
+                && s.fault.table_prefix().is_some_and(|p| table.starts_with(p))
+        })?;
+        s.remaining -= 1;
+        let fault = s.fault.clone();
+        self.scripted.retain(|s| s.remaining > 0);
+        Some(fault)
+    }
+
     /// Scripted faults not yet met (tests check that a scenario really met its faults).
     pub fn pending(&self) -> u32 {
         self.scripted.iter().map(|s| s.remaining).sum()
@@ -150,7 +185,7 @@ impl FaultPlan {
         let mut out = Vec::new();
         for s in self.scripted.iter_mut() {
             // A duplicate after a count is taken where the count is answered, never here.
-            if s.remaining > 0 && s.kind.is_none_or(|k| k == kind) && s.fault.is_request_level() == request_level && !matches!(s.fault, Fault::DuplicateAfterCount { .. }) {
+            if s.remaining > 0 && s.kind.is_none_or(|k| k == kind) && s.fault.is_request_level() == request_level && !s.fault.is_taken_by_table() {
                 s.remaining -= 1;
                 out.push(s.fault.clone());
             }

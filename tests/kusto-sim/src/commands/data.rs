@@ -247,6 +247,10 @@ pub fn ingest_rows(
         return Err(KustoError::transient(500, "Ingestion failed (injected fault): no data was added"));
     }
     tags.dedup();
+    let mut rows = rows;
+    if let Some(fault) = s.faults.take_for_table(table) {
+        alter_rows(&mut rows, &s.table(db, table)?.columns, &fault)?;
+    }
     let row_count = rows.len();
     let mut out = Vec::new();
     let copies = if faults.contains(&Fault::DuplicateIngestion) { 2 } else { 1 };
@@ -258,6 +262,33 @@ pub fn ingest_rows(
         s.merge_extents(db, table)?;
     }
     Ok(ingest_frame(out))
+}
+
+/// Applies a data fault to rows about to land: the test's way to put a wrong value in staging
+/// while every count stays right.
+fn alter_rows(rows: &mut [Vec<V>], columns: &[Column], fault: &Fault) -> Result<(), KustoError> {
+    let (Fault::CorruptIngestedValue { column, .. } | Fault::SwapIngestedValues { column, .. }) = fault else { return Ok(()) };
+    let i = columns.iter().position(|c| &c.name == column).ok_or_else(|| KustoError::bad_request(format!("fault names no column '{column}'")))?;
+    match fault {
+        Fault::SwapIngestedValues { .. } if rows.len() >= 2 => {
+            let (a, b) = (rows[0][i].clone(), rows[1][i].clone());
+            rows[0][i] = b;
+            rows[1][i] = a;
+        }
+        Fault::CorruptIngestedValue { .. } if !rows.is_empty() => {
+            rows[0][i] = match &rows[0][i] {
+                V::Long(x) => V::Long(x.wrapping_add(1)),
+                V::Int(x) => V::Int(x.wrapping_add(1)),
+                V::Real(x) => V::Real(x + 1.0),
+                V::Bool(b) => V::Bool(!b),
+                V::String(s) => V::String(format!("{s}~")),
+                V::Null => V::String(String::new()),
+                _ => V::Null,
+            };
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn ingest_frame(rows: Vec<Vec<V>>) -> Frame {

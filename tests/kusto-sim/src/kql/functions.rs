@@ -219,6 +219,29 @@ pub fn return_type(name: &str, args: &[ScalarType], has_row_meta: bool) -> Resul
             expect(name, args[0], &[Int, Long, Real, Timespan])?;
             args[0]
         }
+        // Docs (query/hash-xxhash64-function): `hash_xxhash64(source [, mod])`, mod an int, the
+        // result "between 0 and mod - 1". They show a datetime example but not how a
+        // non-string is turned into bytes, so only strings are hashed here: a query that
+        // needs another type must convert it first (and so states its encoding).
+        "hash_xxhash64" => {
+            arity(name, args, 1, 2)?;
+            if args[0] != String {
+                return Err(KqlError::semantic(format!(
+                    "SEM0001: function '{name}': kusto-sim hashes only strings (the docs do not say how a '{}' is encoded): convert it first",
+                    args[0]
+                )));
+            }
+            if let Some(m) = args.get(1) {
+                if !matches!(m, Int | Long) {
+                    return Err(KqlError::semantic(format!("SEM0219: function '{name}': mod must be an int, not '{m}'")));
+                }
+            }
+            Long
+        }
+        "pack_array" => {
+            arity(name, args, 1, 64)?;
+            Dynamic
+        }
         "datetime_diff" | "datetime_add" | "format_datetime" | "startofday" | "endofday" | "bag_keys"
         | "extract" | "split" | "replace_string" | "hash" | "round" | "make_datetime" | "todecimal_round" => {
             return Err(KqlError::semantic(format!("SEM0001: function '{name}' is not supported by kusto-sim")))
@@ -306,6 +329,15 @@ pub fn call(name: &str, args: &[Value], ctx: &CallContext<'_>) -> Value {
             Value::Bool(true) => args[1].clone(),
             _ => args[2].clone(),
         },
+        "hash_xxhash64" => match (&a0, args.get(1)) {
+            (Value::String(text), None) => Value::Long(super::xxhash::xxh64(text.as_bytes(), 0) as i64),
+            (Value::String(text), Some(m)) => match m.as_i64() {
+                Some(m) if m > 0 => Value::Long((super::xxhash::xxh64(text.as_bytes(), 0) % m as u64) as i64),
+                _ => Value::Null,
+            },
+            _ => Value::Null,
+        },
+        "pack_array" => Value::Dynamic(serde_json::Value::Array(args.iter().map(|v| if v.is_null() { serde_json::Value::Null } else { match v { Value::Dynamic(d) => d.clone(), other => other.to_json() } }).collect())),
         "abs" => match a0 {
             Value::Int(v) => Value::Int(v.abs()),
             Value::Long(v) => Value::Long(v.abs()),
@@ -466,6 +498,22 @@ mod tests {
         assert_eq!(cursor_to_ticks(&ticks_to_cursor(t)), Some(t));
         assert_eq!(ticks_to_cursor(0), "621355968000000000");
         assert_eq!(cursor_to_ticks("not a cursor"), None);
+    }
+
+    #[test]
+    fn hash_xxhash64_gives_the_documented_examples_and_hashes_only_strings() {
+        let ctx = CallContext { ingestion_time: None, extent_id: None, extent_tags: None, has_row_meta: false, now: 0, cursor_current: "" };
+        let world = Value::String("World".into());
+        assert_eq!(call("hash_xxhash64", &[world.clone()], &ctx), Value::Long(1_846_988_464_401_551_951));
+        assert_eq!(call("hash_xxhash64", &[world, Value::Long(100)], &ctx), Value::Long(51));
+        assert_eq!(return_type("hash_xxhash64", &[ScalarType::String, ScalarType::Long], false).unwrap(), ScalarType::Long);
+        // The docs' datetime example does not say how a datetime becomes bytes: refused.
+        for t in [ScalarType::DateTime, ScalarType::Long, ScalarType::Dynamic] {
+            assert!(return_type("hash_xxhash64", &[t], false).is_err(), "{t}");
+        }
+        assert!(return_type("hash_xxhash64", &[ScalarType::String, ScalarType::String], false).is_err());
+        let packed = call("pack_array", &[Value::Null, Value::String(String::new())], &ctx);
+        assert_eq!(to_text(&packed), r#"[null,""]"#, "a null and an empty string stay apart");
     }
 
     #[test]

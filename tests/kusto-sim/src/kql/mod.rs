@@ -5,6 +5,7 @@ pub mod eval;
 pub mod functions;
 pub mod lexer;
 pub mod parser;
+pub mod xxhash;
 
 /// A query that Kusto would refuse. Syntax and semantic errors are both `BadRequest` answers;
 /// the distinction shows in the message, as in Kusto's own errors.
