@@ -161,11 +161,7 @@ fn copy(args: &kusto_copy::cli::copy::CopyArgs) -> ExitCode {
     init_tracing(false, LogStreams::StderrOnly);
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     // A laptop signs in with the developer tools; KC_CREDENTIAL=emulator for the local stack.
-    let credential = match env.get(config::names::CREDENTIAL).map(String::as_str) {
-        Some("emulator") => config::CredentialKind::Emulator,
-        Some("managed-identity") => config::CredentialKind::ManagedIdentity { client_id: env.get(config::names::IDENTITY_CLIENT_ID).cloned() },
-        _ => config::CredentialKind::DeveloperTools,
-    };
+    let credential = terminal_credential(&env);
     let policy = kusto_copy::job::RequestPolicy::from_map(
         &env,
         credential == config::CredentialKind::Emulator,
@@ -229,11 +225,7 @@ fn validate(file: &str, connect: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(false, LogStreams::StderrOnly);
-    let credential_kind = match env.get(config::names::CREDENTIAL).map(String::as_str) {
-        Some("emulator") => config::CredentialKind::Emulator,
-        Some("managed-identity") => config::CredentialKind::ManagedIdentity { client_id: env.get(config::names::IDENTITY_CLIENT_ID).cloned() },
-        _ => config::CredentialKind::DeveloperTools,
-    };
+    let credential_kind = terminal_credential(&env);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
         let credential = match kusto_copy::auth::credential(&credential_kind) {
@@ -262,6 +254,16 @@ fn validate(file: &str, connect: bool) -> ExitCode {
             fail(&format!("{failed} of {} checks failed", checks.len()))
         }
     })
+}
+
+/// The credential a terminal command uses: the developer tools (Azure CLI / azd) unless
+/// `KC_CREDENTIAL` names the emulator or a managed identity.
+fn terminal_credential(env: &std::collections::HashMap<String, String>) -> config::CredentialKind {
+    match env.get(config::names::CREDENTIAL).map(String::as_str) {
+        Some("emulator") => config::CredentialKind::Emulator,
+        Some("managed-identity") => config::CredentialKind::ManagedIdentity { client_id: env.get(config::names::IDENTITY_CLIENT_ID).cloned() },
+        _ => config::CredentialKind::DeveloperTools,
+    }
 }
 
 fn fail(message: &str) -> ExitCode {

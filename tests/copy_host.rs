@@ -151,19 +151,7 @@ async fn under_the_host_backfill_and_new_and_injected_failures() {
     assert_eq!(h.source.with_state(|s| s.faults.pending()) + h.destination.with_state(|s| s.faults.pending()), 0, "every fault was met");
 
     // New rows arrive; the scheduler's timer starts the next iteration once the period passed.
-    let fresh: Vec<Vec<kusto_sim::Value>> = (0..40)
-        .map(|i| {
-            vec![
-                kusto_sim::Value::Long(50_000 + i),
-                kusto_sim::Value::String(format!("late-{i}")),
-                kusto_sim::Value::Real(i as f64),
-                kusto_sim::Value::Dynamic(serde_json::json!({"late": i})),
-            ]
-        })
-        .collect();
-    h.source
-        .seed_extent(DB, "Events", kusto_sim::SeedExtent { rows: fresh, creation_time: JAN_2023 + 700 * DAY, ingestion_time: Some(JAN_2023 + 900 * DAY), tags: vec![] })
-        .unwrap();
+    ingest_late(&h.source, DB, 50_000, "late", JAN_2023 + 700 * DAY);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(h.host.fire_timer("scheduler", false).await, Outcome::Succeeded { function: "scheduler".into(), outputs: 1 });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -206,19 +194,7 @@ async fn under_the_host_a_request_sent_again_copies_the_delta() {
     assert_eq!(status["activities"][0]["copiedRows"], 300, "{status}");
     assert_same(&h, (DB, "Events | order by Id asc"), (DB, "Events"));
 
-    let fresh: Vec<Vec<kusto_sim::Value>> = (0..40)
-        .map(|i| {
-            vec![
-                kusto_sim::Value::Long(70_000 + i),
-                kusto_sim::Value::String(format!("delta-{i}")),
-                kusto_sim::Value::Real(i as f64),
-                kusto_sim::Value::Dynamic(serde_json::json!({"delta": i})),
-            ]
-        })
-        .collect();
-    h.source
-        .seed_extent(DB, "Events", kusto_sim::SeedExtent { rows: fresh, creation_time: JAN_2023 + 800 * DAY, ingestion_time: Some(JAN_2023 + 900 * DAY), tags: vec![] })
-        .unwrap();
+    ingest_late(&h.source, DB, 70_000, "delta", JAN_2023 + 800 * DAY);
     let status = send_and_wait(2).await;
     assert_eq!(status["activities"][0]["copiedRows"], 340, "{status}");
     assert_same(&h, (DB, "Events | order by Id asc"), (DB, "Events"));

@@ -72,6 +72,22 @@ pub fn seed(cluster: &Cluster, db: &str, table: &str, rows: usize, extents: usiz
         .unwrap();
 }
 
+/// 40 rows with ids from `first_id` into `db.Events` (the [`seed`] columns), in one extent
+/// created at `creation_time` and ingested after everything [`seed`] made.
+pub fn ingest_late(cluster: &Cluster, db: &str, first_id: i64, label: &str, creation_time: i64) {
+    let rows = (0..40)
+        .map(|i| {
+            vec![
+                kusto_sim::Value::Long(first_id + i),
+                kusto_sim::Value::String(format!("{label}-{i}")),
+                kusto_sim::Value::Real(i as f64),
+                kusto_sim::Value::Dynamic(serde_json::json!({label: i})),
+            ]
+        })
+        .collect();
+    cluster.seed_extent(db, "Events", kusto_sim::SeedExtent { rows, creation_time, ingestion_time: Some(JAN_2023 + 900 * DAY), tags: vec![] }).unwrap();
+}
+
 /// Delivers messages until every activity of the job reaches `state` (or fails the test).
 pub async fn run_until_activities(h: &HostStack, job: &str, state: &str) -> serde_json::Value {
     run_until_status(h, job, |activities| activities.iter().all(|a| a["state"] == state)).await
