@@ -95,7 +95,7 @@ pub async fn check(spec: &JobSpec, connections: &dyn Connections) -> Vec<Check> 
         let subject = format!("staging account {account}");
         let outcome = match connections.staging(&staging.account_url) {
             Err(e) => Err(e.to_string()),
-            Ok(s) => probe_staging(&s, &account).await,
+            Ok(s) => probe_staging(s.as_ref(), &account).await,
         };
         out.push(Check { subject, outcome });
     }
@@ -203,18 +203,14 @@ async fn check_activity(activity: &Activity, create_missing: bool, connections: 
 
 /// A user delegation key (for the SAS Kusto gets) and a container made and removed (one per
 /// block attempt in the copy).
-async fn probe_staging(staging: &crate::engine::copy::Staging, account: &str) -> Result<String, String> {
+async fn probe_staging(staging: &dyn crate::storage::staging::StagingStore, account: &str) -> Result<String, String> {
     let name = format!("kcs-probe-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     staging
-        .sas
         .folder_url(&name, crate::storage::sas::Access::IngestRead, time::Duration::minutes(5))
         .await
         .map_err(|e| storage_advice(&e, account))?;
-    let container = staging.clients.container(&name).map_err(|e| e.to_string())?;
-    let what = format!("create the probe container {name}");
-    container.create(None).await.map_err(|e| storage_advice(&crate::storage::classify(&what, e).into_error(&what), account))?;
-    let what = format!("delete the probe container {name}");
-    container.delete(None).await.map_err(|e| storage_advice(&crate::storage::classify(&what, e).into_error(&what), account))?;
+    staging.create_folder(&name).await.map_err(|e| storage_advice(&e, account))?;
+    staging.delete_folder(&name).await.map_err(|e| storage_advice(&e, account))?;
     Ok("user delegation key, and a container created and deleted".into())
 }
 

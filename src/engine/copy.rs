@@ -21,6 +21,7 @@ use crate::kusto::{commands, results, ClientRequestId, CursorWindow, Ident, Inge
 use crate::storage::checkpoint::{self, CheckpointStore, ETag, Written};
 use crate::storage::clients::StorageClients;
 use crate::storage::sas::StagingSas;
+use crate::storage::staging::{AzureStaging, StagingStore};
 use crate::storage::StorageError;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -89,16 +90,11 @@ pub fn step_client_options() -> crate::kusto::ClientOptions {
     }
 }
 
-/// Staging storage for one account: clients and the SAS minter.
-pub struct Staging {
-    pub clients: StorageClients,
-    pub sas: StagingSas,
-}
 
 /// How the engine reaches clusters and staging accounts.
 pub trait Connections: Send + Sync {
     fn kusto(&self, cluster: &str) -> Result<Arc<dyn KustoApi>, EngineError>;
-    fn staging(&self, account_url: &str) -> Result<Arc<Staging>, EngineError>;
+    fn staging(&self, account_url: &str) -> Result<Arc<dyn StagingStore>, EngineError>;
 }
 
 /// Connections made with one credential, cached per cluster and per account.
@@ -106,7 +102,7 @@ pub struct LiveConnections {
     credential: Arc<dyn azure_core::credentials::TokenCredential>,
     ca_cert: Option<std::path::PathBuf>,
     kusto: Mutex<HashMap<String, Arc<dyn KustoApi>>>,
-    staging: Mutex<HashMap<String, Arc<Staging>>>,
+    staging: Mutex<HashMap<String, Arc<dyn StagingStore>>>,
     kusto_options: crate::kusto::ClientOptions,
 }
 
@@ -133,7 +129,7 @@ impl Connections for LiveConnections {
         Ok(client)
     }
 
-    fn staging(&self, account_url: &str) -> Result<Arc<Staging>, EngineError> {
+    fn staging(&self, account_url: &str) -> Result<Arc<dyn StagingStore>, EngineError> {
         let mut cache = self.staging.lock().unwrap();
         if let Some(s) = cache.get(account_url) {
             return Ok(s.clone());
@@ -148,7 +144,7 @@ impl Connections for LiveConnections {
         let clients = StorageClients::new(url.clone(), url, Some(self.credential.clone()), self.ca_cert.as_deref(), budget)
             .map_err(|e| EngineError::Permanent(e.to_string()))?;
         let sas = StagingSas::new(clients.blob_service().map_err(|e| EngineError::Permanent(e.to_string()))?);
-        let staging = Arc::new(Staging { clients, sas });
+        let staging: Arc<dyn StagingStore> = Arc::new(AzureStaging { clients, sas });
         cache.insert(account_url.to_owned(), staging.clone());
         Ok(staging)
     }

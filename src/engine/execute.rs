@@ -255,14 +255,11 @@ impl CopyEngine {
 
     async fn start_export(&self, place: &Place, iteration: &IterationRecord, block: &BlockRecord, folder: &str) -> Result<Uuid, Obs> {
         let staging = self.connections.staging(&place.spec.staging[0].account_url).map_err(|e| engine_failure("staging account", e))?;
-        let container = staging.clients.container(folder).map_err(|e| failure("staging folder", e, false))?;
-        if let Err(e) = container.create(None).await {
-            if e.http_status() != Some(azure_core::http::StatusCode::Conflict) {
-                let status = e.http_status().map(|s| u16::from(s).to_string()).unwrap_or_else(|| e.to_string());
-                return Err(failure(&format!("create staging folder {folder}"), status, true));
-            }
-        }
-        let destination = staging.sas.folder_url(folder, Access::ExportWrite, self.options.sas_lifetime).await.map_err(|e| {
+        staging.create_folder(folder).await.map_err(|e| {
+            let transient = e.is_transient();
+            failure("create the staging folder", e, transient)
+        })?;
+        let destination = staging.folder_url(folder, Access::ExportWrite, self.options.sas_lifetime).await.map_err(|e| {
             let transient = e.is_transient();
             failure("sign the staging folder", e, transient)
         })?;
@@ -371,7 +368,7 @@ impl CopyEngine {
             return Err(failure("ingest", "the block has no blobs recorded", false));
         };
         let staging = self.connections.staging(&place.spec.staging[0].account_url).map_err(|e| engine_failure("staging account", e))?;
-        let sas = staging.sas.folder_url(folder, Access::IngestRead, self.options.sas_lifetime).await.map_err(|e| {
+        let sas = staging.folder_url(folder, Access::IngestRead, self.options.sas_lifetime).await.map_err(|e| {
             let transient = e.is_transient();
             failure("sign the staging folder", e, transient)
         })?;
@@ -487,13 +484,7 @@ impl CopyEngine {
     pub(super) async fn delete_folders(&self, place: &Place, folders: &[String]) -> Result<(), EngineError> {
         let staging = self.connections.staging(&place.spec.staging[0].account_url)?;
         for folder in folders {
-            let container = staging.clients.container(folder).map_err(|e| EngineError::Permanent(e.to_string()))?;
-            if let Err(e) = container.delete(None).await {
-                if e.http_status() != Some(azure_core::http::StatusCode::NotFound) {
-                    let status = e.http_status().map(|s| u16::from(s).to_string()).unwrap_or_default();
-                    return Err(EngineError::Transient(format!("delete staging folder {folder}: {status}")));
-                }
-            }
+            staging.delete_folder(folder).await.map_err(|e| EngineError::Transient(e.to_string()))?;
         }
         Ok(())
     }

@@ -140,8 +140,7 @@ impl CopyEngine {
         for (account, name) in containers {
             if owner_of(&name, &deployment).is_some_and(|id| !live.contains(&id)) {
                 let staging = self.connections.staging(&account)?;
-                let container = staging.clients.container(&name).map_err(|e| EngineError::Permanent(e.to_string()))?;
-                match container.delete(None).await {
+                match staging.delete_folder(&name).await {
                     Ok(_) => {
                         tracing::info!(%account, container = %name, "janitor deleted a staging container no iteration owns");
                         removed += 1;
@@ -154,17 +153,8 @@ impl CopyEngine {
     }
 
     async fn staging_containers(&self, account: &str, prefix: &str) -> Result<Vec<String>, EngineError> {
-        use azure_storage_blob::models::BlobServiceClientListContainersOptions;
         let staging = self.connections.staging(account)?;
-        let service = staging.clients.blob_service().map_err(|e| EngineError::Permanent(e.to_string()))?;
-        let options = BlobServiceClientListContainersOptions { prefix: Some(prefix.to_owned()), ..Default::default() };
-        let mut pages = service.list_containers(Some(options)).map_err(|e| EngineError::Transient(e.to_string()))?.into_pages();
-        let mut names = Vec::new();
-        while let Some(page) = futures::TryStreamExt::try_next(&mut pages).await.map_err(|e| EngineError::Transient(e.to_string()))? {
-            let page = page.into_model().map_err(|e| EngineError::Transient(e.to_string()))?;
-            names.extend(page.container_items.into_iter().filter_map(|c| c.name));
-        }
-        Ok(names)
+        staging.list_folders(prefix).await.map_err(|e| EngineError::Transient(e.to_string()))
     }
 }
 

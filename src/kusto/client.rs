@@ -17,6 +17,7 @@ use super::error::KustoError;
 use super::response::{parse_v1, parse_v2, DataSet};
 use super::retry::{parse_retry_after, RetryPolicy};
 use super::token::TokenCache;
+use super::transport::{HttpTransport, Transport, WireRequest};
 use super::value::format_timespan;
 
 /// Kusto's own defaults: 4 minutes for queries, 10 for commands.
@@ -113,7 +114,7 @@ pub struct KustoClient {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    http: Arc<dyn Transport>,
     endpoint: ClusterEndpoint,
     tokens: TokenCache,
     options: ClientOptions,
@@ -153,12 +154,18 @@ impl KustoClient {
         credential: Arc<dyn TokenCredential>,
         options: ClientOptions,
     ) -> Result<KustoClient, KustoError> {
+        KustoClient::with_transport(cluster_url, credential, options, Arc::new(HttpTransport::new()?))
+    }
+
+    /// A client whose requests go through `transport` (the fault explorer's in-process
+    /// clusters) instead of HTTP.
+    pub fn with_transport(
+        cluster_url: &str,
+        credential: Arc<dyn TokenCredential>,
+        options: ClientOptions,
+        http: Arc<dyn Transport>,
+    ) -> Result<KustoClient, KustoError> {
         let endpoint = ClusterEndpoint::parse(cluster_url, options.ingest_url.as_deref())?;
-        let http = reqwest::Client::builder()
-            .gzip(true)
-            .connect_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| KustoError::invalid_input(format!("HTTP client: {e}")))?;
         Ok(KustoClient {
             inner: Arc::new(Inner {
                 http,
@@ -275,34 +282,26 @@ impl KustoClient {
         headers.insert("x-ms-app", header(&self.inner.options.app_name)?);
         headers.insert("x-ms-client-version", header(&self.inner.options.client_version)?);
         headers.insert("x-ms-version", HeaderValue::from_static(API_VERSION));
-        let mut builder = self
-            .inner
-            .http
-            .request(request.method.clone(), request.url.clone())
-            .headers(headers)
-            .timeout(request.timeout);
-        if let Some(body) = &request.body {
-            builder = builder
-                .header(CONTENT_TYPE, "application/json; charset=utf-8")
-                .body(body.clone());
+        if request.body.is_some() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
         }
         tracing::debug!(what = request.what, request_id, url = %request.url, "Kusto request");
-        let response = builder
-            .send()
-            .await
-            .map_err(|e| fail(KustoError::from_transport(&e)))?;
-        let status = response.status().as_u16();
+        let wire = WireRequest {
+            method: request.method.clone(),
+            url: request.url.clone(),
+            headers,
+            body: request.body.clone(),
+            timeout: request.timeout,
+        };
+        let response = self.inner.http.send(wire).await.map_err(fail)?;
+        let status = response.status;
         let activity_id = response
-            .headers()
+            .headers
             .get("x-ms-activity-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let retry_after = parse_retry_after(response.headers());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| fail(KustoError::from_transport(&e)).with_activity_id(activity_id.clone()))?
-            .to_vec();
+        let retry_after = parse_retry_after(&response.headers);
+        let body = response.body;
         if !(200..300).contains(&status) {
             let mut err = KustoError::from_http(status, &body);
             err.retry_after = retry_after;

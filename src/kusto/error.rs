@@ -220,6 +220,12 @@ impl KustoError {
     }
 
     /// An error for a failed transport (no HTTP answer, or a body that broke mid-way).
+    /// A transport failure not from reqwest (an in-process transport's): `kind` is one of
+    /// `Timeout`, `Connect` (never sent) or `ConnectionLost` (may have run).
+    pub fn transport(kind: ErrorKind, message: impl Into<String>) -> Self {
+        KustoError { kind, status: None, code: None, message: message.into(), activity_id: None, client_request_id: None, permanent: None, retry_after: None }
+    }
+
     pub(crate) fn from_transport(err: &reqwest::Error) -> Self {
         let kind = if err.is_timeout() {
             ErrorKind::Timeout

@@ -3,6 +3,7 @@
 //! - [`checkpoint`]: the checkpoint store: small JSON records written with compare-and-swap.
 //! - [`queue`]: the step queue: send with a delay; receive, delete and extend for local drivers.
 //! - [`sas`]: short-lived user-delegation SAS for a staging folder, write-only or read-only.
+//! - [`staging`]: staging folders behind a trait (Azure, or the fault explorer's memory).
 //! - [`clients`]: the one place that builds Storage clients from a URL and a credential.
 //!
 //! Every failure comes back as a [`StorageError`] that says whether waiting can help. HTTP
@@ -12,6 +13,7 @@ pub mod checkpoint;
 pub mod clients;
 pub mod queue;
 pub mod sas;
+pub mod staging;
 
 use azure_core::error::ErrorKind;
 use azure_core::http::StatusCode;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 /// What a request is, for choosing which faults apply to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CommandKind {
     Query,
     Show,

@@ -41,7 +41,7 @@ use uuid::Uuid;
 
 pub use faults::{CommandKind, Fault};
 pub use kql::eval::Frame;
-pub use model::cluster::{ClusterConfig, ClusterState};
+pub use model::cluster::{ClusterConfig, ClusterState, SimClock};
 pub use model::table::Column;
 pub use model::value::{ScalarType, Value};
 pub use seed::{SeedExtent, SeedPlan};

@@ -1,18 +1,18 @@
 //! `kusto-sim`: starts named simulated clusters and prints their URLs as one JSON line.
 //!
 //! ```text
-//! kusto-sim [--cluster NAME]... [--database NAME] [--async-ms N] [--export-capacity N]
+//! kusto-sim [--cluster NAME]... [--database NAME] [--async-ms N] [--export-ms N] [--ingest-ms N] [--move-ms N] [--export-capacity N]
 //!           [--ca-cert PEM]
 //! kusto-sim token <cluster-url>      # prints a bearer token that cluster accepts
 //! ```
 
 use std::time::Duration;
 
-use kusto_sim::{ClusterConfig, Simulator};
+use kusto_sim::{ClusterConfig, CommandKind, Simulator};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: kusto-sim [--cluster NAME]... [--database NAME] [--async-ms N] [--export-capacity N] [--ca-cert PEM]\n       kusto-sim token <cluster-url>"
+        "usage: kusto-sim [--cluster NAME]... [--database NAME] [--async-ms N] [--export-ms N] [--ingest-ms N] [--move-ms N] [--export-capacity N] [--ca-cert PEM]\n       kusto-sim token <cluster-url>"
     );
     std::process::exit(2)
 }
@@ -41,6 +41,18 @@ async fn main() {
             "--cluster" => names.push(value()),
             "--database" => config.default_database = value(),
             "--async-ms" => config.async_duration = Duration::from_millis(value().parse().unwrap_or_else(|_| usage())),
+            // Per kind: how long that kind's async operation runs (else --async-ms).
+            "--export-ms" => {
+                config.durations.insert(CommandKind::Export, Duration::from_millis(value().parse().unwrap_or_else(|_| usage())));
+            }
+            "--ingest-ms" => {
+                let d = Duration::from_millis(value().parse().unwrap_or_else(|_| usage()));
+                config.durations.insert(CommandKind::Ingest, d);
+                config.durations.insert(CommandKind::QueuedIngest, d);
+            }
+            "--move-ms" => {
+                config.durations.insert(CommandKind::Move, Duration::from_millis(value().parse().unwrap_or_else(|_| usage())));
+            }
             "--export-capacity" => config.export_capacity = value().parse().unwrap_or_else(|_| usage()),
             "--ca-cert" => {
                 let path = value();

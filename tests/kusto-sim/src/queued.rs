@@ -150,7 +150,7 @@ pub async fn submit(
             Ok(t) => t.columns.clone(),
             Err(e) => return fail(e),
         };
-        (columns, s.blobs.clone(), s.config.async_duration, s.now())
+        (columns, s.blobs.clone(), s.config.duration(CommandKind::QueuedIngest), s.now())
     };
     let op_id = uuid::Uuid::new_v4().to_string();
     {

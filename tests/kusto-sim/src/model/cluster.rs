@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::table::{Column, Database, Extent, Table};
 use super::value::{ticks_from_offset_datetime, Value, TICKS_PER_SECOND};
-use crate::faults::FaultPlan;
+use crate::faults::{CommandKind, FaultPlan};
 use crate::kql::eval::{Catalog, Frame, Row, RowMeta};
 use crate::kql::functions::ticks_to_cursor;
 use crate::kql::KqlError;
@@ -18,8 +18,15 @@ use crate::wire::error::KustoError;
 /// Knobs that make the simulator slow, small or forgetful on purpose.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// How long an async operation (export, ingest, move) stays InProgress.
+    /// How long an async operation (export, ingest, move) stays InProgress, unless
+    /// `durations` names its kind.
     pub async_duration: Duration,
+    /// Per command kind (export, ingest, queued ingestion, move, ...): how long its async
+    /// operation runs.
+    pub durations: BTreeMap<CommandKind, Duration>,
+    /// Where the cluster reads the time; the machine's clock by default. The fault explorer
+    /// gives it the virtual clock its engine runs on.
+    pub clock: SimClock,
     /// The `DataExport` capacity: concurrent exports beyond it are throttled.
     pub export_capacity: usize,
     /// How long operation records stay in `.show operations` (about 6 h on real clusters).
@@ -34,10 +41,41 @@ pub struct ClusterConfig {
     pub tag_retention_lag: Duration,
 }
 
+impl ClusterConfig {
+    /// How long an async operation of `kind` runs.
+    pub fn duration(&self, kind: CommandKind) -> Duration {
+        self.durations.get(&kind).copied().unwrap_or(self.async_duration)
+    }
+}
+
+/// A source of the current time (the machine's, or a virtual one).
+#[derive(Clone, Default)]
+pub struct SimClock(Option<std::sync::Arc<dyn Fn() -> time::OffsetDateTime + Send + Sync>>);
+
+impl SimClock {
+    pub fn new(now: impl Fn() -> time::OffsetDateTime + Send + Sync + 'static) -> SimClock {
+        SimClock(Some(std::sync::Arc::new(now)))
+    }
+    pub fn now(&self) -> time::OffsetDateTime {
+        match &self.0 {
+            Some(f) => f(),
+            None => time::OffsetDateTime::now_utc(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SimClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "SimClock(injected)" } else { "SimClock(system)" })
+    }
+}
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             async_duration: Duration::from_millis(200),
+            durations: BTreeMap::new(),
+            clock: SimClock::default(),
             export_capacity: 2,
             operation_retention: Duration::from_secs(6 * 3600),
             default_database: "db".into(),
@@ -74,7 +112,7 @@ impl ClusterState {
         let blobs = std::sync::Arc::new(crate::blob::HttpBlobStore::new(config.ca_cert_pem.as_deref())?);
         let mut databases = BTreeMap::new();
         databases.insert(config.default_database.clone(), Database::new(config.default_database.clone()));
-        let now = ticks_from_offset_datetime(time::OffsetDateTime::now_utc());
+        let now = ticks_from_offset_datetime(config.clock.now());
         Ok(ClusterState {
             name: name.into(),
             uri: uri.into(),
@@ -92,7 +130,7 @@ impl ClusterState {
     }
 
     pub fn now(&self) -> i64 {
-        ticks_from_offset_datetime(time::OffsetDateTime::now_utc()) + self.clock_offset
+        ticks_from_offset_datetime(self.config.clock.now()) + self.clock_offset
     }
 
     /// The extent tags retention policy at work: a tag matching a policy's `TagPrefix` is
