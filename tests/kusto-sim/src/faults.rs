@@ -108,6 +108,28 @@ impl Fault {
         matches!(self, Fault::DuplicateAfterCount { .. } | Fault::CorruptIngestedValue { .. } | Fault::SwapIngestedValues { .. })
     }
 
+    /// The fault's kind, for counts of what a run met.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Fault::Throttle => "throttle",
+            Fault::ServerError(_) => "server_error",
+            Fault::ConnectionDrop => "connection_drop",
+            Fault::DropAfterExecution => "drop_after_execution",
+            Fault::PartialQueryFailure => "partial_query_failure",
+            Fault::ExportPartialFailure => "export_partial_failure",
+            Fault::IngestionFailure => "ingestion_failure",
+            Fault::DuplicateIngestion => "duplicate_ingestion",
+            Fault::Slow(_) => "slow",
+            Fault::ExpireOperation => "expire_operation",
+            Fault::MergeExtents => "merge_extents",
+            Fault::ForgetIngestionStatus => "forget_ingestion_status",
+            Fault::LateDuplicate(_) => "late_duplicate",
+            Fault::DuplicateAfterCount { .. } => "duplicate_after_count",
+            Fault::CorruptIngestedValue { .. } => "corrupt_ingested_value",
+            Fault::SwapIngestedValues { .. } => "swap_ingested_values",
+        }
+    }
+
     fn table_prefix(&self) -> Option<&str> {
         match self {
             Fault::DuplicateAfterCount { table_prefix } | Fault::CorruptIngestedValue { table_prefix, .. } | Fault::SwapIngestedValues { table_prefix, .. } => Some(table_prefix),
@@ -135,6 +157,8 @@ pub struct FaultPlan {
     scripted: Vec<Scripted>,
     random: Vec<Random>,
     rng: u64,
+    /// Faults handed out so far, by kind.
+    fired: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl FaultPlan {
@@ -153,6 +177,7 @@ impl FaultPlan {
     pub fn take_scripted(&mut self, wanted: impl Fn(&Fault) -> bool) -> bool {
         let Some(s) = self.scripted.iter_mut().find(|s| s.remaining > 0 && wanted(&s.fault)) else { return false };
         s.remaining -= 1;
+        *self.fired.entry(s.fault.name()).or_default() += 1;
         self.scripted.retain(|s| s.remaining > 0);
         true
     }
@@ -167,6 +192,7 @@ impl FaultPlan {
         s.remaining -= 1;
         let fault = s.fault.clone();
         self.scripted.retain(|s| s.remaining > 0);
+        *self.fired.entry(fault.name()).or_default() += 1;
         Some(fault)
     }
 
@@ -202,7 +228,15 @@ impl FaultPlan {
                 out.push(fault);
             }
         }
+        for f in &out {
+            *self.fired.entry(f.name()).or_default() += 1;
+        }
         out
+    }
+
+    /// Faults handed out so far, by kind.
+    pub fn fired(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.fired.clone()
     }
 
     /// splitmix64: tiny, deterministic, good enough for fault dice.

@@ -24,6 +24,7 @@ pub mod commands;
 pub mod control;
 pub mod csv_io;
 pub mod faults;
+pub mod ids;
 pub mod kql;
 pub mod model;
 pub mod ops;
@@ -65,7 +66,8 @@ pub struct Cluster {
     name: String,
     url: String,
     state: Shared,
-    task: tokio::task::JoinHandle<()>,
+    /// The HTTP server; `None` for a cluster reached in-process only.
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Cluster {
@@ -86,7 +88,20 @@ impl Cluster {
                 tracing::error!("kusto-sim server stopped: {e}");
             }
         });
-        Ok(Cluster { name: name.to_string(), url, state, task })
+        Ok(Cluster { name: name.to_string(), url, state, task: Some(task) })
+    }
+
+    /// A cluster that listens nowhere: requests reach it through [`Cluster::router`] in the
+    /// same process (the fault explorer's clusters, in virtual time). `uri` is the name
+    /// clients use for it and the audience its tokens must carry.
+    pub fn in_process(name: &str, uri: &str, config: ClusterConfig) -> Result<Cluster, String> {
+        let cluster = ClusterState::new(name, uri, config)?;
+        Ok(Cluster { name: name.to_string(), url: uri.to_string(), state: Arc::new(Mutex::new(cluster)), task: None })
+    }
+
+    /// The cluster's HTTP endpoints as a service, to call without a socket.
+    pub fn router(&self) -> axum::Router {
+        server::router(self.state.clone())
     }
 
     pub fn name(&self) -> &str {
@@ -196,13 +211,17 @@ impl Cluster {
 
     /// Stops listening.
     pub fn shutdown(self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 

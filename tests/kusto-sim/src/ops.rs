@@ -60,7 +60,7 @@ pub struct OperationLog {
 
 impl OperationLog {
     pub fn start(&mut self, operation: &str, database: &str, now: i64) -> Uuid {
-        let id = Uuid::new_v4();
+        let id = crate::ids::new_uuid();
         self.records.push(Operation {
             id,
             operation: operation.to_string(),

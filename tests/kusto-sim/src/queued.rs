@@ -123,7 +123,7 @@ pub async fn submit(
             list.iter()
                 .filter_map(|b| {
                     let url = b.get("url")?.as_str()?.to_string();
-                    let source = b.get("sourceId").and_then(|s| s.as_str()).map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                    let source = b.get("sourceId").and_then(|s| s.as_str()).map(str::to_string).unwrap_or_else(|| crate::ids::new_uuid().to_string());
                     Some((url, source))
                 })
                 .collect()
@@ -152,7 +152,7 @@ pub async fn submit(
         };
         (columns, s.blobs.clone(), s.config.duration(CommandKind::QueuedIngest), s.now())
     };
-    let op_id = uuid::Uuid::new_v4().to_string();
+    let op_id = crate::ids::new_uuid().to_string();
     {
         let mut s = lock(&state);
         let statuses = blobs

@@ -45,7 +45,7 @@ impl ClusterState {
             self.last_ingestion = self.last_ingestion.max(t);
         }
         let extent = Extent {
-            id: Uuid::new_v4(),
+            id: crate::ids::new_uuid(),
             ingestion_times: vec![seed.ingestion_time; seed.rows.len()],
             rows: seed.rows,
             min_created_on: seed.creation_time,

@@ -126,6 +126,17 @@ async fn handle(state: Shared, headers: HeaderMap, body: String, endpoint: Endpo
     let result: Result<Frame, KustoError> = match (endpoint, is_command) {
         (Endpoint::Mgmt, true) => execute_command_async(&state, &db, req.csl.trim()).await,
         (Endpoint::Mgmt, false) | (Endpoint::QueryV1, false) | (Endpoint::QueryV2, false) => {
+            // A slow query answers late (past the client's timeout, the client sees a
+            // timeout; the query ran). Commands are slowed in their operations instead.
+            let slow: std::time::Duration = lock(&state)
+                .faults
+                .take(kind, false)
+                .iter()
+                .filter_map(|f| if let Fault::Slow(d) = f { Some(*d) } else { None })
+                .sum();
+            if !slow.is_zero() {
+                tokio::time::sleep(slow).await;
+            }
             run_kql(&state, &db, &req.csl, req.parameters.clone())
         }
         (_, true) => Err(KustoError::bad_request(

@@ -95,7 +95,7 @@ pub fn run(state: &Shared, db: &str, cmd: Command, kind: CommandKind) -> Result<
                     let original = e.id;
                     e.tags.retain(|x| !tags.contains(x));
                     // Kusto rewrites the extent: it gets a new id.
-                    e.id = Uuid::new_v4();
+                    e.id = crate::ids::new_uuid();
                     rows.push(vec![V::String(original.to_string()), V::String(e.id.to_string()), V::String(e.tags.join("\r\n")), V::String(String::new())]);
                 }
             }
@@ -178,7 +178,7 @@ fn move_extents(
     let dst = s.table_mut(db, to)?;
     for mut e in moving {
         let original = e.id;
-        e.id = Uuid::new_v4();
+        e.id = crate::ids::new_uuid();
         if let Some(t) = ingestion {
             e.ingestion_times = vec![Some(t); e.rows.len()];
         }

@@ -12,7 +12,6 @@ pub mod storage;
 
 use std::sync::{Arc, Mutex};
 
-use uuid::Uuid;
 
 use crate::faults::{CommandKind, Fault};
 use crate::kql::eval::{Frame, Row};
@@ -87,7 +86,7 @@ fn run(state: &Shared, db: &str, cmd: Command, kind: CommandKind) -> Result<Fram
                     }
                 };
                 rows.push(vec![
-                    Value::Guid(Uuid::new_v4()),
+                    Value::Guid(crate::ids::new_uuid()),
                     Value::String(command_type),
                     Value::String(redact(&text)),
                     Value::String(result),

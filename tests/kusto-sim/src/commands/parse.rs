@@ -532,7 +532,7 @@ mod tests {
 
     #[test]
     fn parses_the_commands_a_copy_needs() {
-        let id = Uuid::new_v4();
+        let id = crate::ids::new_uuid();
         assert_eq!(
             parse_command(&format!(".show operations ({id}, '{id}')")).unwrap(),
             Command::ShowOperations(Some(vec![id, id]))
@@ -597,7 +597,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let id = Uuid::new_v4();
+        let id = crate::ids::new_uuid();
         assert_eq!(
             parse_command(&format!(".move async extents from table A to table B with (setNewIngestionTime=true) ({id})")).unwrap(),
             Command::MoveExtents {

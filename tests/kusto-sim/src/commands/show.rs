@@ -122,7 +122,7 @@ pub fn run(s: &mut ClusterState, db: &str, cmd: Command) -> Result<Frame, KustoE
                 if s.faults.take_scripted(|f| matches!(f, crate::faults::Fault::DuplicateAfterCount { table_prefix } if name.starts_with(table_prefix.as_str()))) {
                     let t = s.table_mut(db, &table)?;
                     if let Some(mut copy) = t.extents.iter().find(|e| e.id == id).cloned() {
-                        copy.id = uuid::Uuid::new_v4();
+                        copy.id = crate::ids::new_uuid();
                         t.extents.push(copy);
                     }
                 }

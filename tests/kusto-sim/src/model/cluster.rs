@@ -162,7 +162,7 @@ impl ClusterState {
                     let before = e.tags.len();
                     e.tags.retain(|tag| !(settled && rules.iter().any(|(prefix, period)| tag.starts_with(prefix.as_str()) && e.max_created_on + period <= now)));
                     if e.tags.len() != before {
-                        e.id = uuid::Uuid::new_v4();
+                        e.id = crate::ids::new_uuid();
                     }
                 }
             }
@@ -217,7 +217,7 @@ impl ClusterState {
         let now = self.now();
         let created = creation_time.unwrap_or(now);
         let extent = Extent {
-            id: Uuid::new_v4(),
+            id: crate::ids::new_uuid(),
             ingestion_times: vec![ingestion; rows.len()],
             rows,
             min_created_on: created,
@@ -232,6 +232,12 @@ impl ClusterState {
     /// Merges a table's extents that may merge (same tags; merge policy allows it) into one
     /// extent with a new id, as the background merge does: extent ids are not stable.
     pub fn merge_extents(&mut self, db: &str, table: &str) -> Result<(), KustoError> {
+        self.merge_extents_within(db, table, i64::MAX)
+    }
+
+    /// Merges extents with the same tags whose creation times lie within `max_range` ticks of
+    /// each other, as the merge policy's `MaxRangeInHours` bounds real merges.
+    pub fn merge_extents_within(&mut self, db: &str, table: &str, max_range: i64) -> Result<(), KustoError> {
         let t = self.table_mut(db, table)?;
         if !t.merges_allowed() {
             return Ok(());
@@ -242,24 +248,34 @@ impl ClusterState {
             key.sort();
             groups.entry(key).or_default().push(e);
         }
-        for (_, group) in groups {
-            if group.len() == 1 {
-                t.extents.extend(group);
-                continue;
-            }
-            let mut merged = Extent {
-                id: Uuid::new_v4(),
-                rows: Vec::new(),
-                ingestion_times: Vec::new(),
-                min_created_on: group.iter().map(|e| e.min_created_on).min().unwrap_or(0),
-                max_created_on: group.iter().map(|e| e.max_created_on).max().unwrap_or(0),
-                tags: group[0].tags.clone(),
-            };
+        for (_, mut group) in groups {
+            group.sort_by_key(|e| e.min_created_on);
+            let mut runs: Vec<Vec<Extent>> = Vec::new();
             for e in group {
-                merged.rows.extend(e.rows);
-                merged.ingestion_times.extend(e.ingestion_times);
+                match runs.last_mut() {
+                    Some(run) if e.max_created_on.saturating_sub(run[0].min_created_on) <= max_range => run.push(e),
+                    _ => runs.push(vec![e]),
+                }
             }
-            t.extents.push(merged);
+            for run in runs {
+                if run.len() == 1 {
+                    t.extents.extend(run);
+                    continue;
+                }
+                let mut merged = Extent {
+                    id: crate::ids::new_uuid(),
+                    rows: Vec::new(),
+                    ingestion_times: Vec::new(),
+                    min_created_on: run.iter().map(|e| e.min_created_on).min().unwrap_or(0),
+                    max_created_on: run.iter().map(|e| e.max_created_on).max().unwrap_or(0),
+                    tags: run[0].tags.clone(),
+                };
+                for e in run {
+                    merged.rows.extend(e.rows);
+                    merged.ingestion_times.extend(e.ingestion_times);
+                }
+                t.extents.push(merged);
+            }
         }
         Ok(())
     }

@@ -19,8 +19,8 @@ impl RequestIds {
                 .get("x-ms-client-request-id")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
-                .unwrap_or_else(|| format!("KSIM;{}", uuid::Uuid::new_v4())),
-            activity_id: uuid::Uuid::new_v4().to_string(),
+                .unwrap_or_else(|| format!("KSIM;{}", crate::ids::new_uuid())),
+            activity_id: crate::ids::new_uuid().to_string(),
         }
     }
 }

@@ -40,8 +40,8 @@ pub fn query_response(frame: &Frame, client_request_id: &str) -> Json {
             {"ColumnName": "ClientActivityId", "DataType": "String", "ColumnType": "string"}
         ],
         "Rows": [[now(), 4, "Info", 0, "Query completed successfully", 1,
-                  uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string(),
-                  uuid::Uuid::new_v4().to_string(), client_request_id]]
+                  crate::ids::new_uuid().to_string(), crate::ids::new_uuid().to_string(),
+                  crate::ids::new_uuid().to_string(), client_request_id]]
     });
     let props = json!({
         "TableName": "Table_1",
@@ -58,8 +58,8 @@ pub fn query_response(frame: &Frame, client_request_id: &str) -> Json {
             {"ColumnName": "PrettyName", "DataType": "String", "ColumnType": "string"}
         ],
         "Rows": [
-            [0, "QueryResult", "PrimaryResult", uuid::Uuid::new_v4().to_string(), ""],
-            [1, "QueryProperties", "@ExtendedProperties", uuid::Uuid::new_v4().to_string(), ""],
+            [0, "QueryResult", "PrimaryResult", crate::ids::new_uuid().to_string(), ""],
+            [1, "QueryProperties", "@ExtendedProperties", crate::ids::new_uuid().to_string(), ""],
             [2, "QueryStatus", "QueryStatus", "00000000-0000-0000-0000-000000000000", ""]
         ]
     });
