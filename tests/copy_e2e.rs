@@ -73,6 +73,7 @@ fn engine_with(stack: &Stack, ingest_route: IngestRoute) -> Arc<CopyEngine> {
         min_poll: Duration::from_millis(50),
         max_poll: Duration::from_millis(500),
         ingest_route,
+        orphan_settle: time::Duration::seconds(1),
         ..EngineOptions::default()
     };
     Arc::new(CopyEngine::new(store, connections, options))

@@ -49,6 +49,9 @@ pub struct EngineOptions {
     pub deployment: String,
     /// How often the janitor runs on scheduler ticks (per instance); `None`: never.
     pub janitor_every: Option<time::Duration>,
+    /// How long after an export start whose answer was lost the source's operation list is
+    /// trusted to show that export if it started (the docs: records "might take a while").
+    pub orphan_settle: time::Duration,
 }
 
 /// Six hex digits naming a deployment: of `KC_DEPLOYMENT_ID` when set, else of where its
@@ -70,6 +73,7 @@ impl Default for EngineOptions {
             sas_lifetime: time::Duration::hours(6),
             deployment: deployment_hash(""),
             janitor_every: Some(time::Duration::minutes(10)),
+            orphan_settle: time::Duration::minutes(1),
         }
     }
 }
@@ -85,6 +89,7 @@ pub fn step_client_options() -> crate::kusto::ClientOptions {
             max_attempts: 3,
             max_retry_after: Duration::from_secs(30),
             max_elapsed: Duration::from_secs(30),
+            jitter_seed: None,
         },
         ..crate::kusto::ClientOptions::default()
     }
@@ -1193,7 +1198,11 @@ impl CopyEngine {
                 BlockState::Moving { tag, extents, .. } => {
                     // Where did the move get? Looked at before the staging table goes.
                     let in_staging = self.extents_in(&dest, db, &staging, extents, &rid).await?;
-                    let at_dest = self.tag_rows(&dest, db, &dest_table, tag, &rid).await?;
+                    // The marker survives a destination `drop-by:` retention that removes the tag.
+                    let at_dest = self
+                        .tag_rows(&dest, db, &dest_table, tag, &rid)
+                        .await?
+                        .max(self.tag_rows(&dest, db, &dest_table, &super::steps::marker_of(tag), &rid).await?);
                     if in_staging.is_empty() && at_dest == rows {
                         BlockState::Done { rows }
                     } else if in_staging.len() == extents.len() {
@@ -1206,7 +1215,8 @@ impl CopyEngine {
                 _ => BlockState::Planned,
             };
             if let Some(tag) = tag {
-                let cmd = commands::drop_extent_tags(&dest_table, &[tag.as_str()], None).map_err(|e| kusto_err("drop tag", e))?;
+                let marker = super::steps::marker_of(&tag);
+                let cmd = commands::drop_extent_tags(&dest_table, &[tag.as_str(), marker.as_str()], None).map_err(|e| kusto_err("drop tag", e))?;
                 dest.execute(db, &cmd, &rid).await.map_err(|e| kusto_err("drop a block's tag at the destination", e))?;
             }
             if next != block && self.swap(&key, &next, &etag).await? {

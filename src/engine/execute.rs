@@ -19,12 +19,13 @@ use uuid::Uuid;
 const MAX_ROUNDS: usize = 12;
 
 fn failure(what: &str, e: impl std::fmt::Display, transient: bool) -> Obs {
-    Obs::Failed(Failure { transient, message: format!("{what}: {e}") })
+    Obs::Failed(Failure { transient, message: format!("{what}: {e}"), may_have_run: false })
 }
 
 fn kusto_failure(what: &str, e: KustoError) -> Obs {
     let transient = e.is_transient();
-    failure(what, e, transient)
+    let may_have_run = e.may_have_executed();
+    Obs::Failed(Failure { transient, message: format!("{what}: {e}"), may_have_run })
 }
 
 fn engine_failure(what: &str, e: EngineError) -> Obs {
@@ -37,7 +38,15 @@ fn engine_failure(what: &str, e: EngineError) -> Obs {
 impl CopyEngine {
     fn rules(&self) -> steps::Rules {
         // A block waiting for a cluster slot looks again as often as a running operation is polled.
-        steps::Rules { min_poll: self.options.min_poll, max_poll: self.options.max_poll, slot_poll: self.options.min_poll, lease: self.options.lease, ..steps::Rules::default() }
+        steps::Rules {
+            min_poll: self.options.min_poll,
+            max_poll: self.options.max_poll,
+            slot_poll: self.options.min_poll,
+            lease: self.options.lease,
+            orphan_settle: self.options.orphan_settle,
+            orphan_poll: self.options.max_poll.min(std::time::Duration::from_secs(30)),
+            ..steps::Rules::default()
+        }
     }
 
     pub(super) async fn block_step(&self, place: &Place, block_no: u64, step: Step, delivery: &Delivery) -> Result<Vec<Outgoing>, EngineError> {
@@ -82,7 +91,17 @@ impl CopyEngine {
             }
             out.extend(t.messages);
             if let Some(reason) = t.fail {
-                return Err(EngineError::Permanent(reason));
+                // Fenced like any decision: the failure is written on the block with the ETag
+                // of this delivery's last write first. A delivery that paused while another
+                // moved the block on (even to done, its staging table gone) loses that write,
+                // and its stale observation fails nothing.
+                let mut failed = record.clone();
+                failed.lease = None;
+                failed.touched_at = ctx.now;
+                return match checkpoint::replace_json(self.store.as_ref(), &key, &failed, &etag).await.map_err(super::copy::storage_err)? {
+                    Written::Done(_) => Err(EngineError::Permanent(reason)),
+                    Written::Conflict => Ok(outgoing(place, out)),
+                };
             }
             match t.effect {
                 None => break,
@@ -174,8 +193,8 @@ impl CopyEngine {
                     Ok(ids) => ids,
                     Err(e) => return kusto_failure("look for the block's extents in staging", e),
                 };
-                match self.tagged(&dest, dest_db, &target, &tag, &rid).await {
-                    Ok(found) => Obs::Located { in_staging, tagged_at_destination: found.iter().map(|(_, r)| r).sum() },
+                match self.tagged_at_destination(&dest, dest_db, &target, &tag, &rid).await {
+                    Ok(rows) => Obs::Located { in_staging, tagged_at_destination: rows },
                     Err(e) => kusto_failure("look for the block's tag at the destination", e),
                 }
             }
@@ -193,8 +212,8 @@ impl CopyEngine {
                         Err(e) => return kusto_failure("count the moved rows at the destination", e),
                     }
                 };
-                let by_tag = match self.tagged(&dest, dest_db, &target, &tag, &rid).await {
-                    Ok(found) => found.iter().map(|(_, r)| r).sum(),
+                let by_tag = match self.tagged_at_destination(&dest, dest_db, &target, &tag, &rid).await {
+                    Ok(rows) => rows,
                     Err(e) => return kusto_failure("count the tag's rows at the destination", e),
                 };
                 let staging = match self.staging_ident(place) {
@@ -214,7 +233,8 @@ impl CopyEngine {
                 };
                 // The block's creation time narrows the extents Kusto scans.
                 let range = created_on.map(|t| (t - time::Duration::days(1), t + time::Duration::days(1)));
-                let cmd = match commands::drop_extent_tags(&target, &[tag.as_str()], range) {
+                let marker = steps::marker_of(&tag);
+                let cmd = match commands::drop_extent_tags(&target, &[tag.as_str(), marker.as_str()], range) {
                     Ok(c) => c,
                     Err(e) => return kusto_failure("build the tag drop", e),
                 };
@@ -238,7 +258,33 @@ impl CopyEngine {
                 }
                 Obs::Done
             }
+            Effect::FindOrphans { since } => self.find_orphans(place, block, since).await,
         }
+    }
+
+    /// Export operations of the source that may be the one an earlier start of this block
+    /// sent without hearing back: listed as running (`InProgress` or `Scheduled`), started
+    /// from a minute before that attempt (clocks differ) to ten minutes after (the start
+    /// request's retries end well before). Another export started in that window makes the
+    /// block wait for it too: slower, never over the capacity.
+    async fn find_orphans(&self, place: &Place, block: &BlockRecord, since: time::OffsetDateTime) -> Obs {
+        let source = match self.connections.kusto(&place.activity.source.cluster) {
+            Ok(s) => s,
+            Err(e) => return engine_failure("source cluster", e),
+        };
+        let rid = ClientRequestId::new("find-orphans", &place.job.id, &block.number.to_string(), block.export_attempt);
+        let listed = match source.execute(&place.activity.source.database, &commands::show_all_operations(), &rid).await.and_then(|a| results::operations(&a)) {
+            Ok(l) => l,
+            Err(e) => return kusto_failure("list the source's operations", e),
+        };
+        let window = (since - time::Duration::minutes(1))..=(since + time::Duration::minutes(10));
+        let running = listed
+            .iter()
+            .filter(|o| o.state.is_pending())
+            .filter(|o| o.operation.as_deref().is_some_and(|n| n.to_ascii_lowercase().contains("export")))
+            .filter(|o| o.started_on.is_none_or(|t| window.contains(&t)))
+            .count();
+        Obs::Orphans { running: running as u32 }
     }
 
     fn dest(&self, place: &Place) -> Result<Arc<dyn KustoApi>, EngineError> {
@@ -351,6 +397,11 @@ impl CopyEngine {
             Consequence::Succeeded => {
                 let details = match source.execute(db, &commands::show_operation_details(op), &rid).await.and_then(|d| results::exported_blobs(&d)) {
                     Ok(d) => d,
+                    // The record aged out between the two looks (about 6 hours; sooner on a
+                    // busy cluster): the export's blob list is gone, so it is a new attempt.
+                    Err(e) if e.code.as_deref().is_some_and(|c| c.ends_with("NotFound")) => {
+                        return Obs::Export(ExportPoll::Ended { why: format!("export operation {op} details are no longer kept: {e}") })
+                    }
                     Err(e) => return kusto_failure("read export details", e),
                 };
                 let folder = block.folders.last().cloned().unwrap_or_default();
@@ -378,7 +429,7 @@ impl CopyEngine {
             DataRoute::Csv { columns } => commands::IngestProperties::csv(&columns),
         };
         props.creation_time = block.creation_time;
-        props.tags = vec![tag.to_owned()];
+        props.tags = vec![tag.to_owned(), steps::marker_of(tag)];
         let table = self.staging_ident(place).map_err(|e| engine_failure("staging table", e))?;
         let database = super::copy::ident(&place.activity.destination.database).map_err(|e| engine_failure("database", e))?;
         let dest = self.dest(place).map_err(|e| engine_failure("destination cluster", e))?;
@@ -461,6 +512,15 @@ impl CopyEngine {
         let dest = self.dest(place).map_err(|e| KustoError::invalid_input(e.to_string()))?;
         let staging = self.staging_ident(place).map_err(|e| KustoError::invalid_input(e.to_string()))?;
         self.tagged(&dest, &place.activity.destination.database, &staging, tag, rid).await
+    }
+
+    /// Rows at the destination under the block's tag or its marker (whichever holds more:
+    /// a retention policy may have removed the tag; blocks ingested before the marker have
+    /// only the tag).
+    async fn tagged_at_destination(&self, kusto: &Arc<dyn KustoApi>, db: &str, table: &Ident, tag: &str, rid: &ClientRequestId) -> Result<u64, KustoError> {
+        let by_tag: u64 = self.tagged(kusto, db, table, tag, rid).await?.iter().map(|(_, r)| r).sum();
+        let by_marker: u64 = self.tagged(kusto, db, table, &steps::marker_of(tag), rid).await?.iter().map(|(_, r)| r).sum();
+        Ok(by_tag.max(by_marker))
     }
 
     async fn tagged(&self, kusto: &Arc<dyn KustoApi>, db: &str, table: &Ident, tag: &str, rid: &ClientRequestId) -> Result<Vec<(Uuid, u64)>, KustoError> {

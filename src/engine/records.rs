@@ -219,6 +219,24 @@ pub struct BlockRecord {
     /// each is given up unmoved and the block exports again, up to a limit.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub content_mismatches: u32,
+    /// Exports of this block that ran and failed (or vanished): bounded by the attempt
+    /// limit. A start refused or lost is not one; those count as transient errors.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub export_failures: u32,
+    /// Ingestions of this block that ran and gave the wrong rows or failed: bounded by the
+    /// attempt limit. A start that failed (a signature, a refused request) is not one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ingest_failures: u32,
+    /// The count alone cannot vouch for the current ingestion: its status was gone, so a
+    /// failed blob and a duplicated one could add up to the exported rows. Its content is
+    /// compared with the source before the move, whatever the job's `verify`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify_content: bool,
+    /// When an export start whose answer never came was sent: that export may be running,
+    /// unknown to us, in the source's capacity. No new export starts until none that could be
+    /// it is still listed as running.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub unconfirmed_export: Option<OffsetDateTime>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -258,6 +276,10 @@ impl BlockRecord {
             waiting_until: None,
             transient_errors: 0,
             content_mismatches: 0,
+            export_failures: 0,
+            ingest_failures: 0,
+            verify_content: false,
+            unconfirmed_export: None,
         }
     }
 

@@ -59,21 +59,23 @@ pub async fn acquire(store: &dyn CheckpointStore, cluster: &str, capacity: u64, 
 
 /// Extends the claim `owner` holds, if any (a poll of a running export).
 pub async fn renew(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime) -> Result<(), StorageError> {
-    set(store, cluster, capacity, owner, now + CLAIM_TTL).await
+    set(store, cluster, capacity, owner, Claim { owner: owner.to_owned(), expires_at: now + CLAIM_TTL }).await
 }
 
-/// Gives up the claim `owner` holds, if any: it expires at once.
+/// Gives up the claim `owner` holds, if any: it expires at once and names no owner, so a
+/// renewal from a delivery that polled before the release (and renews after it) finds
+/// nothing of its own to extend.
 pub async fn release(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime) -> Result<(), StorageError> {
-    set(store, cluster, capacity, owner, now).await
+    set(store, cluster, capacity, owner, Claim { owner: String::new(), expires_at: now }).await
 }
 
-async fn set(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, expires_at: OffsetDateTime) -> Result<(), StorageError> {
+async fn set(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, claim: Claim) -> Result<(), StorageError> {
     for n in 0..capacity.max(1) {
         let key = slot_key(cluster, n);
         if let Some((held, etag)) = checkpoint::read_json::<Claim>(store, &key).await.map_err(record_to_storage)? {
             if held.owner == owner {
                 // A lost race means the claim changed hands after expiring: nothing to do.
-                checkpoint::replace_json(store, &key, &Claim { owner: owner.to_owned(), expires_at }, &etag).await?;
+                checkpoint::replace_json(store, &key, &claim, &etag).await?;
                 return Ok(());
             }
         }
@@ -108,7 +110,8 @@ mod tests {
         assert!(acquire(&store, "https://other.kusto.windows.net", 2, "job1/a/1/1", T).await.unwrap());
 
         release(&store, C, 2, "job2/a/1/0", T).await.unwrap();
-        assert!(acquire(&store, C, 2, "job1/a/1/1", T).await.unwrap(), "a released slot is free");
+        renew(&store, C, 2, "job2/a/1/0", T).await.unwrap();
+        assert!(acquire(&store, C, 2, "job1/a/1/1", T).await.unwrap(), "a released slot is free, and a late renewal does not take it back");
 
         // A crashed holder's claim expires; renewing pushes the expiry out.
         renew(&store, C, 2, "job1/a/1/0", T + Duration::minutes(20)).await.unwrap();

@@ -424,6 +424,13 @@ pub fn show_operation_details(id: Uuid) -> Command {
     )
 }
 
+/// `.show operations` with no ids: every operation the principal may see from the last two
+/// weeks, running or not, possibly several rows per operation (the latest row wins). Only
+/// for the rare look for an export whose start answer was lost: on a busy cluster it is long.
+pub fn show_all_operations() -> Command {
+    Command::new(CommandKind::Management, text(".show operations"), true)
+}
+
 /// `.show capacity`: columns Resource, Total, Consumed, Remaining (and Origin).
 pub fn show_capacity() -> Command {
     Command::new(CommandKind::Management, text(".show capacity"), true)

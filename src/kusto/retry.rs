@@ -22,6 +22,9 @@ pub struct RetryPolicy {
     /// No new try starts after this much time since the first: a function invocation has a
     /// deadline, and a step that keeps failing is better rescheduled than held.
     pub max_elapsed: Duration,
+    /// The jitter's generator seed; `None`: random. Each retry sequence starts from it, so a
+    /// seeded run (the fault explorer's) waits the same every time.
+    pub jitter_seed: Option<u64>,
 }
 
 impl Default for RetryPolicy {
@@ -32,6 +35,7 @@ impl Default for RetryPolicy {
             max_attempts: 5,
             max_retry_after: Duration::from_secs(60),
             max_elapsed: Duration::from_secs(120),
+            jitter_seed: None,
         }
     }
 }
@@ -42,11 +46,15 @@ impl RetryPolicy {
     }
 
     pub(crate) fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
+        let b = ExponentialBuilder::default()
             .with_min_delay(self.base_delay)
             .with_max_delay(self.max_delay)
             .with_max_times(self.max_attempts.saturating_sub(1))
-            .with_jitter()
+            .with_jitter();
+        match self.jitter_seed {
+            Some(seed) => b.with_jitter_seed(seed),
+            None => b,
+        }
     }
 
     /// Whether to send again in-process. A request that may have run already is only

@@ -67,6 +67,7 @@ pub fn options() -> EngineOptions {
         min_poll: Duration::from_millis(50),
         max_poll: Duration::from_millis(400),
         lease: time::Duration::seconds(3),
+        orphan_settle: time::Duration::seconds(1),
         ..EngineOptions::default()
     }
 }

@@ -28,8 +28,8 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
                 return Transition::fail(format!("block {}: no counted extents recorded for tag {tag}", b.number));
             }
             match ctx.verify {
-                Verify::Content => Transition::effect(Effect::CompareContent { extents: extents.clone() }),
-                Verify::Count => start_move(b, ctx, *rows, tag, extents),
+                Verify::Count if !b.verify_content => start_move(b, ctx, *rows, tag, extents),
+                _ => Transition::effect(Effect::CompareContent { extents: extents.clone() }),
             }
         }
         (BlockState::Ingested { rows, tag, extents }, Obs::Compared { source, staging }) => match source.difference(staging) {
@@ -46,6 +46,7 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
                 let f = super::Failure {
                     transient: true,
                     message: format!("the move reported {} of {} extents failed: {}", bad.len().max(extents.len() - moved.len().min(extents.len())), extents.len(), bad.join("; ")),
+                    may_have_run: false,
                 };
                 return failed(b, &f, ctx, "move the block's extents", Some(BlockState::Ingested { rows: *rows, tag: tag.clone(), extents: extents.clone() }), Step::Commit);
             }
@@ -105,7 +106,7 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
                 next.state = BlockState::Committed { rows: *rows };
                 Transition::write(next).send(Msg::now(Step::Cleanup, b.number))
             } else {
-                let f = super::Failure { transient: true, message: bad.join("; ") };
+                let f = super::Failure { transient: true, message: bad.join("; "), may_have_run: false };
                 failed(b, &f, ctx, "drop the block's tag at the destination", None, Step::Commit)
             }
         }
@@ -251,6 +252,13 @@ mod tests {
         let t = decide(&b, &Obs::Delivered, &content);
         assert_eq!(t.effect, Some(Effect::CompareContent { extents: ids(&[1, 2]) }), "content: the counted extents, compared first");
         assert_eq!(t.record, None, "a comparison only reads: nothing to record before it");
+        let mut unvouched = b.clone();
+        unvouched.verify_content = true;
+        assert_eq!(
+            decide(&unvouched, &Obs::Delivered, &count).effect,
+            Some(Effect::CompareContent { extents: ids(&[1, 2]) }),
+            "an ingestion whose status was gone is compared whatever the job's verify"
+        );
 
         // (source, staging) -> what happens
         let same = Obs::Compared { source: digest(10, 7, 3), staging: digest(10, 7, 3) };

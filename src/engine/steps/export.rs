@@ -31,7 +31,26 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
             if b.waiting_until.is_some_and(|at| ctx.now + EARLY < at) {
                 return Transition::none(); // another chain waits for this block's slot
             }
-            Transition::effect(Effect::AcquireSlot)
+            match unconfirmed(b) {
+                // `.show operations` may list a new operation only after a while: until then
+                // its absence proves nothing.
+                Some(since) if ctx.now < since + ctx.rules.orphan_settle => wait_for_orphans(b, ctx, since, since + ctx.rules.orphan_settle),
+                Some(since) => Transition::effect(Effect::FindOrphans { since }),
+                None => Transition::effect(Effect::AcquireSlot),
+            }
+        }
+        (BlockState::Planned | BlockState::Exporting { operation_id: None, .. }, Obs::Orphans { running }) => {
+            let since = unconfirmed(b).unwrap_or(ctx.now);
+            if *running > 0 {
+                // An export that may be ours still runs in the slot we hold: starting another
+                // would run two where the capacity counts one.
+                return wait_for_orphans(b, ctx, since, ctx.now + ctx.rules.orphan_poll);
+            }
+            let mut next = touched(b, ctx);
+            next.unconfirmed_export = None;
+            next.state = BlockState::Planned;
+            next.lease = None;
+            Transition::write(next).then(Effect::AcquireSlot)
         }
         (BlockState::Planned | BlockState::Exporting { operation_id: None, .. }, Obs::Slot { granted: false }) => {
             let mut next = touched(b, ctx);
@@ -41,11 +60,11 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
             Transition::write(next).send(Msg::later(Step::Export, b.number, ctx.rules.slot_poll))
         }
         (BlockState::Planned | BlockState::Exporting { operation_id: None, .. }, Obs::Slot { granted: true }) => {
-            if b.export_attempt >= ctx.rules.max_export_attempts {
+            if b.export_failures >= ctx.rules.max_export_attempts {
                 return Transition::fail(format!(
                     "block {} failed to export {} times; last error: {}",
                     b.number,
-                    b.export_attempt,
+                    b.export_failures,
                     b.last_error.clone().unwrap_or_default()
                 ));
             }
@@ -64,10 +83,18 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
             next.lease = None;
             Transition::write(next).send(Msg::later(Step::AwaitExport, b.number, ctx.rules.min_poll))
         }
-        (BlockState::Exporting { operation_id: None, .. }, Obs::Failed(f)) => {
-            // The command may have run: its folder is abandoned either way, and the slot is
-            // kept for the next attempt (an export that did start still occupies it).
-            failed(b, f, ctx, "start the export", Some(BlockState::Planned), Step::Export)
+        (BlockState::Exporting { operation_id: None, started_at }, Obs::Failed(f)) => {
+            // Its folder is abandoned either way, and the slot is kept for the next attempt.
+            // A start refused (throttled, never sent) is a transient error, not an attempt;
+            // one whose answer was lost may have started an export that still occupies the
+            // slot: the next attempt waits until none that could be it runs.
+            let mut t = failed(b, f, ctx, "start the export", Some(BlockState::Planned), Step::Export);
+            if f.may_have_run {
+                if let Some(next) = t.record.as_mut() {
+                    next.unconfirmed_export = Some(b.unconfirmed_export.map_or(*started_at, |u| u.min(*started_at)));
+                }
+            }
+            t
         }
 
         // ---- await-export: poll until the operation ends ------------------------------
@@ -89,6 +116,7 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
         }
         (BlockState::Exporting { .. }, Obs::Export(ExportPoll::Ended { why })) => {
             let mut next = touched(b, ctx);
+            next.export_failures += 1;
             next.last_error = Some(why.clone());
             next.state = BlockState::Planned;
             next.lease = None;
@@ -102,6 +130,26 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
         // Anything else is a stale observation for this state: do nothing.
         _ => Transition::none(),
     }
+}
+
+/// Since when an export of this block may run unknown to us: an earlier start whose answer
+/// was lost, or an attempt interrupted between its record and its answer (a crash).
+fn unconfirmed(b: &BlockRecord) -> Option<time::OffsetDateTime> {
+    match b.state {
+        BlockState::Exporting { operation_id: None, started_at } => Some(b.unconfirmed_export.map_or(started_at, |u| u.min(started_at))),
+        _ => b.unconfirmed_export,
+    }
+}
+
+/// One chain waits (holding and renewing the slot) and looks again at `until`.
+fn wait_for_orphans(b: &BlockRecord, ctx: &Ctx, since: time::OffsetDateTime, until: time::OffsetDateTime) -> Transition {
+    let mut next = touched(b, ctx);
+    next.unconfirmed_export = Some(since);
+    next.state = BlockState::Planned;
+    next.lease = None;
+    next.waiting_until = Some(until);
+    let delay = (until - ctx.now).max(time::Duration::ZERO).unsigned_abs();
+    Transition::write(next).then(Effect::RenewSlot).send(Msg::later(Step::Export, b.number, delay))
 }
 
 #[cfg(test)]
@@ -132,10 +180,11 @@ mod tests {
         assert_eq!(t, Transition::none(), "a fresh lease of another delivery is never taken over");
         let mut own = held.clone();
         own.lease = Some(crate::engine::records::Lease { owner: c.owner.clone(), ..other_lease(&c) });
-        assert_eq!(decide(&own, &Obs::Delivered, &c).effect, Some(Effect::AcquireSlot), "a redelivery of the same message takes over");
+        // Taken over, the interrupted attempt's export may have started: look for it first.
+        assert_eq!(decide(&own, &Obs::Delivered, &c).effect, Some(Effect::FindOrphans { since: T0 }), "a redelivery of the same message takes over");
 
         held.lease = Some(expired_lease(&c));
-        assert_eq!(decide(&held, &Obs::Delivered, &c).effect, Some(Effect::AcquireSlot), "an expired lease is taken over");
+        assert_eq!(decide(&held, &Obs::Delivered, &c).effect, Some(Effect::FindOrphans { since: T0 }), "an expired lease is taken over");
     }
 
     #[test]
@@ -163,7 +212,58 @@ mod tests {
         assert_eq!(t.effect, Some(Effect::StartExport { folder: "kcs-it-1-3".into() }));
 
         b.export_attempt = c.rules.max_export_attempts;
-        assert!(decide(&b, &Obs::Slot { granted: true }, &c).fail.is_some(), "attempts are bounded");
+        assert!(decide(&b, &Obs::Slot { granted: true }, &c).fail.is_none(), "starts refused or lost are not failed exports");
+        b.export_failures = c.rules.max_export_attempts;
+        assert!(decide(&b, &Obs::Slot { granted: true }, &c).fail.is_some(), "exports that ran and failed are bounded");
+    }
+
+    #[test]
+    fn an_ended_export_counts_as_a_failure() {
+        let c = ctx();
+        let t = decide(&block(exporting(Some(7))), &Obs::Export(ExportPoll::Ended { why: "Failed".into() }), &c);
+        let next = t.record.unwrap();
+        assert_eq!((next.export_failures, next.state), (1, BlockState::Planned));
+    }
+
+    /// An export start whose answer was lost (or a crash between record and answer) may have
+    /// started an export that runs unknown to us: no new export starts until `.show
+    /// operations` lists none that could be it, and not before that list can be trusted.
+    #[test]
+    fn a_lost_start_answer_waits_for_any_export_that_could_be_its_own() {
+        let c = ctx();
+        let started = c.now - time::Duration::seconds(10);
+        let b = block(BlockState::Exporting { operation_id: None, started_at: started });
+
+        // A refused start (throttled, never sent): transient, no orphan to look for.
+        let refused = decide(&b, &transient("429 throttled"), &c).record.unwrap();
+        assert_eq!((refused.unconfirmed_export, refused.export_failures), (None, 0));
+        // A lost answer: remembered.
+        let lost = decide(&b, &lost_answer("connection reset"), &c).record.unwrap();
+        assert_eq!(lost.unconfirmed_export, Some(started));
+        assert_eq!(lost.state, BlockState::Planned);
+
+        // Before the list settles: wait, holding the slot, one chain.
+        let mut early = lost.clone();
+        early.waiting_until = None;
+        let t = decide(&early, &Obs::Delivered, &c);
+        assert_eq!(t.effect, Some(Effect::RenewSlot));
+        assert_eq!(t.record.as_ref().unwrap().waiting_until, Some(started + c.rules.orphan_settle));
+        assert_eq!(t.messages, vec![Msg::later(Step::Export, 1, (started + c.rules.orphan_settle - c.now).unsigned_abs())]);
+
+        // A crashed attempt (still Exporting without an id) is the same case.
+        let later = Ctx { now: started + c.rules.orphan_settle, ..ctx() };
+        assert_eq!(decide(&b, &Obs::Delivered, &later).effect, Some(Effect::FindOrphans { since: started }));
+        assert_eq!(decide(&early, &Obs::Delivered, &later).effect, Some(Effect::FindOrphans { since: started }));
+
+        // One still runs: wait and look again; none: forget it and take the slot.
+        let t = decide(&early, &Obs::Orphans { running: 1 }, &later);
+        assert_eq!(t.effect, Some(Effect::RenewSlot));
+        assert_eq!(t.record.as_ref().unwrap().unconfirmed_export, Some(started));
+        assert_eq!(t.messages, vec![Msg::later(Step::Export, 1, later.rules.orphan_poll)]);
+        let t = decide(&b, &Obs::Orphans { running: 0 }, &later);
+        let next = t.record.unwrap();
+        assert_eq!((next.unconfirmed_export, next.state), (None, BlockState::Planned));
+        assert_eq!(t.effect, Some(Effect::AcquireSlot));
     }
 
     #[test]

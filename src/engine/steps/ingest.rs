@@ -53,11 +53,14 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
                     next.last_error = None;
                     next.transient_errors = 0;
                     next.state = BlockState::Ingested { rows: *rows, tag: tag.clone(), extents: poll.extents.iter().map(|(id, _)| *id).collect() };
+                    // Never success from absence: without the status, the content decides.
+                    next.verify_content = poll.status_missing;
                     Transition::write(next).send(Msg::now(Step::Commit, b.number))
                 }
                 Verdict::Wait => Transition::write(touched(b, ctx)).send(Msg::later(Step::AwaitIngest, b.number, ctx.poll_delay(*started_at))),
                 Verdict::Redo => {
                     let mut next = touched(b, ctx);
+                    next.ingest_failures += 1;
                     next.last_error = Some(format!(
                         "ingestion under {tag} gave {tagged} rows of {rows}{}",
                         if poll.failed { " and failed" } else { "" }
@@ -84,16 +87,17 @@ fn start(b: &BlockRecord, ctx: &Ctx) -> Transition {
         BlockState::Exported { blobs, rows } | BlockState::Ingesting { blobs, rows, .. } => (blobs.clone(), *rows),
         _ => return Transition::none(),
     };
-    if b.ingest_attempt >= ctx.rules.max_ingest_attempts {
+    if b.ingest_failures >= ctx.rules.max_ingest_attempts {
         return Transition::fail(format!(
             "block {} failed to ingest {} times; last error: {}",
             b.number,
-            b.ingest_attempt,
+            b.ingest_failures,
             b.last_error.clone().unwrap_or_default()
         ));
     }
     let mut next = touched(b, ctx);
     next.ingest_attempt += 1;
+    next.verify_content = false;
     let tag = super::tag_for(&ctx.iteration_id, &next);
     next.lease = Some(ctx.lease());
     next.state = BlockState::Ingesting { blobs, rows, tag: tag.clone(), route: ctx.route, operations: vec![], started_at: ctx.now };
@@ -178,7 +182,9 @@ mod tests {
         assert_eq!((t.record, t.effect), (None, None));
 
         b.ingest_attempt = c.rules.max_ingest_attempts;
-        assert!(decide(&b, &Obs::Delivered, &c).fail.is_some());
+        assert!(decide(&b, &Obs::Delivered, &c).fail.is_none(), "failed starts are transient errors, not failed ingestions");
+        b.ingest_failures = c.rules.max_ingest_attempts;
+        assert!(decide(&b, &Obs::Delivered, &c).fail.is_some(), "ingestions that gave the wrong rows are bounded");
     }
 
     #[test]
@@ -213,6 +219,8 @@ mod tests {
         ];
         for (obs, state, step, drops) in table {
             let t = decide(&b, &obs, &c);
+            let unvouched = matches!((&obs, &state), (Obs::Ingest(p), BlockState::Ingested { .. }) if p.status_missing);
+            assert_eq!(t.record.as_ref().unwrap().verify_content, unvouched, "without a status the content decides: {obs:?}");
             assert_eq!(t.record.as_ref().unwrap().state, state, "{obs:?}");
             assert_eq!(t.messages.first().map(|m| m.step), step, "{obs:?}");
             assert_eq!(matches!(t.effect, Some(Effect::DropStaged { .. })), drops, "{obs:?}");

@@ -44,6 +44,11 @@ pub struct Rules {
     pub max_poll: Duration,
     /// How often a block waiting for an export slot of its cluster looks again.
     pub slot_poll: Duration,
+    /// How long after an export start whose answer was lost `.show operations` is trusted
+    /// to list its operation if it started, and how often a block whose earlier export may
+    /// still run looks again.
+    pub orphan_settle: time::Duration,
+    pub orphan_poll: Duration,
     /// Attempts of a block whose staging content differs from the source before the
     /// activity stops (`verify: content`). A difference that repeats is not noise: it is a
     /// value the route cannot carry, or a bug, and a person must look.
@@ -60,6 +65,8 @@ impl Default for Rules {
             min_poll: Duration::from_secs(2),
             max_poll: Duration::from_secs(60),
             slot_poll: Duration::from_secs(5),
+            orphan_settle: time::Duration::minutes(1),
+            orphan_poll: Duration::from_secs(30),
             max_content_attempts: 3,
         }
     }
@@ -107,6 +114,14 @@ pub fn tag_for(iteration_id: &str, block: &BlockRecord) -> String {
     format!("drop-by:kc-{iteration_id}-{}-{}-{}", block.number, block.export_attempt, block.ingest_attempt)
 }
 
+/// The second tag every ingested extent carries, beside its `drop-by:` tag: a plain tag that
+/// no `drop-by:` tag retention policy of the destination removes. After a move whose answer
+/// was lost, it is how the block's rows are found at the destination (a database policy
+/// like the docs' `drop-by:` for three days removes the other at once from years-old extents).
+pub fn marker_of(tag: &str) -> String {
+    format!("kc-block:{}", tag.strip_prefix("drop-by:").unwrap_or(tag))
+}
+
 /// An I/O the executor performs for a decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -138,6 +153,9 @@ pub enum Effect {
     DeleteFolders { folders: Vec<String> },
     /// Count the block done; finish the iteration when it was the last.
     Finish,
+    /// Export operations of the source that could be an earlier attempt's, started without
+    /// our knowing (its answer was lost): those started from `since` on and still running.
+    FindOrphans { since: OffsetDateTime },
 }
 
 /// A step's failure, classified once where it happened.
@@ -145,6 +163,9 @@ pub enum Effect {
 pub struct Failure {
     pub transient: bool,
     pub message: String,
+    /// The command may have run although it failed (its answer was lost, it timed out): an
+    /// export started this way may still be running, unknown to us, in the source's capacity.
+    pub may_have_run: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +211,8 @@ pub enum Obs {
     Located { in_staging: Vec<Uuid>, tagged_at_destination: u64 },
     Verified { by_ids: u64, by_tag: u64, left_in_staging: usize },
     TagDropped { failed: Vec<String> },
+    /// How many export operations that may be an earlier attempt's still run.
+    Orphans { running: u32 },
 }
 
 /// A message to send: a step of a block, after a delay.
@@ -336,11 +359,16 @@ pub(crate) mod test_support {
     }
 
     pub fn transient(m: &str) -> Obs {
-        Obs::Failed(Failure { transient: true, message: m.into() })
+        Obs::Failed(Failure { transient: true, message: m.into(), may_have_run: false })
+    }
+
+    /// A transient failure whose command may have run (a lost answer).
+    pub fn lost_answer(m: &str) -> Obs {
+        Obs::Failed(Failure { transient: true, message: m.into(), may_have_run: true })
     }
 
     pub fn permanent(m: &str) -> Obs {
-        Obs::Failed(Failure { transient: false, message: m.into() })
+        Obs::Failed(Failure { transient: false, message: m.into(), may_have_run: false })
     }
 
     pub fn other_lease(ctx: &Ctx) -> Lease {
