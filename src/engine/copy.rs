@@ -743,6 +743,12 @@ impl CopyEngine {
                 .await
                 .map_err(|e| kusto_err("drop the staging table", e))?;
         }
+        // Every block is done: no claim of this iteration is needed any more (a stale
+        // delivery may have taken one for a block already past its export).
+        if let Some(capacity) = iteration.cluster_capacity {
+            let owners = format!("{}/{}/{}/", place.job.id, place.activity.name, place.iteration);
+            super::slots::release_all(self.store.as_ref(), &place.activity.source.cluster, capacity, &owners, self.clock.now()).await.map_err(storage_err)?;
+        }
         // Counted from the blocks themselves: the running count in done.json drives progress
         // and can fall one block short when a step stops between its two writes.
         let mut rows = 0;

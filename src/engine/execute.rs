@@ -86,7 +86,12 @@ impl CopyEngine {
                     }
                     // Another delivery moved the block on since our last write: this decision
                     // is void, and whatever it was about to do is that delivery's to do.
-                    Written::Conflict => return Ok(outgoing(place, out)),
+                    Written::Conflict => {
+                        if matches!(obs, Obs::Slot { granted: true }) {
+                            self.give_back_stale_slot(place, &iteration, &key).await;
+                        }
+                        return Ok(outgoing(place, out));
+                    }
                 }
             }
             out.extend(t.messages);
@@ -109,6 +114,20 @@ impl CopyEngine {
             }
         }
         Ok(outgoing(place, out))
+    }
+
+    /// This delivery took the block's export slot and then found the block moved on by
+    /// another: if the block no longer exports (it is past its export, or done), nobody will
+    /// give that claim back, so this delivery does. A block still exporting keeps it: the
+    /// claim is the block's, held now by the delivery that moved it on.
+    async fn give_back_stale_slot(&self, place: &Place, iteration: &IterationRecord, key: &str) {
+        use super::records::BlockState;
+        let Ok(Some((fresh, _))) = self.read::<BlockRecord>(key).await else { return };
+        if !matches!(fresh.state, BlockState::Planned | BlockState::Exporting { .. }) {
+            if let Err(e) = self.cluster_slot(place, iteration, &fresh, super::copy::SlotAction::Release).await {
+                tracing::warn!(job = %place.job.id, block = fresh.number, error = %e, "a stale slot claim not given back (it expires by itself)");
+            }
+        }
     }
 
     async fn perform(&self, place: &Place, iteration: &IterationRecord, block: &BlockRecord, effect: Effect) -> Obs {

@@ -69,6 +69,20 @@ pub async fn release(store: &dyn CheckpointStore, cluster: &str, capacity: u64, 
     set(store, cluster, capacity, owner, Claim { owner: String::new(), expires_at: now }).await
 }
 
+/// Gives up every claim whose owner starts with `prefix` (one iteration's blocks, once they
+/// are all done: a stale delivery may have taken a claim for a block already past export).
+pub async fn release_all(store: &dyn CheckpointStore, cluster: &str, capacity: u64, prefix: &str, now: OffsetDateTime) -> Result<(), StorageError> {
+    for n in 0..capacity.max(1) {
+        let key = slot_key(cluster, n);
+        if let Some((held, etag)) = checkpoint::read_json::<Claim>(store, &key).await.map_err(record_to_storage)? {
+            if !held.owner.is_empty() && held.owner.starts_with(prefix) && held.expires_at > now {
+                checkpoint::replace_json(store, &key, &Claim { owner: String::new(), expires_at: now }, &etag).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn set(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, claim: Claim) -> Result<(), StorageError> {
     for n in 0..capacity.max(1) {
         let key = slot_key(cluster, n);
@@ -118,5 +132,17 @@ mod tests {
         let later = T + CLAIM_TTL + Duration::minutes(1);
         assert!(acquire(&store, C, 2, "job3/a/1/0", later).await.unwrap(), "job1/a/1/1's claim expired");
         assert!(!acquire(&store, C, 2, "job4/a/1/0", later).await.unwrap(), "job1/a/1/0 renewed and still holds");
+    }
+
+    #[tokio::test]
+    async fn an_iterations_claims_are_given_back_together() {
+        let store = MemoryCheckpointStore::default();
+        assert!(acquire(&store, C, 2, "job1/a/1/0", T).await.unwrap());
+        assert!(acquire(&store, C, 2, "job1/a/1/1", T).await.unwrap());
+        release_all(&store, C, 2, "job1/a/1/", T).await.unwrap();
+        assert!(acquire(&store, C, 2, "job2/a/1/0", T).await.unwrap(), "an iteration's claims are all given back");
+        assert!(acquire(&store, C, 2, "job2/a/1/1", T).await.unwrap());
+        release_all(&store, C, 2, "job1/a/1/", T).await.unwrap();
+        assert!(!acquire(&store, C, 2, "job3/a/1/0", T).await.unwrap(), "other owners' claims stay");
     }
 }
