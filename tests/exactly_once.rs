@@ -417,6 +417,9 @@ async fn stalled_job(store: &dyn CheckpointStore, id: &str, state: BlockState) -
         first_ingestion: None,
         last_ingestion: None,
         copied_rows: None,
+        destination_soft_delete_secs: None,
+        rows_beyond_retention: 0,
+        blocks_beyond_retention: 0,
         pending: vec![],
         started_at: T0,
         finished_at: None,
@@ -685,4 +688,85 @@ async fn scenario_10_blocks_finishing_together_are_all_counted() {
     let at_destination: u64 = stack.destination.extents(DB, "Events").unwrap().iter().map(|e| e.row_count as u64).sum();
     assert_eq!((activity.copied_rows, at_destination), (600, 600));
     assert_exact(&stack);
+}
+
+/// The source's rows in extents created at or after `cutoff` (ticks), keyed by `Id`, as
+/// [`query_rows`] shows them.
+fn rows_created_since(cluster: &kusto_sim::Cluster, cutoff: i64) -> std::collections::BTreeMap<i64, String> {
+    let created: std::collections::HashMap<uuid::Uuid, i64> = cluster.extents(DB, "Events").unwrap().into_iter().map(|e| (e.id, e.max_created_on)).collect();
+    let frame = cluster.query(DB, "Events | order by Id asc").unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for r in &frame.rows {
+        let kusto_sim::Value::Long(id) = r.values[0] else { panic!("Id first") };
+        if created[&r.meta.as_ref().expect("rows carry their extent").extent_id] >= cutoff {
+            out.insert(id, format!("{:?}", r.values));
+        }
+    }
+    out
+}
+
+/// A soft-delete period, in the policy's timespan text, that puts the cutoff 75 days after
+/// the seed's first creation time: extents created on days 0, 30 and 60 are older than it,
+/// those of days 90, 120 and 150 are not.
+fn period_cutting_at_day_75() -> (String, i64) {
+    let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 100) as i64;
+    let cutoff = JAN_2024 + 75 * DAY;
+    (format!("{}.00:00:00", (now - cutoff) / DAY), cutoff)
+}
+
+/// Blocks older than the destination keeps (its database's soft-delete period, read when
+/// planning): not exported, reported on the activity with their rows, the rest copied
+/// exactly, nothing left behind; never a failed attempt or a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocks_older_than_the_destination_keeps_are_reported_not_copied() {
+    let stack = stack().await;
+    seed(&stack);
+    let (period, cutoff) = period_cutting_at_day_75();
+    stack.destination.command(DB, &format!(r#".alter database db policy retention '{{"SoftDeletePeriod": "{period}", "Recoverability": "Enabled"}}'"#)).unwrap();
+    let engine = Arc::new(CopyEngine::new(blob_store(&stack), connections(&stack), options()));
+    let job = submit(&engine, &request(&stack, "too-old", None)).await;
+    run(&engine, &job, |_| {}).await;
+    let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
+    assert_eq!((activity.copied_rows, activity.rows_beyond_retention), (300, 300), "{activity:?}");
+    let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
+    assert_eq!(copied, rows_created_since(&stack.source, cutoff), "exactly the rows the destination keeps");
+    let exports = stack.source.with_state(|s| s.operations.records.iter().filter(|o| o.operation == "DataExportToFile").count());
+    assert_eq!(exports, 3, "the blocks too old are never exported");
+    assert_nothing_left(&stack).await;
+    let status = kusto_copy::engine::status::job_status(engine.store().as_ref(), &job, time::OffsetDateTime::now_utc()).await.unwrap();
+    let status = kusto_copy::engine::status::render(&status);
+    assert!(status.contains("300 rows older than the destination's retention not copied"), "{status}");
+}
+
+/// The same cut found only by the destination's refusal: the table's own policy is set after
+/// planning read none, so every block is exported, and the ingestions of the old ones are
+/// refused (`BadRequest_CreationTimeEarlierThanSoftDeletePeriod`). Those blocks end without
+/// their rows at once: no new attempt, no failed activity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refusal_for_age_ends_the_block_without_a_loop() {
+    let stack = stack().await;
+    seed(&stack);
+    let (period, cutoff) = period_cutting_at_day_75();
+    let engine = Arc::new(CopyEngine::new(blob_store(&stack), connections(&stack), options()));
+    let job = submit(&engine, &request(&stack, "refused-old", None)).await;
+    let destination = &stack.destination;
+    let mut set = false;
+    run(&engine, &job, move |m| {
+        // After the first planning step, which read the policies, before the staging table
+        // (which copies the table's policies) exists.
+        if m.step == "plan" && !set {
+            set = true;
+            destination.command(DB, &format!(r#".alter table Events policy retention '{{"SoftDeletePeriod": "{period}"}}'"#)).unwrap();
+        }
+    })
+    .await;
+    let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
+    assert_eq!((activity.copied_rows, activity.rows_beyond_retention), (300, 300), "{activity:?}");
+    let (copied, _) = query_rows(&stack.destination, DB, "Events | order by Id asc");
+    assert_eq!(copied, rows_created_since(&stack.source, cutoff));
+    let exports = stack.source.with_state(|s| s.operations.records.iter().filter(|o| o.operation == "DataExportToFile").count());
+    assert_eq!(exports, 6, "every block exported once: a refusal is not a new attempt");
+    assert_nothing_left(&stack).await;
 }

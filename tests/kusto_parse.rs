@@ -409,6 +409,39 @@ fn ingest_v2_completion_is_judged_by_the_blobs() {
     assert!(!unknown.is_finished(), "an unknown blob state is not final");
 }
 
+/// A blob refused for its age names the soft-delete period; other failures do not.
+#[test]
+fn ingest_v2_refusal_for_age_is_recognised() {
+    let status = |body: serde_json::Value| parse_ingestion_status(body.to_string().as_bytes()).unwrap();
+    let refused = status(json!({"status": {"failed": 1}, "details": [{"sourceId": "s", "status": "Failed",
+        "errorCode": "BadRequest_CreationTimeEarlierThanSoftDeletePeriod", "failureStatus": "Permanent",
+        "details": "Creation time is earlier than the soft-delete period"}]}));
+    let why = refused.refused_as_too_old().expect("refused for its age");
+    assert!(why.contains("BadRequest_CreationTimeEarlierThanSoftDeletePeriod") && why.contains("soft-delete period"), "{why}");
+    let other = status(json!({"details": [{"sourceId": "s", "status": "Failed", "errorCode": "BadRequest_InvalidBlob", "failureStatus": "Permanent"}]}));
+    assert!(other.has_failures() && other.refused_as_too_old().is_none());
+}
+
+/// `.show table|database ... policy retention`: the period from the policy's JSON text, and
+/// none when the entity has no policy of its own.
+#[test]
+fn retention_policy_soft_delete_period() {
+    let answer = |policy: serde_json::Value| {
+        let body = json!({"Tables": [{"TableName": "Table_0", "Columns": [
+            {"ColumnName": "PolicyName", "DataType": "String"}, {"ColumnName": "EntityName", "DataType": "String"},
+            {"ColumnName": "Policy", "DataType": "String"}, {"ColumnName": "ChildEntities", "DataType": "String"},
+            {"ColumnName": "EntityType", "DataType": "String"}],
+          "Rows": [["RetentionPolicy", "[db].[T]", policy, "", "Table"]]}]});
+        results::soft_delete_period(&parse_v1(body.to_string().as_bytes()).unwrap())
+    };
+    let days = answer(json!("{\"SoftDeletePeriod\": \"365.00:00:00\", \"Recoverability\": \"Enabled\"}")).unwrap();
+    assert_eq!(days, Some(time::Duration::days(365)));
+    assert_eq!(answer(json!("{\"SoftDeletePeriod\": \"12:30:00\"}")).unwrap(), Some(time::Duration::minutes(750)));
+    assert_eq!(answer(serde_json::Value::Null).unwrap(), None, "no policy of its own");
+    assert_eq!(answer(json!("{\"Recoverability\": \"Enabled\"}")).unwrap(), None);
+    assert_eq!(answer(json!("{\"SoftDeletePeriod\": \"a year\"}")).unwrap_err().kind, ErrorKind::Protocol);
+}
+
 /// Each state `.show operations` documents is read as itself, and only InProgress and
 /// Scheduled are pending (Throttled means "aborted because of throttling": final).
 #[test]

@@ -273,6 +273,12 @@ async fn summarize(engine: &CopyEngine, job: &JobRecord) -> Result<String, Strin
                 if r.rows_without_ingestion_time > 0 {
                     line.push_str(&format!(", {} rows without ingestion time not copied", r.rows_without_ingestion_time));
                 }
+                if r.rows_beyond_retention > 0 {
+                    line.push_str(&format!(
+                        ", {} rows older than the destination's soft-delete period not copied (the destination would remove them at once)",
+                        r.rows_beyond_retention
+                    ));
+                }
                 parts.push(line);
             }
             None => parts.push(format!("{}: not started", activity.name)),

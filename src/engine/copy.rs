@@ -17,7 +17,7 @@ use super::records::{BlockRecord, BlockState, IngestRoute, IterationRecord, Iter
 use super::{Delivery, Engine, EngineError, Outgoing, StepMessage, Tick};
 use crate::job::record::{list_jobs, read_job};
 use crate::job::{Activity, CopyMode, JobRecord, JobSpec, JobState};
-use crate::kusto::{commands, results, ClientRequestId, CursorWindow, Ident, IngestionRange, KustoApi, KustoError, UserQuery};
+use crate::kusto::{commands, results, ClientRequestId, Command, CursorWindow, Ident, IngestionRange, KustoApi, KustoError, UserQuery};
 use crate::storage::checkpoint::{self, CheckpointStore, ETag, Written};
 use crate::storage::clients::StorageClients;
 use crate::storage::sas::StagingSas;
@@ -165,6 +165,10 @@ pub struct ActivityRecord {
     /// Rows the last plans could not copy because they have no ingestion time.
     pub rows_without_ingestion_time: u64,
     pub copied_rows: u64,
+    /// Rows not copied because their blocks are older than the destination's soft-delete
+    /// period (the destination would refuse them, or remove them at once).
+    #[serde(default)]
+    pub rows_beyond_retention: u64,
     /// The last iteration whose rows are counted above (finishing is idempotent by it).
     #[serde(default)]
     pub last_finished_iteration: u64,
@@ -194,7 +198,7 @@ impl ActivityState {
 
 impl ActivityRecord {
     pub fn new(iteration: u64, state: ActivityState) -> Self {
-        ActivityRecord { iteration, state, rows_without_ingestion_time: 0, copied_rows: 0, last_finished_iteration: 0, last_finished_at: None }
+        ActivityRecord { iteration, state, rows_without_ingestion_time: 0, copied_rows: 0, rows_beyond_retention: 0, last_finished_iteration: 0, last_finished_at: None }
     }
 }
 
@@ -410,6 +414,9 @@ impl CopyEngine {
                     first_ingestion: None,
                     last_ingestion: None,
                     copied_rows: None,
+                    destination_soft_delete_secs: None,
+                    rows_beyond_retention: 0,
+                    blocks_beyond_retention: 0,
                     pending: Vec::new(),
                     started_at: self.clock.now(),
                     finished_at: None,
@@ -427,6 +434,7 @@ impl CopyEngine {
                 state: ActivityState::Running,
                 rows_without_ingestion_time: 0,
                 copied_rows: 0,
+                rows_beyond_retention: 0,
                 last_finished_iteration: 0,
                 last_finished_at: None,
             };
@@ -456,6 +464,7 @@ impl CopyEngine {
                     .map_err(|e| EngineError::Permanent(format!("query: {e}")))?;
             }
             let produced = self.check_destination(place, &source, &dest, &table, &dest_table, user_query.as_ref()).await?;
+            let soft_delete = self.destination_soft_delete(place, &dest, &dest_table).await?;
             let summary = source
                 .execute(&place.activity.source.database, &commands::window_summary(&table, &window, user_query.as_ref()).map_err(|e| kusto_err("plan", e))?, &request_id("plan-window"))
                 .await
@@ -479,6 +488,7 @@ impl CopyEngine {
             tracing::info!(job, activity, route = ?route, "staging format chosen from the copy's column types");
             next.route = Some(route);
             next.rows_without_ingestion_time = no_time;
+            next.destination_soft_delete_secs = soft_delete.map(|d| d.whole_seconds());
             next.first_ingestion = summary.first;
             next.last_ingestion = summary.last;
             next.plan_next = summary.first.map(|t| align_down(t, bin));
@@ -653,6 +663,30 @@ impl CopyEngine {
         Ok(produced)
     }
 
+    /// The destination table's soft-delete period: its own retention policy's, else its
+    /// database's (a table's policy takes precedence, management/retention-policy). A block
+    /// created before `now - period` would be refused by the destination, so it is not
+    /// exported. A policy that cannot be read is no reason to stop: such a block is then
+    /// found by the refusal of its ingestion, which ends it the same way.
+    async fn destination_soft_delete(&self, place: &Place, dest: &Arc<dyn KustoApi>, dest_table: &Ident) -> Result<Option<time::Duration>, EngineError> {
+        let db = &place.activity.destination.database;
+        let rid = &ClientRequestId::new("retention", &place.job.id, &format!("{}/{}", place.activity.name, place.iteration), 1);
+        let read = |cmd: Command| async move { dest.execute(db, &cmd, &rid).await.and_then(|a| results::soft_delete_period(&a)) };
+        let found = match read(commands::show_table_retention(dest_table)).await {
+            Ok(Some(period)) => Ok(Some(period)),
+            Ok(None) => read(commands::show_database_retention(&ident(db)?)).await,
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok(period) => Ok(period),
+            Err(e) if e.is_transient() => Err(kusto_err("read the destination's retention policy", e)),
+            Err(e) => {
+                tracing::warn!(job = %place.job.id, activity = %place.activity.name, error = %e, "the destination's retention policy is not readable: blocks too old for it are found when it refuses them");
+                Ok(None)
+            }
+        }
+    }
+
     async fn prepare_staging_table(&self, place: &Place, dest: &Arc<dyn KustoApi>, dest_table: &Ident) -> Result<(), EngineError> {
         let db = &place.activity.destination.database;
         let staging = ident(&place.staging_table())?;
@@ -751,11 +785,21 @@ impl CopyEngine {
         }
         // Counted from the blocks themselves: the running count in done.json drives progress
         // and can fall one block short when a step stops between its two writes.
-        let mut rows = 0;
+        let (mut rows, mut too_old_rows, mut too_old_blocks) = (0, 0, 0);
         for key in self.store.list(&keys::blocks(&place.job.id, &place.activity.name, place.iteration)).await.map_err(storage_err)? {
-            if let Some((BlockRecord { state: BlockState::Done { rows: r }, .. }, _)) = self.read::<BlockRecord>(&key).await? {
-                rows += r;
+            if let Some((block @ BlockRecord { state: BlockState::Done { .. }, .. }, _)) = self.read::<BlockRecord>(&key).await? {
+                rows += block.rows().unwrap_or(0);
+                if block.beyond_retention {
+                    too_old_rows += block.planned_rows;
+                    too_old_blocks += 1;
+                }
             }
+        }
+        if too_old_blocks > 0 {
+            tracing::warn!(
+                job = %place.job.id, activity = %place.activity.name, iteration = place.iteration, rows = too_old_rows, blocks = too_old_blocks,
+                "rows older than the destination's soft-delete period were not copied"
+            );
         }
         let activity_key = keys::activity(&place.job.id, &place.activity.name);
         loop {
@@ -765,6 +809,7 @@ impl CopyEngine {
             }
             record.last_finished_iteration = place.iteration;
             record.copied_rows += rows;
+            record.rows_beyond_retention += too_old_rows;
             record.rows_without_ingestion_time = iteration.rows_without_ingestion_time;
             record.last_finished_at = Some(self.clock.now());
             // Waiting for the scheduler only when it has a period to start the next one by;
@@ -786,6 +831,8 @@ impl CopyEngine {
             it.state = IterationState::Done;
             it.finished_at = Some(self.clock.now());
             it.copied_rows = Some(rows);
+            it.rows_beyond_retention = too_old_rows;
+            it.blocks_beyond_retention = too_old_blocks;
             if self.swap(&key, &it, &etag).await? {
                 break;
             }

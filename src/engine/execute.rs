@@ -66,6 +66,7 @@ impl CopyEngine {
             handover,
             route: self.options.ingest_route,
             verify: place.spec.verify,
+            soft_delete: iteration.destination_soft_delete(),
             rules: self.rules(),
         };
         match record.on_message(step, delivery.dequeue_count) {
@@ -487,7 +488,7 @@ impl CopyEngine {
 
     /// What the ingestion's operations say (the extents are filled in by the caller).
     async fn ingestion_outcome(&self, place: &Place, route: IngestRoute, operations: &[String], rid: &ClientRequestId) -> Result<IngestPoll, Obs> {
-        let poll = |finished, failed, status_missing, stopped| IngestPoll { finished, failed, status_missing, stopped, extents: vec![] };
+        let poll = |finished, failed, status_missing, stopped| IngestPoll { finished, failed, status_missing, stopped, too_old: None, extents: vec![] };
         let dest = self.dest(place).map_err(|e| engine_failure("destination cluster", e))?;
         let db = &place.activity.destination.database;
         match route {
@@ -496,6 +497,9 @@ impl CopyEngine {
                 let Some(o) = self.operation(&dest, db, id, rid).await.map_err(|e| engine_failure("look at the ingestion", e))? else {
                     return Ok(poll(false, false, true, None));
                 };
+                if let Some(status) = o.status.as_deref().filter(|s| crate::kusto::is_too_old_code(s)) {
+                    return Ok(IngestPoll { too_old: Some(status.to_string()), ..poll(true, true, false, None) });
+                }
                 Ok(match consequence(&o.state, o.status.as_deref(), Waiting::Ingestion) {
                     Consequence::Pending => poll(false, false, false, None),
                     Consequence::Succeeded => poll(true, false, false, None),
@@ -506,7 +510,7 @@ impl CopyEngine {
             IngestRoute::Queued => {
                 let database = super::copy::ident(db).map_err(|e| engine_failure("database", e))?;
                 let table = self.staging_ident(place).map_err(|e| engine_failure("staging table", e))?;
-                let (mut finished, mut failed, mut missing) = (true, false, false);
+                let (mut finished, mut failed, mut missing, mut too_old) = (true, false, false, None);
                 for op in operations {
                     match dest.ingestion_status(&database, &table, op, rid).await {
                         // Judged by the per-blob details, as the official client judges them: done
@@ -514,6 +518,7 @@ impl CopyEngine {
                         Ok(status) => {
                             finished &= status.is_finished();
                             failed |= status.has_failures();
+                            too_old = too_old.or_else(|| status.refused_as_too_old());
                         }
                         // The service keeps a status for a while only: the count decides. (404, or
                         // a 400 whose code says the operation is not found.)
@@ -521,7 +526,7 @@ impl CopyEngine {
                         Err(e) => return Err(kusto_failure("read the ingestion status", e)),
                     }
                 }
-                Ok(poll(finished && !missing, failed, missing, None))
+                Ok(IngestPoll { too_old, ..poll(finished && !missing, failed, missing, None) })
             }
         }
     }

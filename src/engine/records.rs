@@ -237,9 +237,18 @@ pub struct BlockRecord {
     /// it is still listed as running.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     pub unconfirmed_export: Option<OffsetDateTime>,
+    /// The block's creation time is older than the destination's soft-delete period: the
+    /// destination refuses its rows (or would remove them at once), so they are not copied.
+    /// The block ends done with no rows, and its planned rows are reported on the activity.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub beyond_retention: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero64(n: &u64) -> bool {
     *n == 0
 }
 
@@ -280,6 +289,7 @@ impl BlockRecord {
             ingest_failures: 0,
             verify_content: false,
             unconfirmed_export: None,
+            beyond_retention: false,
         }
     }
 
@@ -436,6 +446,16 @@ pub struct IterationRecord {
     /// Rows the iteration copied, counted from its blocks when it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copied_rows: Option<u64>,
+    /// The destination table's soft-delete period (its own retention policy's, else its
+    /// database's), read by the first planning step; `None`: none, or not readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_soft_delete_secs: Option<i64>,
+    /// Rows and blocks not copied because they are older than that period, counted from the
+    /// blocks when the iteration finished.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub rows_beyond_retention: u64,
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub blocks_beyond_retention: u64,
     /// Blocks a planning step decided whose records may not be written yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<BlockRecord>,
@@ -446,6 +466,11 @@ pub struct IterationRecord {
 }
 
 impl IterationRecord {
+    /// The destination's soft-delete period, when planning found one.
+    pub fn destination_soft_delete(&self) -> Option<time::Duration> {
+        self.destination_soft_delete_secs.map(time::Duration::seconds)
+    }
+
     /// The route of this iteration's blocks. A record without one was written before routes
     /// existed, when every block was exported as Parquet: it goes on as it began.
     pub fn data_route(&self) -> DataRoute {

@@ -39,6 +39,9 @@ pub struct ActivityStatus {
     /// Rows copied by the finished iterations, plus the current one's so far.
     pub copied_rows: u64,
     pub rows_without_ingestion_time: u64,
+    /// Rows not copied because they are older than the destination's soft-delete period.
+    #[serde(default)]
+    pub rows_beyond_retention: u64,
     /// Every iteration so far, the first first.
     pub iterations: Vec<IterationStatus>,
 }
@@ -114,6 +117,7 @@ pub async fn job_status(store: &dyn CheckpointStore, job: &JobRecord, now: Offse
                 reason: None,
                 copied_rows: 0,
                 rows_without_ingestion_time: 0,
+                rows_beyond_retention: 0,
                 iterations: vec![],
             });
             continue;
@@ -139,6 +143,7 @@ pub async fn job_status(store: &dyn CheckpointStore, job: &JobRecord, now: Offse
             reason,
             copied_rows: record.copied_rows + current,
             rows_without_ingestion_time: record.rows_without_ingestion_time,
+            rows_beyond_retention: record.rows_beyond_retention,
             iterations,
         });
     }
@@ -227,6 +232,9 @@ pub fn render(status: &JobStatus) -> String {
         let _ = write!(out, "activity {}: {}, {} rows copied", a.name, a.state, a.copied_rows);
         if a.rows_without_ingestion_time > 0 {
             let _ = write!(out, ", {} rows without ingestion time not copied", a.rows_without_ingestion_time);
+        }
+        if a.rows_beyond_retention > 0 {
+            let _ = write!(out, ", {} rows older than the destination's retention not copied", a.rows_beyond_retention);
         }
         let _ = writeln!(out);
         if let Some(reason) = &a.reason {

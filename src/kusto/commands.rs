@@ -436,6 +436,20 @@ pub fn show_capacity() -> Command {
     Command::new(CommandKind::Management, text(".show capacity"), true)
 }
 
+/// `.show table T policy retention`: the table's own policy (`Policy` is null when the table
+/// has none and its database's applies). Docs: management/show-table-retention-policy-command
+/// (Database User or Viewer may run it).
+pub fn show_table_retention(table: &Ident) -> Command {
+    Command::new(CommandKind::Management, text(format!(".show table {} policy retention", table.quoted())), true)
+}
+
+/// `.show database D policy retention`: what applies to every table without its own
+/// (management/retention-policy: "The policy then applies to all tables in the database that
+/// don't override it").
+pub fn show_database_retention(database: &Ident) -> Command {
+    Command::new(CommandKind::Management, text(format!(".show database {} policy retention", database.quoted())), true)
+}
+
 /// `.show tables`.
 pub fn show_tables() -> Command {
     Command::new(CommandKind::Management, text(".show tables"), true)

@@ -154,6 +154,14 @@ impl IngestionStatus {
     pub fn has_failures(&self) -> bool {
         self.blobs.iter().any(|b| matches!(b.state, BlobState::Failed | BlobState::Canceled))
     }
+
+    /// A blob the service refused because its creation time is older than the table's
+    /// soft-delete period: the service's words, if any. No attempt can change that answer.
+    pub fn refused_as_too_old(&self) -> Option<String> {
+        self.blobs.iter().find(|b| b.state == BlobState::Failed && b.error_code.as_deref().is_some_and(super::is_too_old_code)).map(|b| {
+            format!("{}: {}", b.error_code.as_deref().unwrap_or_default(), b.details.as_deref().unwrap_or("creation time earlier than the soft-delete period"))
+        })
+    }
 }
 
 #[derive(Deserialize)]

@@ -46,3 +46,11 @@ pub use retry::{parse_retry_after, RetryPolicy};
 pub use secret::SecretUrl;
 pub use transport::{HttpTransport, Transport, WireRequest, WireResponse};
 pub use value::{format_datetime, parse_datetime, parse_timespan, KustoType, KustoValue};
+
+/// The error code of an ingestion refused because its `creationTime` is older than the
+/// target table's soft-delete period (shared/reference/kusto.md; the retention policy docs:
+/// data "outside" the policy is eligible for removal). Matched as a substring: the direct
+/// route reports it inside an operation's status text.
+pub fn is_too_old_code(text: &str) -> bool {
+    text.contains("CreationTimeEarlierThanSoftDeletePeriod")
+}

@@ -209,6 +209,25 @@ pub fn capacities(answer: &DataSet) -> Result<Vec<Capacity>, KustoError> {
         .collect()
 }
 
+/// The `SoftDeletePeriod` of a `.show ... policy retention` answer: `Ok(None)` when the entity
+/// has no policy of its own (a null `Policy`), or its policy sets no period. The policy is a
+/// JSON string, `{"SoftDeletePeriod": "365.00:00:00", "Recoverability": "Enabled"}`
+/// (management/retention-policy).
+pub fn soft_delete_period(answer: &DataSet) -> Result<Option<time::Duration>, KustoError> {
+    let table = answer.primary()?;
+    let Some(row) = table.rows().next() else { return Ok(None) };
+    let policy: Option<serde_json::Value> = match row.get("Policy")? {
+        KustoValue::Null => None,
+        KustoValue::String(text) if text.trim().is_empty() || text.trim() == "null" => None,
+        KustoValue::String(text) => Some(serde_json::from_str(text).map_err(|e| KustoError::protocol(format!("retention policy is not JSON: {e}")))?),
+        KustoValue::Dynamic(json) => Some(json.clone()),
+        other => return Err(KustoError::protocol(format!("retention policy of an unexpected type: {other:?}"))),
+    };
+    let Some(period) = policy.as_ref().and_then(|p| p.get("SoftDeletePeriod")).filter(|v| !v.is_null()) else { return Ok(None) };
+    let text = period.as_str().ok_or_else(|| KustoError::protocol(format!("SoftDeletePeriod is not a timespan: {period}")))?;
+    crate::kusto::parse_timespan(text).map(Some).ok_or_else(|| KustoError::protocol(format!("SoftDeletePeriod '{text}' is not a timespan")))
+}
+
 /// Table names of `.show tables`.
 pub fn table_names(answer: &DataSet) -> Result<Vec<String>, KustoError> {
     answer

@@ -9,6 +9,9 @@
 //!   is taken over as a new attempt with a new folder (the old folder is never read).
 //! - Only the blobs the finished operation lists are ingested. A finished export hands the
 //!   export slot of its job to block `number + export_slots` at once.
+//! - A block created before the destination's soft-delete period is not exported: the
+//!   destination would refuse its rows. It ends without them, reported on the activity, and
+//!   hands its turn on at once.
 //! - A failed or vanished operation is a new attempt, up to `max_export_attempts`; a
 //!   permanent error of the command (a bad query, a missing column) stops the activity, and so
 //!   does a final state another attempt cannot change (`BadInput`, `Canceled`, an unknown
@@ -32,6 +35,9 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
                 return Transition::none(); // another chain waits for this block's slot
             }
             match unconfirmed(b) {
+                // Too old for the destination, and no export of it can be running: not
+                // exported at all. It hands its turn on as a finished export would.
+                None if matches!(b.state, BlockState::Planned) && ctx.too_old(b).is_some() => skip_too_old(b, ctx),
                 // `.show operations` may list a new operation only after a while: until then
                 // its absence proves nothing.
                 Some(since) if ctx.now < since + ctx.rules.orphan_settle => wait_for_orphans(b, ctx, since, since + ctx.rules.orphan_settle),
@@ -132,6 +138,21 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
     }
 }
 
+/// A block the destination would refuse for its age: done without rows, through cleanup (it
+/// may hold a slot kept from a refused start, and folders of earlier attempts), reported on
+/// the activity.
+fn skip_too_old(b: &BlockRecord, ctx: &Ctx) -> Transition {
+    let mut next = touched(b, ctx);
+    next.beyond_retention = true;
+    next.last_error = ctx.too_old(b);
+    next.state = BlockState::Committed { rows: 0 };
+    next.lease = None;
+    next.waiting_until = None;
+    let mut t = Transition::write(next).then(Effect::ReleaseSlot);
+    t.messages = super::follow_ups(t.record.as_ref().expect("written"), ctx);
+    t
+}
+
 /// Since when an export of this block may run unknown to us: an earlier start whose answer
 /// was lost, or an attempt interrupted between its record and its answer (a crash).
 fn unconfirmed(b: &BlockRecord) -> Option<time::OffsetDateTime> {
@@ -185,6 +206,31 @@ mod tests {
 
         held.lease = Some(expired_lease(&c));
         assert_eq!(decide(&held, &Obs::Delivered, &c).effect, Some(Effect::FindOrphans { since: T0 }), "an expired lease is taken over");
+    }
+
+    #[test]
+    fn a_block_older_than_the_destination_keeps_is_not_exported() {
+        let mut c = ctx();
+        let b = block(BlockState::Planned); // created T0, an hour before now
+        c.soft_delete = Some(time::Duration::minutes(30));
+        let t = decide(&b, &Obs::Delivered, &c);
+        let next = t.record.clone().unwrap();
+        assert_eq!(next.state, BlockState::Committed { rows: 0 });
+        assert!(next.beyond_retention);
+        assert!(next.last_error.unwrap().contains("10 rows are not copied"));
+        assert_eq!(t.effect, Some(Effect::ReleaseSlot));
+        assert_eq!(t.messages, vec![Msg::now(Step::Cleanup, 1), Msg::now(Step::Export, 9)], "cleanup, and the turn handed on");
+        // Within the period, or no period known: exported as usual.
+        c.soft_delete = Some(time::Duration::hours(2));
+        assert_eq!(decide(&b, &Obs::Delivered, &c).effect, Some(Effect::AcquireSlot));
+        c.soft_delete = None;
+        assert_eq!(decide(&b, &Obs::Delivered, &c).effect, Some(Effect::AcquireSlot));
+        // An earlier start may still be exporting: that is looked into first (the ingestion
+        // is refused later, which ends the block the same way).
+        c.soft_delete = Some(time::Duration::minutes(30));
+        let mut lost = b.clone();
+        lost.unconfirmed_export = Some(T0);
+        assert_eq!(decide(&lost, &Obs::Delivered, &c).effect, Some(Effect::FindOrphans { since: T0 }));
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //!   is over: the tag is given up (its extents dropped) and the block ingests again.
 //! - An operation in a final state another attempt cannot change (`BadInput`, `Canceled`, an
 //!   unknown state: the table in [`super::operation`]) stops the activity with the reason.
+//! - Rows refused for their age (a creation time older than the destination's soft-delete
+//!   period) end the block without them, reported on the activity: never an error loop.
 
 use super::{failed, held_by_other, touched, Ctx, Effect, IngestPoll, Msg, Obs, Transition};
 use crate::engine::records::{BlockRecord, BlockState, Step};
@@ -41,6 +43,25 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
 
         (BlockState::Ingesting { tag, route, operations, .. }, Obs::Delivered) => {
             Transition::effect(Effect::PollIngest { tag: tag.clone(), route: *route, operations: operations.clone() })
+        }
+        // Refused for its age, once every blob is over: no attempt can change that answer.
+        // The block ends without its rows (reported on the activity), its exported folders
+        // are deleted by cleanup, and whatever reached staging is dropped (never moved).
+        (BlockState::Ingesting { tag, started_at, .. }, Obs::Ingest(poll @ IngestPoll { too_old: Some(why), .. })) => {
+            if !(poll.finished || poll.status_missing) {
+                return Transition::write(touched(b, ctx)).send(Msg::later(Step::AwaitIngest, b.number, ctx.poll_delay(*started_at)));
+            }
+            let mut next = touched(b, ctx);
+            next.beyond_retention = true;
+            next.lease = None;
+            next.last_error = Some(format!("the destination refused the rows for their age: {why}"));
+            next.state = BlockState::Committed { rows: 0 };
+            let t = Transition::write(next).send(Msg::now(Step::Cleanup, b.number));
+            if poll.extents.is_empty() {
+                t
+            } else {
+                t.then(Effect::DropStaged { tag: tag.clone() })
+            }
         }
         (BlockState::Ingesting { .. }, Obs::Ingest(IngestPoll { stopped: Some(why), .. })) => {
             Transition::fail(format!("block {}: {why}", b.number))
@@ -154,6 +175,7 @@ mod tests {
             failed,
             status_missing: missing,
             stopped: None,
+            too_old: None,
             extents: extents.iter().enumerate().map(|(i, r)| (Uuid::from_u128(i as u128 + 1), *r)).collect(),
         })
     }
@@ -228,6 +250,32 @@ mod tests {
     }
 
     #[test]
+    fn rows_refused_for_their_age_end_the_block_without_them() {
+        let c = ctx();
+        let b = block(ingesting(&["op1"]));
+        let refused = |finished: bool, missing: bool, extents: &[u64]| match poll(finished, true, missing, extents) {
+            Obs::Ingest(p) => Obs::Ingest(IngestPoll { too_old: Some("BadRequest_CreationTimeEarlierThanSoftDeletePeriod".into()), ..p }),
+            _ => unreachable!(),
+        };
+        // Over, nothing arrived: done without rows, through cleanup (its folders), reported.
+        let t = decide(&b, &refused(true, false, &[]), &c);
+        let next = t.record.clone().unwrap();
+        assert_eq!(next.state, BlockState::Committed { rows: 0 });
+        assert!(next.beyond_retention && next.ingest_failures == 0, "not a failed attempt: no attempt can change it");
+        assert!(next.last_error.unwrap().contains("SoftDeletePeriod"));
+        assert_eq!((t.messages, t.effect, t.fail), (vec![Msg::now(Step::Cleanup, 1)], None, None));
+        // Something reached staging under the tag anyway: dropped, never moved.
+        let t = decide(&b, &refused(true, false, &[3]), &c);
+        assert_eq!(t.effect, Some(Effect::DropStaged { tag: "drop-by:kc-it-1-1-1".into() }));
+        // The status aged out after the refusal was seen: the same.
+        assert_eq!(decide(&b, &refused(false, true, &[]), &c).record.unwrap().state, BlockState::Committed { rows: 0 });
+        // Other blobs still running: wait for them to end first.
+        let t = decide(&b, &refused(false, false, &[]), &c);
+        assert_eq!(t.record.unwrap().state, b.state);
+        assert_eq!(t.messages[0].step, Step::AwaitIngest);
+    }
+
+    #[test]
     fn each_final_operation_state_is_a_new_tag_or_a_recorded_failure() {
         use crate::engine::steps::operation::{consequence, Consequence, Waiting};
         use crate::kusto::results::OperationState as S;
@@ -236,7 +284,7 @@ mod tests {
         // The rows are all there: only the state decides.
         let table = [(S::Failed, true), (S::PartiallySucceeded, true), (S::Throttled, true), (S::Abandoned, true), (S::Skipped, true), (S::BadInput, false), (S::Canceled, false)];
         for (state, new_attempt) in table {
-            let mut p = IngestPoll { finished: true, failed: false, status_missing: false, stopped: None, extents: vec![(Uuid::from_u128(1), 10)] };
+            let mut p = IngestPoll { finished: true, failed: false, status_missing: false, stopped: None, too_old: None, extents: vec![(Uuid::from_u128(1), 10)] };
             match consequence(&state, None, Waiting::Ingestion) {
                 Consequence::NewAttempt(_) => p.failed = true,
                 Consequence::Fail(why) => p.stopped = Some(why),

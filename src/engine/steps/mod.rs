@@ -86,10 +86,26 @@ pub struct Ctx {
     pub route: IngestRoute,
     /// What a block must show before it is moved (the job's `verify`).
     pub verify: Verify,
+    /// The destination's soft-delete period, as planning read it.
+    pub soft_delete: Option<time::Duration>,
     pub rules: Rules,
 }
 
 impl Ctx {
+    /// Why the destination would refuse this block's rows for their age, if it would: its
+    /// creation time is before `now - soft-delete period` (kusto.md: such an ingestion is
+    /// refused with `BadRequest_CreationTimeEarlierThanSoftDeletePeriod`).
+    pub fn too_old(&self, b: &BlockRecord) -> Option<String> {
+        let (created, period) = (b.creation_time?, self.soft_delete?);
+        (created < self.now - period).then(|| {
+            format!(
+                "created {}, before the destination's soft-delete period of {} days: its {} rows are not copied",
+                created.date(),
+                period.whole_days(),
+                b.planned_rows
+            )
+        })
+    }
     pub fn lease(&self) -> Lease {
         Lease { owner: self.owner.clone(), expires_at: self.now + self.rules.lease }
     }
@@ -187,6 +203,9 @@ pub struct IngestPoll {
     pub status_missing: bool,
     /// A final state another attempt cannot change (see [`operation`]): the activity stops.
     pub stopped: Option<String>,
+    /// The destination refused the rows for their age (older than its soft-delete period):
+    /// its words. No attempt can change that; the block ends without its rows.
+    pub too_old: Option<String>,
     /// Staging extents under the tag: (id, rows).
     pub extents: Vec<(Uuid, u64)>,
 }
@@ -348,6 +367,7 @@ pub(crate) mod test_support {
             handover: Some(9),
             route: IngestRoute::Queued,
             verify: Verify::Count,
+            soft_delete: None,
             rules: Rules::default(),
         }
     }

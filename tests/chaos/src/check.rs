@@ -113,6 +113,9 @@ pub struct Inputs<'a> {
     pub store: &'a dyn CheckpointStore,
     pub observer: &'a CopyEngine,
     pub now: OffsetDateTime,
+    /// The destination's soft-delete period, when the stage set one: rows created before
+    /// `now - period` may be missing, if the activity reports exactly those.
+    pub soft_delete: Option<time::Duration>,
 }
 
 /// The ingestion-time ranges of the blocks of a job's current iteration that are done.
@@ -121,7 +124,8 @@ async fn done_blocks(store: &dyn CheckpointStore, job: &str, iteration: u64) -> 
     for key in store.list(&keys::blocks(job, "default", iteration)).await.unwrap_or_default() {
         let Ok(Some(v)) = store.read(&key).await else { continue };
         let Ok(block) = serde_json::from_slice::<BlockRecord>(&v.value) else { continue };
-        if matches!(block.state, BlockState::Done { .. }) {
+        // A block too old for the destination is done without rows.
+        if matches!(block.state, BlockState::Done { .. }) && !block.beyond_retention {
             out.push((block.from, block.to));
         }
     }
@@ -169,11 +173,16 @@ pub async fn check(i: &Inputs<'_>) -> Findings {
         let copied = destination_rows(i.destination, kusto_sim_db(), &i.tables[j]);
         let mut lost = 0;
         let mut missing: Vec<i64> = Vec::new();
+        // Rows older than the destination keeps (by the end, the latest cutoff) that did not
+        // arrive: allowed when the activity reports exactly as many.
+        let cutoff = i.soft_delete.map(|period| ((i.now - period).unix_timestamp_nanos() / 100) as i64);
+        let mut too_old_missing = 0;
         for (id, row) in &expected {
             if removed.contains(id) {
                 continue;
             }
             match copied.get(id) {
+                None if cutoff.is_some_and(|c| row.created < c) => too_old_missing += 1,
                 Some(copies) if copies.iter().any(|(v, _)| v == &row.values) => {}
                 Some(copies) => {
                     lost += 1;
@@ -184,6 +193,13 @@ pub async fn check(i: &Inputs<'_>) -> Findings {
                     missing.push(*id);
                 }
                 None => {}
+            }
+        }
+        if finished && matches!(state, Some(ActivityState::Completed)) {
+            let reported = activity.as_ref().map(|a| a.rows_beyond_retention).unwrap_or(0);
+            if reported != too_old_missing {
+                lost += too_old_missing.abs_diff(reported);
+                f.problems.push(format!("{}: {too_old_missing} rows older than the destination keeps did not arrive, {reported} reported", job.id));
             }
         }
         if lost > 0 {

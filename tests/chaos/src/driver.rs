@@ -217,6 +217,9 @@ pub struct Stage {
     pub export_count: u64,
     pub concurrency: usize,
     pub destination_drop_by: bool,
+    /// The destination database's soft-delete period cuts the sources' creation times in
+    /// half: the older blocks must be reported, not copied, and never loop.
+    pub destination_soft_delete: bool,
     pub short_operation_retention: bool,
     pub source_merges: bool,
     pub staging_merges: bool,
@@ -287,6 +290,7 @@ impl Stage {
             staging_merges: rng.chance(0.3),
             fatal,
             sim_faults,
+            destination_soft_delete: rng.chance(0.2),
         }
     }
 }
@@ -534,7 +538,21 @@ async fn schedule(seed: u64, options: ScheduleOptions) -> Outcome {
         destination.command(DB, &format!(".create table {} (Id:long, Name:string, When:datetime)", table(j))).expect("destination table");
         sources.push(check::source_rows(&source, DB, &table(j)));
     }
+    // A soft-delete period whose cutoff falls halfway through the newest creation range.
+    let soft_delete = stage.destination_soft_delete.then(|| {
+        let newest = sources.iter().flat_map(|rows| rows.values().map(|r| r.created)).max().unwrap_or(JAN_2024);
+        let cutoff = JAN_2024 + (newest - JAN_2024) / 2 + 1;
+        let now = (clock.now().unix_timestamp_nanos() / 100) as i64;
+        let seconds = (now - cutoff) / 10_000_000;
+        let text = format!("{}.{:02}:{:02}:{:02}", seconds / 86_400, seconds % 86_400 / 3600, seconds % 3600 / 60, seconds % 60);
+        destination
+            .command(DB, &format!(r#".alter database db policy retention '{{"SoftDeletePeriod": "{text}"}}'"#))
+            .expect("retention");
+        chaos.note(Class::Recoverable, "destination_soft_delete", || format!("{text}"));
+        time::Duration::seconds(seconds)
+    });
     if stage.destination_drop_by {
+        chaos.note(Class::Recoverable, "destination_drop_by", || "3 days".to_string());
         destination
             .command(DB, r#".alter database db policy extent_tags_retention '[{"TagPrefix": "drop-by:", "RetentionPeriod": "3.00:00:00"}]'"#)
             .expect("tag retention");
@@ -796,6 +814,7 @@ async fn schedule(seed: u64, options: ScheduleOptions) -> Outcome {
         store: raw.as_ref(),
         observer: &observer,
         now: clock.now(),
+        soft_delete,
     })
     .await;
     let mut findings = findings;

@@ -59,6 +59,7 @@ fn run(state: &Shared, db: &str, cmd: Command, kind: CommandKind) -> Result<Fram
         | Command::ShowTableSchema(_)
         | Command::ShowTableExtents { .. }
         | Command::ShowTablePolicy { .. }
+        | Command::ShowDatabasePolicy { .. }
         | Command::ShowCluster
         | Command::ShowCapacity
         | Command::ShowOperations(_)

@@ -42,6 +42,7 @@ pub enum Command {
     ShowTableSchema(String),
     ShowTableExtents { table: String, ids: Option<Vec<Uuid>>, filters: Vec<TagFilter> },
     ShowTablePolicy { table: String, kind: String },
+    ShowDatabasePolicy { database: String, kind: String },
     ShowCluster,
     ShowCapacity,
     ShowOperations(Option<Vec<Uuid>>),
@@ -186,6 +187,12 @@ fn show(p: &mut Parser<'_>) -> Result<Command, KqlError> {
         let id = single_guid(p)?;
         p.expect_word("details")?;
         return Ok(Command::ShowOperationDetails(id));
+    }
+    if p.eat_word("database") {
+        let database = p.name()?;
+        p.expect_word("policy")?;
+        let kind = policy_kind(p)?;
+        return Ok(Command::ShowDatabasePolicy { database, kind });
     }
     p.expect_word("table")?;
     let table = p.name()?;

@@ -105,6 +105,10 @@ pub fn run(s: &mut ClusterState, db: &str, cmd: Command) -> Result<Frame, KustoE
             let t = s.table(db, &table)?;
             Ok(policy_frame(db, t, &kind))
         }
+        Command::ShowDatabasePolicy { database, kind } => {
+            let d = s.database(&database)?;
+            Ok(entity_policy_frame(d.policies.get(&kind), &kind, &format!("[{}]", d.name), "Database"))
+        }
         Command::ShowTableExtents { table, ids, filters } => {
             let t = s.table(db, &table)?;
             // Documented: "the returned data set is limited to those extents only"; ids that
@@ -248,7 +252,13 @@ pub fn extents_frame(db: &str, table: &str, extents: &[&Extent]) -> Frame {
 }
 
 pub fn policy_frame(db: &str, t: &Table, kind: &str) -> Frame {
-    let policy = t.policies.get(kind).map(|p| V::String(match p {
+    entity_policy_frame(t.policies.get(kind), kind, &format!("[{db}].[{}]", t.name), "Table")
+}
+
+/// `.show table|database X policy K`: the policy as JSON text, null when the entity has none
+/// of its own.
+fn entity_policy_frame(policy: Option<&serde_json::Value>, kind: &str, entity: &str, entity_type: &str) -> Frame {
+    let policy = policy.map(|p| V::String(match p {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     }));
@@ -256,10 +266,10 @@ pub fn policy_frame(db: &str, t: &Table, kind: &str) -> Frame {
         &[("PolicyName", T::String), ("EntityName", T::String), ("Policy", T::String), ("ChildEntities", T::String), ("EntityType", T::String)],
         vec![vec![
             V::String(format!("{kind}Policy")),
-            V::String(format!("[{db}].[{}]", t.name)),
+            V::String(entity.to_string()),
             policy.unwrap_or(V::Null),
             V::String(String::new()),
-            V::String("Table".into()),
+            V::String(entity_type.into()),
         ]],
     )
 }
