@@ -369,7 +369,9 @@ impl CopyEngine {
 
     // ---- plan ------------------------------------------------------------------------
 
-    async fn plan(&self, place: &Place) -> Result<Vec<Outgoing>, EngineError> {
+    /// `redelivered`: this message was delivered before, and that delivery may have written
+    /// the plan's last step and stopped before sending the first exports.
+    async fn plan(&self, place: &Place, redelivered: bool) -> Result<Vec<Outgoing>, EngineError> {
         let (job, activity, n) = (&place.job.id, &place.activity.name, place.iteration);
         let source = self.connections.kusto(&place.activity.source.cluster)?;
         let dest = self.connections.kusto(&place.activity.destination.cluster)?;
@@ -377,7 +379,16 @@ impl CopyEngine {
         let request_id = |what: &str| ClientRequestId::new(what, job, &format!("{activity}/{n}"), 1);
 
         let (iteration, etag) = match self.read::<IterationRecord>(&key).await? {
-            Some((it, _)) if it.state != IterationState::Planning => return Ok(vec![]), // planned already
+            // Planned already. A redelivery sends the first exports again (a block past its
+            // export ignores the message; one waiting for a slot keeps its one chain).
+            Some((it, _)) if it.state == IterationState::Copying && redelivered => {
+                if it.blocks == 0 {
+                    self.finish_iteration(place, &it).await?;
+                    return Ok(vec![]);
+                }
+                return Ok((0..it.blocks.min(it.export_slots.max(1))).map(|b| place.now(Step::Export, Some(b))).collect());
+            }
+            Some((it, _)) if it.state != IterationState::Planning => return Ok(vec![]),
             Some(found) => found,
             None => {
                 let cursor_from = if n > 1 {
@@ -1144,7 +1155,7 @@ impl Engine for CopyEngine {
             return Ok(vec![]);
         }
         let result = match (step, message.block) {
-            (Step::Plan, _) => self.plan(&place).await,
+            (Step::Plan, _) => self.plan(&place, delivery.dequeue_count > 1).await,
             (_, Some(block)) => self.block_step(&place, block, step, delivery).await,
             (_, None) => Err(EngineError::Permanent(format!("step '{}' names no block", message.step))),
         };

@@ -67,6 +67,7 @@ impl CopyEngine {
             route: self.options.ingest_route,
             verify: place.spec.verify,
             soft_delete: iteration.destination_soft_delete(),
+            redelivered: delivery.dequeue_count > 1,
             rules: self.rules(),
         };
         match record.on_message(step, delivery.dequeue_count) {

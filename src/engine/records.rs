@@ -321,10 +321,28 @@ impl BlockRecord {
         if step == due {
             return MessageAction::Run;
         }
-        if dequeue_count > 1 && predecessor(due) == Some(step) {
+        if dequeue_count > 1 && self.produced_by().contains(&step) {
             return MessageAction::Reemit(due);
         }
         MessageAction::Ignore
+    }
+
+    /// The steps whose decisions write this state: a redelivery of one of them may be the
+    /// delivery that wrote it and stopped before sending what follows.
+    fn produced_by(&self) -> &'static [Step] {
+        match &self.state {
+            // A new attempt: planned, or an export or content check given up.
+            BlockState::Planned | BlockState::Exporting { operation_id: None, .. } => &[Step::Plan, Step::AwaitExport, Step::Commit],
+            BlockState::Exporting { .. } => &[Step::Export],
+            // Exported, or an ingestion given up for a new tag.
+            BlockState::Exported { .. } | BlockState::Ingesting { .. } if self.due() == Some(Step::Ingest) => &[Step::AwaitExport, Step::AwaitIngest],
+            BlockState::Exported { .. } | BlockState::Ingesting { .. } => &[Step::Ingest],
+            BlockState::Ingested { .. } | BlockState::Moving { .. } | BlockState::Moved { .. } => &[Step::AwaitIngest],
+            // Moved and untagged; or done without rows: an empty export, a block too old for
+            // the destination (skipped at export, or refused at ingestion).
+            BlockState::Committed { .. } => &[Step::Commit, Step::Export, Step::AwaitExport, Step::AwaitIngest],
+            BlockState::Done { .. } => &[],
+        }
     }
 
     /// Rows in the block once its export is known.
@@ -345,18 +363,6 @@ impl BlockRecord {
     pub fn exported(&self) -> bool {
         !matches!(self.state, BlockState::Planned | BlockState::Exporting { .. })
     }
-}
-
-fn predecessor(step: Step) -> Option<Step> {
-    Some(match step {
-        Step::Export => Step::Plan,
-        Step::AwaitExport => Step::Export,
-        Step::Ingest => Step::AwaitExport,
-        Step::AwaitIngest => Step::Ingest,
-        Step::Commit => Step::AwaitIngest,
-        Step::Cleanup => Step::Commit,
-        Step::Plan | Step::Abort => return None,
-    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -536,6 +542,15 @@ mod tests {
         // Far behind or ahead: ignore.
         assert_eq!(exported.on_message(Step::Export, 3), MessageAction::Ignore);
         assert_eq!(exported.on_message(Step::Commit, 1), MessageAction::Ignore);
+        // A block done without rows at its export (empty, or too old for the destination),
+        // or at its ingestion (refused for its age): their redeliveries re-emit the cleanup.
+        let empty = block(BlockState::Committed { rows: 0 });
+        for step in [Step::Export, Step::AwaitExport, Step::AwaitIngest, Step::Commit] {
+            assert_eq!(empty.on_message(step, 2), MessageAction::Reemit(Step::Cleanup), "{step:?}");
+        }
+        assert_eq!(empty.on_message(Step::Ingest, 2), MessageAction::Ignore);
+        // An ingestion given up goes back to Exported: the await-ingest that did it re-emits.
+        assert_eq!(exported.on_message(Step::AwaitIngest, 2), MessageAction::Reemit(Step::Ingest));
         // A done block absorbs everything.
         let done = block(BlockState::Done { rows: 1 });
         for step in [Step::Export, Step::Commit, Step::Cleanup] {

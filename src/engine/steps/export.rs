@@ -31,8 +31,11 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
             if let Some(t) = held_by_other(b, ctx) {
                 return t;
             }
-            if b.waiting_until.is_some_and(|at| ctx.now + EARLY < at) {
-                return Transition::none(); // another chain waits for this block's slot
+            if let Some(at) = b.waiting_until.filter(|at| ctx.now + EARLY < *at) {
+                // Another chain waits for this block's slot. Unless this is a redelivery of
+                // the delivery that set that time: its message to look again may never have
+                // been sent, so it is sent (again; a second copy at the same time ends here).
+                return if ctx.redelivered { Transition::none().send(Msg::later(Step::Export, b.number, (at - ctx.now).unsigned_abs())) } else { Transition::none() };
             }
             match unconfirmed(b) {
                 // Too old for the destination, and no export of it can be running: not
@@ -82,6 +85,15 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
             next.lease = Some(ctx.lease());
             next.waiting_until = None;
             Transition::write(next).then(Effect::StartExport { folder })
+        }
+        // The slot's record or `.show operations` could not be read: this delivery's chain
+        // looks again after a back-off (it sent nothing yet), and is the waiting chain.
+        (BlockState::Planned, Obs::Failed(f)) => {
+            let mut t = failed(b, f, ctx, "take an export slot", None, Step::Export);
+            if let (Some(next), Some(retry)) = (t.record.as_mut(), t.messages.first()) {
+                next.waiting_until = Some(ctx.now + retry.delay);
+            }
+            t
         }
         (BlockState::Exporting { operation_id: None, .. }, Obs::ExportStarted(op)) => {
             let mut next = touched(b, ctx);
@@ -192,6 +204,12 @@ mod tests {
         let mut waiting = block(BlockState::Planned);
         waiting.waiting_until = Some(c.now + time::Duration::seconds(5));
         assert_eq!(decide(&waiting, &Obs::Delivered, &c), Transition::none(), "a second waiting chain ends");
+        // The delivery that set that time, again (its send failed, or it stopped after the
+        // write): it may be the only chain, so it sends the look again.
+        let again = Ctx { redelivered: true, ..c.clone() };
+        let t = decide(&waiting, &Obs::Delivered, &again);
+        assert_eq!((t.record, t.effect), (None, None));
+        assert_eq!(t.messages, vec![Msg::later(Step::Export, 1, std::time::Duration::from_secs(5))]);
         waiting.waiting_until = Some(c.now);
         assert_eq!(decide(&waiting, &Obs::Delivered, &c).effect, Some(Effect::AcquireSlot), "the chain's own look");
 
@@ -231,6 +249,20 @@ mod tests {
         let mut lost = b.clone();
         lost.unconfirmed_export = Some(T0);
         assert_eq!(decide(&lost, &Obs::Delivered, &c).effect, Some(Effect::FindOrphans { since: T0 }));
+    }
+
+    /// Scenario 1's other half: the read of the slot records fails once. The chain goes on
+    /// (the explorer found it ending there, found only by the sweeper ten minutes later).
+    #[test]
+    fn a_failed_look_at_the_slots_is_retried_by_the_same_chain() {
+        let c = ctx();
+        let t = decide(&block(BlockState::Planned), &transient("503 on the slot record"), &c);
+        let next = t.record.unwrap();
+        assert_eq!(next.transient_errors, 1);
+        assert_eq!(t.messages.len(), 1);
+        assert_eq!(t.messages[0].step, Step::Export);
+        assert_eq!(next.waiting_until, Some(c.now + t.messages[0].delay), "the retry is the waiting chain");
+        assert!(decide(&block(BlockState::Planned), &permanent("403"), &c).fail.is_some());
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct Ctx {
     pub verify: Verify,
     /// The destination's soft-delete period, as planning read it.
     pub soft_delete: Option<time::Duration>,
+    /// This message was delivered before: that delivery may have written its decision and
+    /// stopped before sending what followed.
+    pub redelivered: bool,
     pub rules: Rules,
 }
 
@@ -368,6 +371,7 @@ pub(crate) mod test_support {
             route: IngestRoute::Queued,
             verify: Verify::Count,
             soft_delete: None,
+            redelivered: false,
             rules: Rules::default(),
         }
     }

@@ -16,7 +16,8 @@ use crate::transport::SimTransport;
 use futures::stream::{FuturesUnordered, StreamExt};
 use kusto_copy::auth::EmulatorCredential;
 use kusto_copy::engine::clock::{Clock, SequentialIds};
-use kusto_copy::engine::copy::{deployment_hash, step_client_options, Connections, CopyEngine, EngineOptions};
+use kusto_copy::engine::copy::{deployment_hash, keys, step_client_options, Connections, CopyEngine, EngineOptions};
+use kusto_copy::engine::records::BlockRecord;
 use kusto_copy::engine::plan::PlanLimits;
 use kusto_copy::engine::{Delivery, Engine, EngineError, Outgoing, StepMessage, Tick};
 use kusto_copy::job::{record_request, JobRecord, RecordOutcome, RequestPolicy};
@@ -353,6 +354,9 @@ struct Host {
     chaos: Arc<Chaos>,
     pace: Pace,
     poisoned: u64,
+    /// Jobs a fault took a message from (dropped, or poisoned): only there may the sweeper
+    /// have to find a block with no message.
+    lost_messages_in: std::collections::HashSet<String>,
 }
 
 impl Host {
@@ -403,6 +407,7 @@ impl Host {
     fn retry(&mut self, q: Queued, after: Duration) {
         if q.dequeue_count >= 5 {
             self.poisoned += 1;
+            self.lost_messages_in.insert(q.message.job.clone());
             self.chaos.log(|| format!("poisoned {} {:?}", q.id, q.message));
             return;
         }
@@ -430,6 +435,30 @@ fn step_future(engine: Arc<CopyEngine>, q: Queued) -> Running {
         };
         Done::Step { q, result }
     })
+}
+
+/// Which block a message is about: (job, iteration, block).
+fn block_of(m: &StepMessage) -> (String, Option<u64>, Option<u64>) {
+    (m.job.clone(), m.iteration, m.block)
+}
+
+/// The block whose finished export starts this one (`number - export_slots`).
+async fn handed_by(store: &dyn CheckpointStore, m: &StepMessage) -> Option<u64> {
+    let (Some(iteration), Some(block)) = (m.iteration, m.block) else { return None };
+    let key = keys::iteration(&m.job, m.activity.as_deref().unwrap_or("default"), iteration);
+    let v = store.read(&key).await.ok().flatten()?;
+    let it = serde_json::from_slice::<kusto_copy::engine::records::IterationRecord>(&v.value).ok()?;
+    block.checked_sub(it.export_slots.max(1))
+}
+
+/// Whether the block a sweeper message names still waits for a step (not done meanwhile).
+async fn block_due(store: &dyn CheckpointStore, m: &StepMessage) -> bool {
+    let (Some(iteration), Some(block)) = (m.iteration, m.block) else { return false };
+    let key = keys::block(&m.job, m.activity.as_deref().unwrap_or("default"), iteration, block);
+    match store.read(&key).await {
+        Ok(Some(v)) => serde_json::from_slice::<BlockRecord>(&v.value).is_ok_and(|b| b.due().is_some()),
+        _ => false,
+    }
 }
 
 fn tick_future(engine: Arc<CopyEngine>, now: OffsetDateTime) -> Running {
@@ -593,7 +622,7 @@ async fn schedule(seed: u64, options: ScheduleOptions) -> Outcome {
     );
     let observer = CopyEngine::new(raw.clone(), connections, engine_options).with_time(Arc::new(clock.clone()), Arc::new(SequentialIds::default()));
 
-    let mut host = Host { queue: Vec::new(), seq: 0, chaos: chaos.clone(), pace: pace.clone(), poisoned: 0 };
+    let mut host = Host { queue: Vec::new(), seq: 0, chaos: chaos.clone(), pace: pace.clone(), poisoned: 0, lost_messages_in: Default::default() };
     let mut jobs: Vec<JobRecord> = Vec::new();
     for j in 0..stage.jobs {
         let id = job_id(seed, j);
@@ -623,6 +652,10 @@ async fn schedule(seed: u64, options: ScheduleOptions) -> Outcome {
     chaos.arm(true);
     let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
     let mut in_flight_steps = 0usize;
+    // Steps running per block, and blocks the sweeper had to find without a fault to explain
+    // it (a hand-over or follow-up the engine failed to send: a liveness defect).
+    let mut running_blocks: BTreeMap<(String, Option<u64>, Option<u64>), usize> = BTreeMap::new();
+    let mut stalls: Vec<String> = Vec::new();
     let mut tick_running = false;
     let mut next_tick = Instant::now() + pace.tick;
     let mut next_source_merge = stage.source_merges.then(|| Instant::now() + pace.draw(&mut rng, pace.merge_every));
@@ -651,6 +684,7 @@ async fn schedule(seed: u64, options: ScheduleOptions) -> Outcome {
             let Some(mut q) = host.receive() else { break };
             q.dequeue_count += 1;
             if chaos.roll(profile.drop_message) {
+                host.lost_messages_in.insert(q.message.job.clone());
                 chaos.note(Class::Recoverable, "message_dropped", || format!("{} {:?}", q.id, q.message));
                 continue;
             }
@@ -668,6 +702,7 @@ async fn schedule(seed: u64, options: ScheduleOptions) -> Outcome {
                 host.push(q.id.clone(), q.message.clone(), q.dequeue_count, at);
             }
             chaos.log(|| format!("{:?} run {} #{} {:?}", clock.elapsed(), q.id, q.dequeue_count, q.message));
+            *running_blocks.entry(block_of(&q.message)).or_default() += 1;
             running.push(step_future(engine.clone(), q));
             in_flight_steps += 1;
         }
@@ -745,6 +780,29 @@ async fn schedule(seed: u64, options: ScheduleOptions) -> Outcome {
                 tick_running = false;
                 match result {
                     Some(Ok(out)) => {
+                        for o in &out {
+                            let key = block_of(&o.message);
+                            if key.2.is_none() || host.lost_messages_in.contains(&o.message.job) {
+                                continue;
+                            }
+                            // A message for the block, or for the block whose finished export
+                            // hands it its turn (that message's follow-ups start it).
+                            let handed_by = handed_by(raw.as_ref(), &o.message).await;
+                            // (The first blocks are started by the plan's last step: a plan
+                            // message of the iteration, whose block is none, carries them.)
+                            let carries = |k: &(String, Option<u64>, Option<u64>)| *k == key || (k.0 == key.0 && k.1 == key.1 && k.2 == handed_by);
+                            let alive = running_blocks.iter().any(|(k, n)| *n > 0 && carries(k)) || host.queue.iter().any(|q| carries(&block_of(&q.message)));
+                            if !alive && block_due(raw.as_ref(), &o.message).await {
+                                stalls.push(format!(
+                                    "{:?}: {} block {:?} ({}) had no message, and no fault took one: the sweeper found it (handed by {handed_by:?}; queued: {:?})",
+                                    clock.elapsed(),
+                                    o.message.job,
+                                    key.2,
+                                    o.message.step,
+                                    host.queue.iter().map(|q| (q.id.clone(), q.message.block, q.message.step.clone())).collect::<Vec<_>>()
+                                ));
+                            }
+                        }
                         host.send_all(out, &mut rng);
                     }
                     Some(Err(e)) => chaos.log(|| format!("tick failed: {e}")),
@@ -753,6 +811,9 @@ async fn schedule(seed: u64, options: ScheduleOptions) -> Outcome {
             }
             Done::Step { q, result } => {
                 in_flight_steps -= 1;
+                if let Some(n) = running_blocks.get_mut(&block_of(&q.message)) {
+                    *n -= 1;
+                }
                 match result {
                     Some(Ok(out)) => {
                         if !host.send_all(out, &mut rng) {
@@ -818,6 +879,10 @@ async fn schedule(seed: u64, options: ScheduleOptions) -> Outcome {
     })
     .await;
     let mut findings = findings;
+    if !stalls.is_empty() {
+        findings.incomplete += stalls.len() as u64;
+        findings.problems.extend(stalls);
+    }
     if spun {
         findings.incomplete += 1;
         findings.problems.push("the driver's host loop spun without time moving".into());
