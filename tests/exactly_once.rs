@@ -733,6 +733,11 @@ async fn blocks_older_than_the_destination_keeps_are_reported_not_copied() {
     assert_eq!(copied, rows_created_since(&stack.source, cutoff), "exactly the rows the destination keeps");
     let exports = stack.source.with_state(|s| s.operations.records.iter().filter(|o| o.operation == "DataExportToFile").count());
     assert_eq!(exports, 3, "the blocks too old are never exported");
+    // Planning reads and exports asked the source for its latest state.
+    let asked = stack.source.with_state(|s| s.consistency_log.clone());
+    for first in [".export", "print"] {
+        assert!(asked.iter().any(|(w, c)| w == first && c == "strongconsistency"), "{first}: {asked:?}");
+    }
     assert_nothing_left(&stack).await;
     let status = kusto_copy::engine::status::job_status(engine.store().as_ref(), &job, time::OffsetDateTime::now_utc()).await.unwrap();
     let status = kusto_copy::engine::status::render(&status);
@@ -769,4 +774,26 @@ async fn a_refusal_for_age_ends_the_block_without_a_loop() {
     let exports = stack.source.with_state(|s| s.operations.records.iter().filter(|o| o.operation == "DataExportToFile").count());
     assert_eq!(exports, 6, "every block exported once: a refusal is not a new attempt");
     assert_nothing_left(&stack).await;
+}
+
+/// `.show capacity` refused (no AllDatabasesMonitor, or a service that does not document it):
+/// the capacity is unknown, not a failed plan. The job's export count bounds the exports, no
+/// cluster slot is claimed, and the copy is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreadable_export_capacity_is_unknown_not_a_failure() {
+    let hidden = ClusterConfig { async_duration: Duration::from_millis(100), capacity_hidden: true, export_capacity: 2, ..ClusterConfig::default() };
+    let stack = stack_with_both(hidden, ClusterConfig { async_duration: Duration::from_millis(100), ..ClusterConfig::default() }).await;
+    seed(&stack);
+    let store = blob_store(&stack);
+    let engine = Arc::new(CopyEngine::new(store.clone(), connections(&stack), options()));
+    let job = submit(&engine, &request(&stack, "no-capacity", None)).await;
+    run(&engine, &job, |_| {}).await;
+    let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
+    assert_exact(&stack);
+    assert_nothing_left(&stack).await;
+    let iteration: IterationRecord = serde_json::from_slice(&store.read(&keys::iteration(&job.id, "default", 1)).await.unwrap().unwrap().value).unwrap();
+    assert_eq!((iteration.cluster_capacity, iteration.export_slots), (None, 2), "the job's exportCount");
+    assert!(store.list("clusters/").await.unwrap().is_empty(), "no cluster slot claimed without a known capacity");
+    assert_eq!(stack.source.with_state(|s| s.throttled_exports), 0);
 }

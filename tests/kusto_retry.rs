@@ -254,6 +254,8 @@ async fn requests_carry_the_documented_headers_and_body() {
     assert_eq!(body["db"], "My Db");
     assert_eq!(body["csl"], "print Cursor=cursor_current()");
     assert_eq!(body["properties"]["Options"]["servertimeout"], "01:00:00");
+    // Planning reads (the cursor among them) ask for the latest state on ADX.
+    assert_eq!(body["properties"]["Options"]["queryconsistency"], "strongconsistency");
     assert_eq!(
         credential.scopes.lock().unwrap().as_slice(),
         [format!("{}/.default", server.url)]
@@ -272,6 +274,7 @@ async fn requests_carry_the_documented_headers_and_body() {
     let seen = &server.seen()[0];
     assert_eq!(seen.request_line, "POST /v1/rest/mgmt HTTP/1.1");
     assert_eq!(seen.json()["properties"]["Options"]["servertimeout"], "00:10:00");
+    assert!(seen.json()["properties"]["Options"].get("queryconsistency").is_none(), "only the reads that need it ask");
 }
 
 #[tokio::test]

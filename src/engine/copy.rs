@@ -611,12 +611,21 @@ impl CopyEngine {
             self.prepare_staging_table(place, &dest, &dest_table).await?;
         }
         // Exports in flight: the job's export count, never more than the cluster can run.
-        let capacity = source
+        // Unknown when it cannot be read: `.show capacity` needs AllDatabasesMonitor, and is
+        // documented for Azure Data Explorer only. The job's export count alone then bounds
+        // the exports, and a throttled start is retried as any refused start is.
+        let capacity = match source
             .execute(&place.activity.source.database, &commands::show_capacity(), &request_id("capacity"))
             .await
             .and_then(|a| results::capacities(&a))
-            .map(|caps| caps.into_iter().find(|c| c.resource == "DataExport").map(|c| c.total.max(1) as u64))
-            .map_err(|e| kusto_err("read the source's export capacity", e))?;
+        {
+            Ok(caps) => caps.into_iter().find(|c| c.resource == "DataExport").map(|c| c.total.max(1) as u64),
+            Err(e) if e.is_transient() => return Err(kusto_err("read the source's export capacity", e)),
+            Err(e) => {
+                tracing::warn!(job = %place.job.id, activity = %place.activity.name, error = %e, "the source's export capacity is unknown: exports are bounded by the job's exportCount only");
+                None
+            }
+        };
         let slots = export_slots(place.spec.export_count, capacity);
         let first = iteration.blocks.min(slots);
         let mut next = iteration.clone();

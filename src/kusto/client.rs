@@ -202,11 +202,15 @@ impl KustoClient {
             CommandKind::Management => ("/v1/rest/mgmt", MGMT_SERVER_TIMEOUT),
         };
         let server_timeout = command.server_timeout().unwrap_or(default_timeout);
+        let mut options = json!({ "servertimeout": format_timespan(server_timeout) });
+        if command.is_strongly_consistent() && !self.inner.endpoint.is_fabric() {
+            options["queryconsistency"] = json!("strongconsistency");
+        }
         let body = json!({
             "db": database,
             "csl": command.expose_text(),
             "properties": {
-                "Options": { "servertimeout": format_timespan(server_timeout) },
+                "Options": options,
                 "Parameters": {},
             },
         });

@@ -36,6 +36,8 @@ pub struct Command {
     /// Others are only retried by the client when the service surely did not run them.
     repeatable: bool,
     server_timeout: Option<Duration>,
+    /// Sent with `queryconsistency=strongconsistency` (Azure Data Explorer only).
+    strong: bool,
 }
 
 impl Command {
@@ -46,7 +48,22 @@ impl Command {
             redacted: text.logged,
             repeatable,
             server_timeout: None,
+            strong: false,
         }
+    }
+
+    /// Asks the engine to answer from the latest database state (request property
+    /// `queryconsistency = strongconsistency`, concepts/query-consistency): a workload group
+    /// may default to weak consistency, whose answers can lag a minute or two, and a plan or
+    /// an export that misses just-ingested extents the cursor covers would lose their rows.
+    /// The client leaves it out on Fabric, where the property is not documented.
+    pub fn strongly_consistent(mut self) -> Command {
+        self.strong = true;
+        self
+    }
+
+    pub fn is_strongly_consistent(&self) -> bool {
+        self.strong
     }
 
     /// A read-only query whose text holds no secret.
@@ -185,7 +202,7 @@ pub(super) fn source_rows(
 
 /// `print Cursor=cursor_current()`: the upper bound of a new iteration.
 pub fn cursor_current() -> Command {
-    Command::new(CommandKind::Query, text("print Cursor=cursor_current()"), true)
+    Command::new(CommandKind::Query, text("print Cursor=cursor_current()"), true).strongly_consistent()
 }
 
 /// Row counts of a cursor window by ingestion-time bin and source extent, after the user
@@ -224,7 +241,7 @@ pub fn row_counts_in_range(
          | order by IngestionTimeBin asc",
         timespan_literal(bin)
     ));
-    Ok(Command::new(CommandKind::Query, text(q), true))
+    Ok(Command::new(CommandKind::Query, text(q), true).strongly_consistent())
 }
 
 /// The size of a cursor window after the user query: `Rows`, `NoIngestionTime` (rows no
@@ -236,7 +253,7 @@ pub fn window_summary(table: &Ident, window: &CursorWindow, user_query: Option<&
         "| summarize Rows = count(), NoIngestionTime = countif(isnull(ingestion_time())), \
          First = min(ingestion_time()), Last = max(ingestion_time())",
     );
-    Ok(Command::new(CommandKind::Query, text(q), true))
+    Ok(Command::new(CommandKind::Query, text(q), true).strongly_consistent())
 }
 
 /// Rows of the table (after the user query) that have no ingestion time: no cursor window
@@ -248,7 +265,7 @@ pub fn rows_without_ingestion_time(table: &Ident, user_query: Option<&UserQuery>
         q.push('\n');
     }
     q.push_str("| where isnull(ingestion_time())\n| count");
-    Command::new(CommandKind::Query, text(q), true)
+    Command::new(CommandKind::Query, text(q), true).strongly_consistent()
 }
 
 fn timespan_literal(d: Duration) -> String {
@@ -355,7 +372,7 @@ pub fn export_parquet(req: &ExportRequest<'_>) -> Result<Command, KustoError> {
         string_literal(req.name_prefix)?
     ));
     t.push(&source_rows(req.table, req.window, req.range, req.user_query)?);
-    Ok(Command::new(CommandKind::Management, t, false))
+    Ok(Command::new(CommandKind::Management, t, false).strongly_consistent())
 }
 
 /// `.export async compressed to csv (h'...') with (..., includeHeaders='none') <| <rows>`:
@@ -370,7 +387,7 @@ pub fn export_csv(req: &ExportRequest<'_>) -> Result<Command, KustoError> {
         string_literal(req.name_prefix)?
     ));
     t.push(&source_rows(req.table, req.window, req.range, req.user_query)?);
-    Ok(Command::new(CommandKind::Management, t, false))
+    Ok(Command::new(CommandKind::Management, t, false).strongly_consistent())
 }
 
 /// A CSV ingestion mapping that reads field `i` into the column named `columns[i]` ("CSV

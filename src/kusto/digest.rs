@@ -167,7 +167,7 @@ pub fn content_digest(rows: &DigestRows<'_>, columns: &[Column]) -> Result<Comma
     }
     q.push_str(&format!("| extend {}\n", extend.join(", ")));
     q.push_str(&format!("| summarize Rows = count(), RowHash = sum(kc_row), {}", sums.join(", ")));
-    Ok(Command::from_query(q))
+    Ok(Command::from_query(q).strongly_consistent())
 }
 
 /// Reads a digest answer for `columns`.

@@ -40,6 +40,12 @@ impl ClusterEndpoint {
         &self.ingest
     }
 
+    /// A Fabric Eventhouse (`*.kusto.fabric.microsoft.com`), where some ADX request
+    /// properties and commands are not documented.
+    pub fn is_fabric(&self) -> bool {
+        self.engine.host_str().is_some_and(|h| h.to_ascii_lowercase().ends_with(".fabric.microsoft.com"))
+    }
+
     pub fn engine_scope(&self) -> String {
         scope(&self.engine)
     }
@@ -102,6 +108,9 @@ mod tests {
         assert_eq!(e.engine_scope(), "https://mycluster.westeurope.kusto.windows.net/.default");
         assert_eq!(e.ingest().as_str(), "https://ingest-mycluster.westeurope.kusto.windows.net/");
         assert_eq!(e.ingest_scope(), "https://ingest-mycluster.westeurope.kusto.windows.net/.default");
+        assert!(!e.is_fabric());
+        let f = ClusterEndpoint::parse("https://trd-abc123.z4.kusto.fabric.microsoft.com", None).unwrap();
+        assert!(f.is_fabric(), "a Fabric Eventhouse query URI");
     }
 
     #[test]

@@ -27,11 +27,13 @@ pub struct Stack {
 }
 
 pub async fn stack_with(destination: ClusterConfig) -> Stack {
+    stack_with_both(ClusterConfig { async_duration: Duration::from_millis(100), ..ClusterConfig::default() }, destination).await
+}
+
+pub async fn stack_with_both(source: ClusterConfig, destination: ClusterConfig) -> Stack {
     let azurite = Azurite::start();
     let ca = Some(std::fs::read(&azurite.ca_pem_path).unwrap());
-    let source = Cluster::start("source", ClusterConfig { async_duration: Duration::from_millis(100), ca_cert_pem: ca.clone(), ..ClusterConfig::default() })
-        .await
-        .unwrap();
+    let source = Cluster::start("source", ClusterConfig { ca_cert_pem: ca.clone(), ..source }).await.unwrap();
     let destination = Cluster::start("destination", ClusterConfig { ca_cert_pem: ca, ..destination }).await.unwrap();
     Stack { azurite, source, destination }
 }

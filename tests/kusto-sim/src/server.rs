@@ -53,6 +53,20 @@ struct Request {
     csl: String,
     /// `properties.Parameters`, for `declare query_parameters`.
     parameters: std::collections::HashMap<String, String>,
+    /// `properties.Options.queryconsistency`, if sent.
+    consistency: Option<String>,
+}
+
+/// The values `queryconsistency` is documented with (concepts/query-consistency, client
+/// request properties).
+const CONSISTENCIES: [&str; 5] = ["strongconsistency", "weakconsistency", "weakconsistency_by_query", "weakconsistency_by_database", "weakconsistency_by_session"];
+
+fn properties_of(properties: Option<&serde_json::Value>) -> serde_json::Value {
+    match properties {
+        Some(serde_json::Value::String(s)) => serde_json::from_str(s).unwrap_or(serde_json::Value::Null),
+        Some(v) => v.clone(),
+        None => serde_json::Value::Null,
+    }
 }
 
 /// `properties` may be an object or a JSON string holding one (both are documented).
@@ -82,7 +96,11 @@ fn parse_body(body: &str) -> Result<Request, KustoError> {
         .ok_or_else(|| KustoError::bad_request("The request body has no 'csl' string"))?
         .to_string();
     let db = json.get("db").and_then(|d| d.as_str()).filter(|d| !d.is_empty()).map(str::to_string);
-    Ok(Request { db, csl, parameters: parameters_of(json.get("properties")) })
+    let consistency = properties_of(json.get("properties")).get("Options").and_then(|o| o.get("queryconsistency")).map(|v| v.as_str().unwrap_or_default().to_string());
+    if let Some(c) = consistency.as_deref().filter(|c| !CONSISTENCIES.contains(&c.to_ascii_lowercase().as_str())) {
+        return Err(KustoError::bad_request(format!("Request property 'queryconsistency' has an invalid value '{c}'")));
+    }
+    Ok(Request { db, csl, parameters: parameters_of(json.get("properties")), consistency })
 }
 
 async fn handle(state: Shared, headers: HeaderMap, body: String, endpoint: Endpoint) -> Response {
@@ -101,6 +119,9 @@ async fn handle(state: Shared, headers: HeaderMap, body: String, endpoint: Endpo
         Err(e) => return error_response(&e, &ids),
     };
     let kind = CommandKind::of(&req.csl);
+    if let Some(c) = &req.consistency {
+        lock(&state).consistency_log.push((req.csl.split_whitespace().next().unwrap_or_default().to_string(), c.clone()));
+    }
     let faults = lock(&state).faults.take(kind, true);
     for f in &faults {
         match f {

@@ -157,6 +157,9 @@ pub fn run(s: &mut ClusterState, db: &str, cmd: Command) -> Result<Frame, KustoE
                 V::String(format!("kusto-sim {}", env!("CARGO_PKG_VERSION"))),
             ]],
         )),
+        Command::ShowCapacity if s.config.capacity_hidden => Err(KustoError::forbidden(
+            "Principal is not authorized to perform operation '.show capacity' (AllDatabasesMonitor is required)",
+        )),
         Command::ShowCapacity => {
             let exports = s.operations.in_progress("DataExportToFile") as i64;
             let cap = s.config.export_capacity as i64;

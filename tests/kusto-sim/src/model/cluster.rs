@@ -29,6 +29,9 @@ pub struct ClusterConfig {
     pub clock: SimClock,
     /// The `DataExport` capacity: concurrent exports beyond it are throttled.
     pub export_capacity: usize,
+    /// `.show capacity` is refused (403), as for a principal without AllDatabasesMonitor
+    /// (management/show-capacity-command); exports are still throttled beyond the capacity.
+    pub capacity_hidden: bool,
     /// How long operation records stay in `.show operations` (about 6 h on real clusters).
     pub operation_retention: Duration,
     /// The database created at start, so a fresh cluster is usable at once.
@@ -77,6 +80,7 @@ impl Default for ClusterConfig {
             durations: BTreeMap::new(),
             clock: SimClock::default(),
             export_capacity: 2,
+            capacity_hidden: false,
             operation_retention: Duration::from_secs(6 * 3600),
             default_database: "db".into(),
             ca_cert_pem: None,
@@ -104,6 +108,8 @@ pub struct ClusterState {
     pub blobs: crate::commands::storage::Blobs,
     /// Queued (ingest-v2) ingestions and their per-blob status.
     pub queued: crate::queued::QueuedLog,
+    /// Requests that sent `queryconsistency`: (the request text's first word, the value).
+    pub consistency_log: Vec<(String, String)>,
 }
 
 impl ClusterState {
@@ -126,6 +132,7 @@ impl ClusterState {
             started_on: now,
             blobs,
             queued: Default::default(),
+            consistency_log: Vec::new(),
         })
     }
 

@@ -75,6 +75,19 @@ impl KustoError {
         )
     }
 
+    /// The principal may not run this command (403, permanent): `.show capacity` needs
+    /// AllDatabasesMonitor, for example.
+    pub fn forbidden(detail: impl Into<String>) -> KustoError {
+        KustoError::new(
+            403,
+            "Forbidden",
+            "The request is forbidden.",
+            "Kusto.DataNode.Exceptions.UnauthorizedAccessException",
+            detail.into(),
+            true,
+        )
+    }
+
     /// Throttling: transient, the caller should back off (429).
     pub fn throttled(detail: impl Into<String>) -> KustoError {
         KustoError::new(
