@@ -633,6 +633,15 @@ impl CopyEngine {
         next.export_slots = slots;
         next.cluster_capacity = capacity;
         if !self.swap(&key, &next, &etag).await? {
+            // Another delivery started the copy, and its blocks may all be done by now (blocks
+            // too old for the destination end at once): then the staging table this delivery
+            // just made sure of was made after that iteration dropped it, and is dropped again.
+            if iteration.blocks > 0 && self.read::<IterationRecord>(&key).await?.is_some_and(|(it, _)| it.state == IterationState::Done) {
+                let rid = ClientRequestId::new("drop-staging", job, activity, 1);
+                dest.execute(&place.activity.destination.database, &commands::drop_table(&ident(&place.staging_table())?), &rid)
+                    .await
+                    .map_err(|e| kusto_err("drop the staging table", e))?;
+            }
             return Ok(vec![]);
         }
         if next.blocks == 0 {
@@ -956,6 +965,15 @@ impl CopyEngine {
                 continue;
             };
             if matches!(record.state, ActivityState::Completed | ActivityState::Idle) {
+                // Counted on the activity, but a step stopped before it marked the iteration
+                // itself done: finish that (idempotent), as the janitor's horizon, a day.
+                let recent = record.last_finished_at.is_some_and(|t| self.clock.now() - t < time::Duration::days(1));
+                if recent && record.last_finished_iteration == record.iteration {
+                    let it_key = keys::iteration(&job.id, &activity.name, record.iteration);
+                    if let Some((it, _)) = self.read::<IterationRecord>(&it_key).await?.filter(|(it, _)| it.state != IterationState::Done) {
+                        self.finish_iteration(&place(record.iteration), &it).await?;
+                    }
+                }
                 continue;
             }
             if record.state == ActivityState::Cancelled {
@@ -1196,7 +1214,10 @@ impl Engine for CopyEngine {
         }
         if self.janitor_due() {
             if let Err(e) = self.janitor(&jobs).await {
-                tracing::warn!(error = %e, "janitor skipped this tick");
+                // Due again at the next tick, not in `janitor_every`: a storage hiccup must
+                // not leave an orphan for another period.
+                *self.janitor_ran.lock().unwrap() = None;
+                tracing::warn!(error = %e, "janitor failed this tick: it runs again at the next");
             }
         }
         Ok(out)

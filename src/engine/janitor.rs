@@ -109,7 +109,10 @@ impl CopyEngine {
             for activity in &spec.activities {
                 let Some((record, _)) = self.read::<ActivityRecord>(&keys::activity(&job.id, &activity.name)).await? else { continue };
                 let Some((it, _)) = self.read::<IterationRecord>(&keys::iteration(&job.id, &activity.name, record.iteration)).await? else { continue };
-                if it.state != IterationState::Done && !(record.state.stopped() && it.aborted) {
+                // Finished by the activity's count even if the iteration's own record was
+                // not marked yet (a step stopped between the two writes).
+                let finished = it.state == IterationState::Done || record.last_finished_iteration >= it.number;
+                if !finished && !(record.state.stopped() && it.aborted) {
                     let place = Place { job: job.clone(), spec: spec.clone(), activity: activity.clone(), iteration: record.iteration, deployment: deployment.clone() };
                     live.insert(place.id());
                 }
