@@ -71,6 +71,13 @@ impl CopyEngine {
             rules: self.rules(),
         };
         match record.on_message(step, delivery.dequeue_count) {
+            // A redelivered export step of a block that is past its export by now: its first
+            // delivery may have stopped before its hand-over of the export slot was sent
+            // (while the block's own follow-up went out and moved it on). Sent again; a block
+            // already started ignores it.
+            MessageAction::Ignore if delivery.dequeue_count > 1 && matches!(step, Step::Export | Step::AwaitExport) && record.exported() => {
+                return Ok(outgoing(place, base.handover.map(|n| steps::Msg::now(Step::Export, n)).into_iter().collect()));
+            }
             MessageAction::Ignore => return Ok(vec![]),
             MessageAction::Reemit(_) => return Ok(outgoing(place, steps::follow_ups(&record, &base))),
             MessageAction::Run => {}

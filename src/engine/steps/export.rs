@@ -63,6 +63,9 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
         }
         (BlockState::Planned | BlockState::Exporting { operation_id: None, .. }, Obs::Slot { granted: false }) => {
             let mut next = touched(b, ctx);
+            // The look succeeded: the error budget counts failures in a row, and a long wait
+            // must not add up scattered ones until the activity fails.
+            next.transient_errors = 0;
             next.waiting_until = Some(ctx.now + ctx.rules.slot_poll);
             next.state = BlockState::Planned;
             next.lease = None;
@@ -272,6 +275,10 @@ mod tests {
         let next = t.record.unwrap();
         assert_eq!(next.waiting_until, Some(c.now + c.rules.slot_poll));
         assert_eq!(next.export_attempt, 0, "waiting is not an attempt");
+        let mut erred = block(BlockState::Planned);
+        erred.transient_errors = 7;
+        let next = decide(&erred, &Obs::Slot { granted: false }, &c).record.unwrap();
+        assert_eq!(next.transient_errors, 0, "a successful look ends the run of failures");
         assert_eq!(t.messages, vec![Msg::later(Step::Export, 1, c.rules.slot_poll)]);
     }
 
