@@ -155,6 +155,9 @@ impl Connections for LiveConnections {
     }
 }
 
+/// Extent ids one `.show table T extents (ids)` names: about 40 KB of command text.
+const EXTENT_IDS_PER_LISTING: usize = 1_000;
+
 /// Per activity: which iteration is current and whether the activity is over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -552,11 +555,21 @@ impl CopyEngine {
                 // The source's extents, for the creation times of the counted rows. Listed
                 // after the counts: an extent merged away in between is missed, and the chunk
                 // is counted again rather than planned without an age.
-                let extents = source
-                    .execute(&place.activity.source.database, &commands::show_extents(&table, None).map_err(|e| kusto_err("plan", e))?, &request_id("plan-extents"))
-                    .await
-                    .and_then(|a| results::extents(&a))
-                    .map_err(|e| kusto_err("list source extents", e))?;
+                // Only the extents the counts name, by id (`.show table T extents (id, ...)`:
+                // "the returned data set is limited to those extents"), not every extent of
+                // the table per chunk: a big table has hundreds of thousands.
+                let mut ids: Vec<uuid::Uuid> = counts.iter().filter_map(|c| c.extent_id.as_deref()).filter_map(|id| id.parse().ok()).collect();
+                ids.sort();
+                ids.dedup();
+                let mut extents = Vec::with_capacity(ids.len());
+                for batch in ids.chunks(EXTENT_IDS_PER_LISTING) {
+                    let listed = source
+                        .execute(&place.activity.source.database, &commands::show_extents_by_id(&table, batch).map_err(|e| kusto_err("plan", e))?, &request_id("plan-extents"))
+                        .await
+                        .and_then(|a| results::extents(&a))
+                        .map_err(|e| kusto_err("list source extents", e))?;
+                    extents.extend(listed);
+                }
                 // A bin with more rows than a block holds, or whose rows come from extents
                 // created further apart than a block may be, is counted again by minute, and a
                 // minute still so by second: rows that share one ingestion second cannot be

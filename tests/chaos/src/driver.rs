@@ -261,7 +261,7 @@ impl Stage {
             ("destination", None, Fault::ConnectionDrop, 0.04),
             ("destination", None, Fault::DropAfterExecution, 0.04),
             ("destination", Some(CommandKind::QueuedIngest), Fault::ForgetIngestionStatus, 0.1),
-            ("destination", Some(CommandKind::Move), Fault::ExpireOperation, 0.08),
+            ("destination", Some(CommandKind::Move), Fault::ExpireOperation, 0.15),
             // Few queries go to the destination (counts are commands): a higher rate.
             ("destination", Some(CommandKind::Query), Fault::Slow(unit * 900), 0.3),
         ];
