@@ -240,6 +240,7 @@ fn validate(file: &str, connect: bool) -> ExitCode {
         let mut failed = 0;
         for c in &checks {
             match &c.outcome {
+                Ok(found) if found.starts_with("warning: ") => println!("WARN  {}: {}", c.subject, &found["warning: ".len()..]),
                 Ok(found) => println!("ok    {}: {found}", c.subject),
                 Err(problem) => {
                     failed += 1;

@@ -248,6 +248,18 @@ async fn kc_validate_connect_checks_what_the_copy_needs() {
     for needed in ["read db.Events", "source cursor", "destination table db.Events", "staging tables in db", "staging account devstoreaccount1"] {
         assert!(stdout.contains(needed), "checks {needed}: {stdout}");
     }
+    assert!(stdout.contains("no update policy or materialized view reads it"), "{stdout}");
+
+    // The destination's own machinery over the table: named as warnings, not failures.
+    let db = common::copy::DB;
+    stack.destination.command(db, ".create table Derived (Id:long)").unwrap();
+    stack.destination.command(db, r#".alter table Derived policy update '[{"IsEnabled": true, "Source": "Events", "Query": "Events | project Id", "IsTransactional": false}]'"#).unwrap();
+    stack.destination.add_materialized_view(db, "EventsByName", "Events", "Events | summarize count() by Name").unwrap();
+    let (ok, stdout, stderr) = run("good.json", "Events", "Events").await;
+    assert!(ok, "warnings do not fail the check: {stdout}\n{stderr}");
+    let warns: Vec<&str> = stdout.lines().filter(|l| l.starts_with("WARN")).collect();
+    assert_eq!(warns.len(), 1, "{stdout}");
+    assert!(warns[0].contains("update policy of table Derived") && warns[0].contains("materialized view EventsByName"), "{stdout}");
 
     let (ok, stdout, stderr) = run("bad.json", "NoSuchTable", "NoSuchCopy").await;
     assert!(!ok, "{stdout}");

@@ -184,6 +184,7 @@ async fn check_activity(activity: &Activity, create_missing: bool, connections: 
         },
     };
     out.push(Check { subject: subject(&format!("destination table {where_}")), outcome });
+    out.push(Check { subject: subject(&format!("what runs on rows moved into {where_}")), outcome: downstream(dest.as_ref(), &dst.database, dest_table.as_str()).await });
 
     let probe = format!("kc_probe_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let probe_ident = Ident::new(&probe).expect("a valid name");
@@ -199,6 +200,30 @@ async fn check_activity(activity: &Activity, create_missing: bool, connections: 
         Err(e) => Err(kusto_advice(&e, &dst.cluster, &dst.database, KustoRole::Admin)),
     };
     out.push(Check { subject: subject(&format!("staging tables in {} on {}", dst.database, dst.cluster)), outcome });
+}
+
+/// The destination's own machinery that sees the copied rows: an update policy whose source
+/// is the destination table runs on `.move extents` into it (shared/reference/kusto.md), and
+/// a materialized view over it aggregates the moved extents as new data. Neither stops the
+/// copy; both are named, so nobody is surprised by rows that appear in other tables.
+async fn downstream(dest: &dyn crate::kusto::KustoApi, database: &str, table: &str) -> Result<String, String> {
+    use crate::kusto::results;
+    let policies = dest.execute(database, &commands::show_update_policies(), &rid("update-policies")).await.and_then(|a| results::update_policies(&a));
+    let views = dest.execute(database, &commands::show_materialized_views(), &rid("materialized-views")).await.and_then(|a| results::materialized_views(&a));
+    let mut found = Vec::new();
+    match policies {
+        Ok(p) => found.extend(p.into_iter().filter(|p| p.source == table).map(|p| format!("the update policy of table {} runs on every block moved in and writes its own rows there", p.table))),
+        Err(e) => found.push(format!("update policies not readable ({})", e.message)),
+    }
+    match views {
+        Ok(v) => found.extend(v.into_iter().filter(|(_, source)| source == table).map(|(name, _)| format!("materialized view {name} aggregates the copied rows as new data"))),
+        Err(e) => found.push(format!("materialized views not readable ({})", e.message)),
+    }
+    Ok(if found.is_empty() {
+        "no update policy or materialized view reads it".into()
+    } else {
+        format!("warning: {}; disable them for the copy if the destination already holds their results (README, \"The destination's own machinery\")", found.join("; "))
+    })
 }
 
 /// A user delegation key (for the SAS Kusto gets) and a container made and removed (one per

@@ -467,6 +467,19 @@ pub fn show_database_retention(database: &Ident) -> Command {
     Command::new(CommandKind::Management, text(format!(".show database {} policy retention", database.quoted())), true)
 }
 
+/// `.show table * policy update`: every table's update policy (`Policy` a JSON array of
+/// `{IsEnabled, Source, Query, IsTransactional, ...}`, null for none). Docs:
+/// management/show-table-update-policy-command.
+pub fn show_update_policies() -> Command {
+    Command::new(CommandKind::Management, text(".show table * policy update"), true)
+}
+
+/// `.show materialized-views`: `Name`, `SourceTable`, `Query`, `IsEnabled`, ...
+/// (management/materialized-views/materialized-view-show-commands).
+pub fn show_materialized_views() -> Command {
+    Command::new(CommandKind::Management, text(".show materialized-views"), true)
+}
+
 /// `.show tables`.
 pub fn show_tables() -> Command {
     Command::new(CommandKind::Management, text(".show tables"), true)

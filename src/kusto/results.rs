@@ -228,6 +228,49 @@ pub fn soft_delete_period(answer: &DataSet) -> Result<Option<time::Duration>, Ku
     crate::kusto::parse_timespan(text).map(Some).ok_or_else(|| KustoError::protocol(format!("SoftDeletePeriod '{text}' is not a timespan")))
 }
 
+/// An enabled update policy of `table` whose source is `source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdatePolicy {
+    pub table: String,
+    pub source: String,
+    pub query: String,
+}
+
+/// The enabled update policies of `.show table * policy update`. `EntityName` reads
+/// `[database].[table]`.
+pub fn update_policies(answer: &DataSet) -> Result<Vec<UpdatePolicy>, KustoError> {
+    let mut out = Vec::new();
+    for row in answer.primary()?.rows() {
+        let entity = row.string("EntityName")?.unwrap_or_default();
+        let table = entity.rsplit("].[").next().unwrap_or(entity).trim_matches(|c| c == '[' || c == ']').to_string();
+        let policies: serde_json::Value = match row.get("Policy")? {
+            KustoValue::String(text) if !text.trim().is_empty() && text.trim() != "null" => {
+                serde_json::from_str(text).map_err(|e| KustoError::protocol(format!("update policy of {table} is not JSON: {e}")))?
+            }
+            KustoValue::Dynamic(json) => json.clone(),
+            _ => continue,
+        };
+        for p in policies.as_array().into_iter().flatten() {
+            if p.get("IsEnabled").and_then(|v| v.as_bool()).unwrap_or(true) {
+                let field = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+                out.push(UpdatePolicy { table: table.clone(), source: field("Source"), query: field("Query") });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The enabled materialized views of `.show materialized-views`: (name, source table).
+pub fn materialized_views(answer: &DataSet) -> Result<Vec<(String, String)>, KustoError> {
+    let mut out = Vec::new();
+    for row in answer.primary()?.rows() {
+        if row.bool("IsEnabled")?.unwrap_or(true) {
+            out.push((row.required("Name", Row::string)?.to_string(), row.required("SourceTable", Row::string)?.to_string()));
+        }
+    }
+    Ok(out)
+}
+
 /// Table names of `.show tables`.
 pub fn table_names(answer: &DataSet) -> Result<Vec<String>, KustoError> {
     answer

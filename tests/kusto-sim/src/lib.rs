@@ -172,6 +172,15 @@ impl Cluster {
         self.with_state(|s| s.clock_offset += by.as_nanos() as i64 / 100);
     }
 
+    /// Declares a materialized view over `source` (listed by `.show materialized-views`; not
+    /// materialized).
+    pub fn add_materialized_view(&self, db: &str, name: &str, source: &str, query: &str) -> Result<(), KustoError> {
+        let mut s = lock(&self.state);
+        let d = s.databases.get_mut(db).ok_or_else(|| KustoError::not_found("Database", db))?;
+        d.materialized_views.push(model::table::MaterializedView { name: name.into(), source_table: source.into(), query: query.into(), is_enabled: true });
+        Ok(())
+    }
+
     pub fn create_database(&self, db: &str) {
         self.with_state(|s| {
             s.databases.entry(db.to_string()).or_insert_with(|| model::table::Database::new(db));

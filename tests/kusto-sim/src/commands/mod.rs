@@ -60,6 +60,8 @@ fn run(state: &Shared, db: &str, cmd: Command, kind: CommandKind) -> Result<Fram
         | Command::ShowTableExtents { .. }
         | Command::ShowTablePolicy { .. }
         | Command::ShowDatabasePolicy { .. }
+        | Command::ShowAllTablesPolicy { .. }
+        | Command::ShowMaterializedViews
         | Command::ShowCluster
         | Command::ShowCapacity
         | Command::ShowOperations(_)

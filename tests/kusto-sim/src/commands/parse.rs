@@ -43,6 +43,9 @@ pub enum Command {
     ShowTableExtents { table: String, ids: Option<Vec<Uuid>>, filters: Vec<TagFilter> },
     ShowTablePolicy { table: String, kind: String },
     ShowDatabasePolicy { database: String, kind: String },
+    /// `.show table * policy K`: every table's policy of that kind.
+    ShowAllTablesPolicy { kind: String },
+    ShowMaterializedViews,
     ShowCluster,
     ShowCapacity,
     ShowOperations(Option<Vec<Uuid>>),
@@ -187,6 +190,17 @@ fn show(p: &mut Parser<'_>) -> Result<Command, KqlError> {
         let id = single_guid(p)?;
         p.expect_word("details")?;
         return Ok(Command::ShowOperationDetails(id));
+    }
+    if p.eat_word("materialized") {
+        p.expect_punct("-")?;
+        p.expect_word("views")?;
+        return Ok(Command::ShowMaterializedViews);
+    }
+    if p.is_word("table") && matches!(p.peek_at(1), Tok::Punct("*")) {
+        p.advance();
+        p.advance();
+        p.expect_word("policy")?;
+        return Ok(Command::ShowAllTablesPolicy { kind: policy_kind(p)? });
     }
     if p.eat_word("database") {
         let database = p.name()?;

@@ -105,6 +105,23 @@ pub fn run(s: &mut ClusterState, db: &str, cmd: Command) -> Result<Frame, KustoE
             let t = s.table(db, &table)?;
             Ok(policy_frame(db, t, &kind))
         }
+        Command::ShowAllTablesPolicy { kind } => {
+            // One row per table of the database, its policy null when it has none.
+            let d = s.database(db)?;
+            let mut out = entity_policy_frame(None, &kind, "", "Table");
+            out.rows = d.tables.values().flat_map(|t| policy_frame(db, t, &kind).rows).collect();
+            Ok(out)
+        }
+        Command::ShowMaterializedViews => {
+            let d = s.database(db)?;
+            Ok(frame(
+                &[("Name", T::String), ("SourceTable", T::String), ("Query", T::String), ("IsEnabled", T::Bool), ("Folder", T::String), ("DocString", T::String)],
+                d.materialized_views
+                    .iter()
+                    .map(|m| vec![V::String(m.name.clone()), V::String(m.source_table.clone()), V::String(m.query.clone()), V::Bool(m.is_enabled), V::String(String::new()), V::String(String::new())])
+                    .collect(),
+            ))
+        }
         Command::ShowDatabasePolicy { database, kind } => {
             let d = s.database(&database)?;
             Ok(entity_policy_frame(d.policies.get(&kind), &kind, &format!("[{}]", d.name), "Database"))

@@ -124,6 +124,17 @@ pub struct Database {
     pub name: String,
     pub tables: BTreeMap<String, Table>,
     pub policies: BTreeMap<String, serde_json::Value>,
+    /// Materialized views, listed by `.show materialized-views` (the simulator does not
+    /// materialize them: kc only needs to know they exist over a table it moves into).
+    pub materialized_views: Vec<MaterializedView>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MaterializedView {
+    pub name: String,
+    pub source_table: String,
+    pub query: String,
+    pub is_enabled: bool,
 }
 
 impl Database {
