@@ -419,3 +419,23 @@ async fn content_digests_reproduce_the_docs_and_tell_apart_what_a_count_cannot()
         assert!(why.contains(&format!("column {}", columns[column].name)), "{what}: {why}");
     }
 }
+
+/// A cluster that refuses tokens for its origin (401) and names another audience in its auth
+/// metadata (`AzureAD.KustoServiceResourceId`): the client reads it, asks for that scope, and
+/// keeps it for the engine and the ingest endpoints alike. A cluster that accepts its origin
+/// never causes a metadata look.
+#[tokio::test]
+async fn a_refused_origin_audience_is_replaced_by_the_one_the_auth_metadata_names() {
+    let cluster = Cluster::start("aud", ClusterConfig { audience: Some("https://kusto.kusto.windows.net".into()), ..ClusterConfig::default() }).await.unwrap();
+    let kusto = client(&cluster);
+    let tables = kusto.execute(DB, &commands::show_tables(), &id("tables")).await.expect("accepted with the metadata's audience");
+    assert!(results::table_names(&tables).unwrap().is_empty());
+    // Kept: the next request (and the ingest endpoint's) goes out with it at once.
+    let status = kusto.ingestion_status(&Ident::new(DB).unwrap(), &Ident::new("T").unwrap(), "00000000-0000-0000-0000-000000000000", &id("status")).await;
+    assert!(!matches!(&status, Err(e) if e.status == Some(401)), "{status:?}");
+
+    // A cluster whose metadata names a resource that is not Kusto: not used, the 401 stands.
+    let odd = Cluster::start("odd", ClusterConfig { audience: Some("https://storage.azure.com".into()), ..ClusterConfig::default() }).await.unwrap();
+    let err = client(&odd).execute(DB, &commands::show_tables(), &id("tables")).await.unwrap_err();
+    assert_eq!(err.status, Some(401), "{err}");
+}

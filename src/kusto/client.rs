@@ -118,6 +118,8 @@ struct Inner {
     endpoint: ClusterEndpoint,
     tokens: TokenCache,
     options: ClientOptions,
+    /// The scope the cluster's auth metadata named after it refused a token for its origin.
+    discovered_scope: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for KustoClient {
@@ -172,6 +174,7 @@ impl KustoClient {
                 endpoint,
                 tokens: TokenCache::new(credential),
                 options,
+                discovered_scope: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -181,11 +184,52 @@ impl KustoClient {
     }
 
     pub(crate) fn engine_scope(&self) -> String {
-        self.inner.options.token_scope.clone().unwrap_or_else(|| self.inner.endpoint.engine_scope())
+        self.configured_scope().unwrap_or_else(|| self.inner.endpoint.engine_scope())
     }
 
     pub(crate) fn ingest_scope(&self) -> String {
-        self.inner.options.token_scope.clone().unwrap_or_else(|| self.inner.endpoint.ingest_scope())
+        self.configured_scope().unwrap_or_else(|| self.inner.endpoint.ingest_scope())
+    }
+
+    fn configured_scope(&self) -> Option<String> {
+        self.inner.options.token_scope.clone().or_else(|| self.inner.discovered_scope.lock().unwrap().clone())
+    }
+
+    /// The token scope the cluster's `GET /v1/rest/auth/metadata` names (asked without a
+    /// token): `AzureAD.KustoServiceResourceId` + `/.default`, its `.kusto.` turned into
+    /// `.kustomfa.` when `LoginMfaRequired`, as the official Java, Node, Go and Python clients
+    /// do; a 404 means the public cloud's `https://kusto.kusto.windows.net`, as theirs. Only
+    /// a Kusto resource is taken (a well-known Kusto domain, or this cluster itself): an
+    /// answer naming any other resource would have us mint, and send, a token for it.
+    async fn discover_scope(&self) -> Option<String> {
+        let url = self.inner.endpoint.engine_path("/v1/rest/auth/metadata");
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        let wire = WireRequest { method: Method::GET, url, headers, body: None, timeout: Duration::from_secs(30) };
+        let response = self.inner.http.send(wire).await.ok()?;
+        let resource = match response.status {
+            200 => {
+                let json: serde_json::Value = serde_json::from_slice(&response.body).ok()?;
+                let aad = json.get("AzureAD")?;
+                let resource = aad.get("KustoServiceResourceId")?.as_str()?.trim_end_matches('/').to_string();
+                if aad.get("LoginMfaRequired").and_then(|v| v.as_bool()).unwrap_or(false) {
+                    resource.replacen(".kusto.", ".kustomfa.", 1)
+                } else {
+                    resource
+                }
+            }
+            404 => "https://kusto.kusto.windows.net".to_string(),
+            _ => return None,
+        };
+        let parsed = Url::parse(&resource).ok()?;
+        let host = parsed.host_str()?;
+        let own = self.inner.endpoint.engine().host_str() == Some(host);
+        let kusto = parsed.scheme() == "https" && crate::job::hosts::kusto_cloud(host).is_some();
+        if !(own || kusto) {
+            tracing::warn!(resource = %resource, "the cluster's auth metadata names a resource that is not Kusto: not used");
+            return None;
+        }
+        Some(format!("{resource}/.default"))
     }
 
     /// Runs a query (`/v2/rest/query`) or management command (`/v1/rest/mgmt`) in a
@@ -245,6 +289,35 @@ impl KustoClient {
         request: &Request<'_>,
         parse: impl Fn(Answer) -> Result<T, KustoError>,
     ) -> Result<T, KustoError> {
+        let first = self.send_retrying(request, &parse).await;
+        // 401: the token was not accepted. If it was for the cluster's origin (the scope the
+        // docs name), the cluster may want another audience: its auth metadata says which.
+        // Tried once per client; the scope found is kept for every later request.
+        let refused = matches!(&first, Err(e) if e.status == Some(401));
+        if !refused || self.inner.options.token_scope.is_some() {
+            return first;
+        }
+        match self.discover_scope().await {
+            Some(scope) if scope != request.scope => {
+                tracing::info!(scope = %scope, "the cluster refused a token for its origin: using the audience its auth metadata names");
+                *self.inner.discovered_scope.lock().unwrap() = Some(scope.clone());
+                let again = Request {
+                    method: request.method.clone(),
+                    url: request.url.clone(),
+                    scope,
+                    body: request.body.clone(),
+                    timeout: request.timeout,
+                    repeatable: request.repeatable,
+                    request_id: request.request_id,
+                    what: request.what,
+                };
+                self.send_retrying(&again, &parse).await
+            }
+            _ => first,
+        }
+    }
+
+    async fn send_retrying<T>(&self, request: &Request<'_>, parse: &impl Fn(Answer) -> Result<T, KustoError>) -> Result<T, KustoError> {
         let tries = AtomicU32::new(0);
         let policy = &self.inner.options.retry;
         let started = std::time::Instant::now();

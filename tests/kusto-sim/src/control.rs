@@ -56,7 +56,7 @@ pub fn parse_kind(text: &str) -> Option<CommandKind> {
 }
 
 fn refuse(state: &Shared, headers: &HeaderMap) -> Option<Response> {
-    let uri = lock(state).uri.clone();
+    let uri = lock(state).audience();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     check_bearer(headers.get("authorization").and_then(|v| v.to_str().ok()), &uri, now)
         .err()

@@ -63,7 +63,7 @@ enum Gate {
 /// for ingestion and is ignored here.
 fn gate(state: &Shared, headers: &HeaderMap, kind: CommandKind) -> Gate {
     let ids = RequestIds::from_headers(headers);
-    let uri = lock(state).uri.clone();
+    let uri = lock(state).audience();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if let Err(e) = check_bearer(headers.get("authorization").and_then(|v| v.to_str().ok()), &uri, now) {
         return Gate::Refuse(crate::server::error_response(&e, &ids));

@@ -25,6 +25,7 @@ enum Endpoint {
 
 pub fn router(state: Shared) -> Router {
     Router::new()
+        .route("/v1/rest/auth/metadata", get(auth_metadata))
         .route("/v1/rest/mgmt", post(mgmt))
         .route("/v1/rest/query", post(query_v1))
         .route("/v2/rest/query", post(query_v2))
@@ -37,6 +38,24 @@ pub fn router(state: Shared) -> Router {
 
 async fn mgmt(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
     handle(s, headers, body, Endpoint::Mgmt).await
+}
+
+/// `GET /v1/rest/auth/metadata`, answered without a token, in the shape the official
+/// clients read (`AzureAD.KustoServiceResourceId` is the audience tokens must carry).
+async fn auth_metadata(State(s): State<Shared>) -> Response {
+    let audience = lock(&s).audience();
+    axum::Json(serde_json::json!({
+        "AzureAD": {
+            "LoginEndpoint": "https://login.microsoftonline.com",
+            "LoginMfaRequired": false,
+            "KustoClientAppId": "db662dc1-0cfe-4e1c-a843-19a68e65be58",
+            "KustoClientRedirectUri": "https://microsoft/kustoclient",
+            "KustoServiceResourceId": audience,
+            "FirstPartyAuthorityUrl": "https://login.microsoftonline.com/f8cdef31-a31e-4b4a-93e4-5f571e91255a"
+        },
+        "dSTS": {}
+    }))
+    .into_response()
 }
 
 async fn query_v1(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
@@ -107,7 +126,7 @@ async fn handle(state: Shared, headers: HeaderMap, body: String, endpoint: Endpo
     let ids = RequestIds::from_headers(&headers);
     let (name, uri, now_unix) = {
         let s = lock(&state);
-        (s.name.clone(), s.uri.clone(), time::OffsetDateTime::now_utc().unix_timestamp())
+        (s.name.clone(), s.audience(), time::OffsetDateTime::now_utc().unix_timestamp())
     };
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
     if let Err(e) = check_bearer(auth, &uri, now_unix) {

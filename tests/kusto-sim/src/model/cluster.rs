@@ -29,6 +29,9 @@ pub struct ClusterConfig {
     pub clock: SimClock,
     /// The `DataExport` capacity: concurrent exports beyond it are throttled.
     pub export_capacity: usize,
+    /// The audience tokens must carry, when not the cluster's URI (as a cluster that wants
+    /// the Kusto service's resource id): `/v1/rest/auth/metadata` names it.
+    pub audience: Option<String>,
     /// `.show capacity` is refused (403), as for a principal without AllDatabasesMonitor
     /// (management/show-capacity-command); exports are still throttled beyond the capacity.
     pub capacity_hidden: bool,
@@ -81,6 +84,7 @@ impl Default for ClusterConfig {
             clock: SimClock::default(),
             export_capacity: 2,
             capacity_hidden: false,
+            audience: None,
             operation_retention: Duration::from_secs(6 * 3600),
             default_database: "db".into(),
             ca_cert_pem: None,
@@ -113,6 +117,11 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// The audience a bearer token must carry.
+    pub fn audience(&self) -> String {
+        self.config.audience.clone().unwrap_or_else(|| self.uri.clone())
+    }
+
     /// Fails only when the configured CA certificate is not valid PEM.
     pub fn new(name: &str, uri: &str, config: ClusterConfig) -> Result<ClusterState, String> {
         let blobs = std::sync::Arc::new(crate::blob::HttpBlobStore::new(config.ca_cert_pem.as_deref())?);
