@@ -797,3 +797,53 @@ async fn an_unreadable_export_capacity_is_unknown_not_a_failure() {
     assert!(store.list("clusters/").await.unwrap().is_empty(), "no cluster slot claimed without a known capacity");
     assert_eq!(stack.source.with_state(|s| s.throttled_exports), 0);
 }
+
+/// Three staging directories, two in one Azurite account and one in another: blocks take
+/// turns over the directories, so both accounts get exports (each folder in the account its
+/// name says), the copy is exact, and neither account keeps a folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_staging_directories_in_two_accounts_each_take_exports() {
+    use kusto_copy::engine::steps::staging_index_of;
+    use std::collections::BTreeSet;
+    use std::sync::atomic::AtomicBool;
+    let stack = stack().await;
+    seed(&stack);
+    let second = kc_test_stack::Azurite::start_sharing_certificate(&stack.azurite);
+    let engine = Arc::new(CopyEngine::new(blob_store(&stack), connections(&stack), options()));
+    let mut r: serde_json::Value = serde_json::from_str(&request(&stack, "three-dirs", None)).unwrap();
+    r.as_object_mut().unwrap().remove("stagingDirectory");
+    r["stagingStorageDirectories"] = serde_json::json!([
+        format!("{}/staging/a", stack.azurite.blob_endpoint()),
+        format!("{}/staging2/b", stack.azurite.blob_endpoint()),
+        format!("{}/staging/c", second.blob_endpoint()),
+    ]);
+    let job = submit(&engine, &r.to_string()).await;
+    assert_eq!(job.spec.as_ref().unwrap().staging.len(), 3);
+    // Folders live only while their block is copied: watched while the copy runs.
+    let done = AtomicBool::new(false);
+    let mut seen: [BTreeSet<String>; 2] = Default::default();
+    let copy = async {
+        run(&engine, &job, |_| {}).await;
+        done.store(true, Ordering::SeqCst);
+    };
+    let watch = async {
+        while !done.load(Ordering::SeqCst) {
+            seen[0].extend(common::containers(&stack.azurite, "kcs-").await);
+            seen[1].extend(common::containers(&second, "kcs-").await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::join!(copy, watch);
+    let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
+    assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
+    assert_exact(&stack);
+    assert_nothing_left(&stack).await;
+    assert!(common::containers(&second, "kcs-").await.is_empty(), "no folder left in the second account");
+    assert!(!seen[0].is_empty() && !seen[1].is_empty(), "both accounts took exports: {seen:?}");
+    for name in &seen[0] {
+        assert!(matches!(staging_index_of(name, 3), Some(0 | 1)), "{name} belongs to the first account's directories");
+    }
+    for name in &seen[1] {
+        assert_eq!(staging_index_of(name, 3), Some(2), "{name} belongs to the second account's directory");
+    }
+}

@@ -382,14 +382,26 @@ impl CopyEngine {
         let request_id = |what: &str| ClientRequestId::new(what, job, &format!("{activity}/{n}"), 1);
 
         let (iteration, etag) = match self.read::<IterationRecord>(&key).await? {
-            // Planned already. A redelivery sends the first exports again (a block past its
-            // export ignores the message; one waiting for a slot keeps its one chain).
+            // Planned already. A redelivery sends the first exports again, to those of the
+            // first blocks that never started (its first delivery may have stopped before it
+            // sent them).
             Some((it, _)) if it.state == IterationState::Copying && redelivered => {
                 if it.blocks == 0 {
                     self.finish_iteration(place, &it).await?;
                     return Ok(vec![]);
                 }
-                return Ok((0..it.blocks.min(it.export_slots.max(1))).map(|b| place.now(Step::Export, Some(b))).collect());
+                // Only blocks that never started: one that did got its turn.
+                let mut out = Vec::new();
+                for b in 0..it.blocks.min(it.export_slots.max(1)) {
+                    let fresh = self
+                        .read::<BlockRecord>(&keys::block(job, activity, n, b))
+                        .await?
+                        .is_some_and(|(r, _)| matches!(r.state, BlockState::Planned) && r.export_attempt == 0 && r.waiting_until.is_none());
+                    if fresh {
+                        out.push(place.now(Step::Export, Some(b)));
+                    }
+                }
+                return Ok(out);
             }
             Some((it, _)) if it.state != IterationState::Planning => return Ok(vec![]),
             Some(found) => found,

@@ -76,7 +76,13 @@ impl CopyEngine {
             // (while the block's own follow-up went out and moved it on). Sent again; a block
             // already started ignores it.
             MessageAction::Ignore if delivery.dequeue_count > 1 && matches!(step, Step::Export | Step::AwaitExport) && record.exported() => {
-                return Ok(outgoing(place, base.handover.map(|n| steps::Msg::now(Step::Export, n)).into_iter().collect()));
+                let Some(next) = base.handover else { return Ok(vec![]) };
+                // Only to a block that never started: one that did got its turn.
+                let fresh = self
+                    .read::<BlockRecord>(&keys::block(&place.job.id, &place.activity.name, place.iteration, next))
+                    .await?
+                    .is_some_and(|(b, _)| matches!(b.state, super::records::BlockState::Planned) && b.export_attempt == 0 && b.waiting_until.is_none());
+                return Ok(if fresh { outgoing(place, vec![steps::Msg::now(Step::Export, next)]) } else { vec![] });
             }
             MessageAction::Ignore => return Ok(vec![]),
             MessageAction::Reemit(_) => return Ok(outgoing(place, steps::follow_ups(&record, &base))),
@@ -328,7 +334,7 @@ impl CopyEngine {
     }
 
     async fn start_export(&self, place: &Place, iteration: &IterationRecord, block: &BlockRecord, folder: &str) -> Result<Uuid, Obs> {
-        let staging = self.connections.staging(&place.spec.staging[0].account_url).map_err(|e| engine_failure("staging account", e))?;
+        let staging = self.folder_store(place, folder).map_err(|e| engine_failure("staging account", e))?;
         staging.create_folder(folder).await.map_err(|e| {
             let transient = e.is_transient();
             failure("create the staging folder", e, transient)
@@ -446,7 +452,7 @@ impl CopyEngine {
         let BlockRecord { state: super::records::BlockState::Ingesting { blobs, .. }, .. } = block else {
             return Err(failure("ingest", "the block has no blobs recorded", false));
         };
-        let staging = self.connections.staging(&place.spec.staging[0].account_url).map_err(|e| engine_failure("staging account", e))?;
+        let staging = self.folder_store(place, folder).map_err(|e| engine_failure("staging account", e))?;
         let sas = staging.folder_url(folder, Access::IngestRead, self.options.sas_lifetime).await.map_err(|e| {
             let transient = e.is_transient();
             failure("sign the staging folder", e, transient)
@@ -574,11 +580,19 @@ impl CopyEngine {
     }
 
     pub(super) async fn delete_folders(&self, place: &Place, folders: &[String]) -> Result<(), EngineError> {
-        let staging = self.connections.staging(&place.spec.staging[0].account_url)?;
         for folder in folders {
+            let staging = self.folder_store(place, folder)?;
             staging.delete_folder(folder).await.map_err(|e| EngineError::Transient(e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// The staging account of the directory that holds `folder` ([`steps::staging_index_of`]).
+    fn folder_store(&self, place: &Place, folder: &str) -> Result<Arc<dyn crate::storage::staging::StagingStore>, EngineError> {
+        let dirs = &place.spec.staging;
+        let i = steps::staging_index_of(folder, dirs.len()).unwrap_or(0);
+        let dir = dirs.get(i).ok_or_else(|| EngineError::Permanent("the job names no staging directory".into()))?;
+        self.connections.staging(&dir.account_url)
     }
 }
 

@@ -128,6 +128,22 @@ pub fn folder_name(iteration_id: &str, block: u64, attempt: u32) -> String {
     format!("kcs-{iteration_id}-{block}-{attempt}")
 }
 
+/// Which of the job's `n` staging directories holds a block attempt's folder: they take turns
+/// by block, and a new attempt of a block moves to the next one (a throttled or failing
+/// account is not retried alone). Fixed by the folder's name, so every later step (ingest,
+/// cleanup, abort) finds the folder without a record of where it went.
+pub fn staging_index(block: u64, attempt: u32, n: usize) -> usize {
+    ((block + u64::from(attempt.max(1)) - 1) % n.max(1) as u64) as usize
+}
+
+/// [`staging_index`] of a folder named by [`folder_name`] (`None`: not such a name).
+pub fn staging_index_of(folder: &str, n: usize) -> Option<usize> {
+    let mut parts = folder.rsplitn(3, '-');
+    let attempt: u32 = parts.next()?.parse().ok()?;
+    let block: u64 = parts.next()?.parse().ok()?;
+    Some(staging_index(block, attempt, n))
+}
+
 /// Unique to (block, export attempt, ingestion attempt).
 pub fn tag_for(iteration_id: &str, block: &BlockRecord) -> String {
     format!("drop-by:kc-{iteration_id}-{}-{}-{}", block.number, block.export_attempt, block.ingest_attempt)
@@ -353,6 +369,22 @@ pub(crate) fn held_by_other(record: &BlockRecord, ctx: &Ctx) -> Option<Transitio
         return None;
     }
     Some(Transition::none())
+}
+
+#[cfg(test)]
+mod staging_tests {
+    use super::*;
+
+    #[test]
+    fn blocks_take_turns_over_the_staging_directories_and_a_new_attempt_moves_on() {
+        let order: Vec<usize> = (0..6).map(|b| staging_index(b, 1, 3)).collect();
+        assert_eq!(order, vec![0, 1, 2, 0, 1, 2]);
+        assert_eq!(staging_index(0, 2, 3), 1, "the second attempt of block 0 goes to the next");
+        assert_eq!(staging_index(7, 1, 1), 0, "one directory takes everything");
+        let folder = folder_name("ab12cd-0123456789ab", 4, 2);
+        assert_eq!(staging_index_of(&folder, 3), Some(staging_index(4, 2, 3)));
+        assert_eq!(staging_index_of("kcs-probe", 3), None);
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,16 @@ impl Azurite {
     /// Panics with instructions if Azurite is not installed: tests that need it must not
     /// pass silently without it.
     pub fn start() -> Azurite {
+        Self::start_with(None)
+    }
+
+    /// A second emulator (another storage account URL) whose TLS certificate is `other`'s,
+    /// so one CA file serves both.
+    pub fn start_sharing_certificate(other: &Azurite) -> Azurite {
+        Self::start_with(Some(other))
+    }
+
+    fn start_with(other: Option<&Azurite>) -> Azurite {
         let bin = repo_root().join("node_modules/.bin/azurite");
         assert!(
             bin.exists(),
@@ -56,7 +66,7 @@ impl Azurite {
         // Another process may grab a port between our probe and Azurite's bind: try again.
         let mut last_error = String::new();
         for _ in 0..3 {
-            match Self::try_start(&bin) {
+            match Self::try_start(&bin, other) {
                 Ok(a) => return a,
                 Err(e) => last_error = e,
             }
@@ -64,14 +74,21 @@ impl Azurite {
         panic!("Azurite did not start: {last_error}");
     }
 
-    fn try_start(bin: &Path) -> Result<Azurite, String> {
+    fn try_start(bin: &Path, other: Option<&Azurite>) -> Result<Azurite, String> {
         let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("kc-azurite-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).map_err(|e| e.to_string())?;
         let ca_pem_path = dir.join("ca.pem");
         let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-        make_certificates(&ca_pem_path, &cert_path, &key_path)?;
+        match other {
+            Some(o) => {
+                for (from, to) in [(o.ca_pem_path.clone(), &ca_pem_path), (o.dir.join("cert.pem"), &cert_path), (o.dir.join("key.pem"), &key_path)] {
+                    std::fs::copy(&from, to).map_err(|e| format!("copy {}: {e}", from.display()))?;
+                }
+            }
+            None => make_certificates(&ca_pem_path, &cert_path, &key_path)?,
+        }
 
         let (blob_port, queue_port, table_port) = (
             free_port().map_err(|e| e.to_string())?,
