@@ -481,3 +481,28 @@ fn every_documented_operation_state_is_parsed() {
     }
     assert_eq!(OperationState::from_text("Paused"), OperationState::Other("Paused".into()));
 }
+
+/// `.move extents` and `.drop table T extent tags` answer one row per extent rewritten:
+/// `OriginalExtentId, ResultExtentId, Details`, with `ResultExtentId = "Failed"` (and the
+/// reason in `Details`) for an extent the command could not rewrite (kusto.md, "`.move
+/// extents` reports failure in its rows"). Both are read by the same reader.
+#[test]
+fn move_and_tag_drop_rows_report_failures() {
+    let answer = |rows: serde_json::Value| {
+        let body = json!({"Tables": [{"TableName": "Table_0", "Columns": [
+            {"ColumnName": "OriginalExtentId", "DataType": "String"}, {"ColumnName": "ResultExtentId", "DataType": "String"},
+            {"ColumnName": "Details", "DataType": "String"}],
+          "Rows": rows}]});
+        results::extent_rewrites(&parse_v1(body.to_string().as_bytes()).unwrap()).unwrap()
+    };
+    let ok = answer(json!([["9a2b1c3d-0000-4000-8000-00000000000a", "9a2b1c3d-0000-4000-8000-00000000000b", null]]));
+    assert_eq!(ok.results, vec![Uuid::parse_str("9a2b1c3d-0000-4000-8000-00000000000b").unwrap()]);
+    assert!(ok.failed.is_empty());
+    let failed = answer(json!([
+        ["9a2b1c3d-0000-4000-8000-00000000000a", "9a2b1c3d-0000-4000-8000-00000000000c", null],
+        ["9a2b1c3d-0000-4000-8000-00000000000d", "Failed", "Extent schema does not match the target table"]
+    ]));
+    assert_eq!(failed.results.len(), 1, "only the rewritten extent's new id");
+    assert_eq!(failed.failed.len(), 1);
+    assert!(failed.failed[0].contains("00000000000d") && failed.failed[0].contains("does not match"), "{:?}", failed.failed);
+}
