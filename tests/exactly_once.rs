@@ -305,9 +305,14 @@ struct FlakyStore {
 }
 
 impl FlakyStore {
+    /// About one call in `nth` fails, at call indices a hash picks: not strictly every
+    /// `nth`th, which could line up with a retry loop of exactly that many calls and starve it
+    /// in a way no real store does.
     fn fault(&self) -> Option<bool> {
         let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        (n % self.nth == 0).then(|| self.failed.fetch_add(1, Ordering::Relaxed) % 2 == 0)
+        let mut h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^= h >> 31;
+        (h % self.nth == 0).then(|| self.failed.fetch_add(1, Ordering::Relaxed) % 2 == 0)
     }
 }
 

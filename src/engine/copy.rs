@@ -900,10 +900,11 @@ impl CopyEngine {
     /// which the scheduler's sweeper would find under `kc serve`) is picked up from there.
     /// Returns the permanent failures the driver saw.
     pub async fn run_locally(self: &Arc<Self>, job: &JobRecord, workers: usize, mut on_event: impl FnMut(&super::local::Event) + Send) -> Result<Vec<String>, EngineError> {
-        // Reading the checkpoints can fail for a moment like any step: try again briefly.
+        // Reading the checkpoints can fail for a moment like any step: try again for about a
+        // minute (a look reads every unfinished block, so one attempt makes many calls).
         async fn retried<T, F: std::future::Future<Output = Result<T, EngineError>>>(mut f: impl FnMut() -> F) -> Result<T, EngineError> {
             let mut delay = Duration::from_millis(100);
-            for _ in 0..8 {
+            for _ in 0..16 {
                 match f().await {
                     Err(EngineError::Transient(_)) => tokio::time::sleep(delay).await,
                     other => return other,
@@ -993,10 +994,16 @@ impl CopyEngine {
                 // Counted on the activity, but a step stopped before it marked the iteration
                 // itself done: finish that (idempotent), as the janitor's horizon, a day.
                 let recent = record.last_finished_at.is_some_and(|t| self.clock.now() - t < time::Duration::days(1));
+                // Best effort: a storage hiccup here must not hold up the other activities'
+                // messages; the next sweep tries again.
                 if recent && record.last_finished_iteration == record.iteration {
                     let it_key = keys::iteration(&job.id, &activity.name, record.iteration);
-                    if let Some((it, _)) = self.read::<IterationRecord>(&it_key).await?.filter(|(it, _)| it.state != IterationState::Done) {
-                        self.finish_iteration(&place(record.iteration), &it).await?;
+                    if let Ok(Some((it, _))) = self.read::<IterationRecord>(&it_key).await {
+                        if it.state != IterationState::Done {
+                            if let Err(e) = self.finish_iteration(&place(record.iteration), &it).await {
+                                tracing::warn!(job = %job.id, activity = %activity.name, error = %e, "a counted iteration not marked done yet: tried again at the next sweep");
+                            }
+                        }
                     }
                 }
                 continue;
