@@ -251,7 +251,13 @@ async fn the_janitor_removes_only_this_deployments_orphans() {
 /// redoing a committed block.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scenario_13_a_failed_activity_is_cleaned_and_resubmitting_completes_it() {
-    let stack = stack().await;
+    // Exports slower than a block's ingestion and move, so the first cleanup comes while the
+    // later blocks still wait to export (else, on a loaded machine, every export may have
+    // started before the fault is armed).
+    let mut durations = std::collections::BTreeMap::new();
+    durations.insert(CommandKind::Export, Duration::from_millis(1500));
+    let source = ClusterConfig { async_duration: Duration::from_millis(100), durations, ..ClusterConfig::default() };
+    let stack = stack_with_both(source, ClusterConfig { async_duration: Duration::from_millis(100), ..ClusterConfig::default() }).await;
     seed(&stack);
     let engine = Arc::new(CopyEngine::new(blob_store(&stack), connections(&stack), options()));
     let text = request(&stack, "s13", None);
