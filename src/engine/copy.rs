@@ -396,7 +396,7 @@ impl CopyEngine {
                     let fresh = self
                         .read::<BlockRecord>(&keys::block(job, activity, n, b))
                         .await?
-                        .is_some_and(|(r, _)| matches!(r.state, BlockState::Planned) && r.export_attempt == 0 && r.waiting_until.is_none());
+                        .is_some_and(|(r, _)| r.never_started());
                     if fresh {
                         out.push(place.now(Step::Export, Some(b)));
                     }
@@ -1065,7 +1065,7 @@ impl CopyEngine {
                         let Some(step) = block.due() else { continue };
                         // A block never started is started by the block `slots` before it
                         // finishing its export: due only once that one has.
-                        let fresh = step == Step::Export && block.export_attempt == 0 && block.waiting_until.is_none();
+                        let fresh = step == Step::Export && block.never_started();
                         let handed = *number < slots || blocks.get(&(number - slots)).is_none_or(|(_, (b, _))| b.exported());
                         // A waiting block is due when its waiting chain is overdue.
                         let overdue = block.waiting_until.is_none_or(|at| stalled(at)) && stalled(block.touched_at);

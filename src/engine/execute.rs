@@ -81,7 +81,7 @@ impl CopyEngine {
                 let fresh = self
                     .read::<BlockRecord>(&keys::block(&place.job.id, &place.activity.name, place.iteration, next))
                     .await?
-                    .is_some_and(|(b, _)| matches!(b.state, super::records::BlockState::Planned) && b.export_attempt == 0 && b.waiting_until.is_none());
+                    .is_some_and(|(b, _)| b.never_started());
                 return Ok(if fresh { outgoing(place, vec![steps::Msg::now(Step::Export, next)]) } else { vec![] });
             }
             MessageAction::Ignore => return Ok(vec![]),

@@ -308,6 +308,11 @@ impl BlockRecord {
         })
     }
 
+    /// Planned and never started: its turn to export has not come (or its hand-over was lost).
+    pub fn never_started(&self) -> bool {
+        matches!(self.state, BlockState::Planned) && self.export_attempt == 0 && self.waiting_until.is_none()
+    }
+
     pub fn is_exporting(&self) -> bool {
         matches!(self.state, BlockState::Exporting { .. })
     }
