@@ -33,6 +33,9 @@ pub mod names {
     /// Names this deployment in its staging tables and containers (hashed); default: where
     /// its checkpoints live.
     pub const DEPLOYMENT_ID: &str = "KC_DEPLOYMENT_ID";
+    /// A file `kc copy` and `kc serve` write their usage to as they exit (Storage
+    /// transactions, CPU, peak memory: `crate::metrics`); a measurement aid.
+    pub const USAGE_FILE: &str = "KC_USAGE_FILE";
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -287,6 +290,7 @@ pub const SETTINGS: &[(&str, Need)] = &[
     (names::REPLICATIONS, Need::Optional),
     (names::REPLICATIONS_VERSION, Need::Optional),
     (names::DEPLOYMENT_ID, Need::Optional),
+    (names::USAGE_FILE, Need::Optional),
     (names::CA_CERT, Need::TestOnly),
 ];
 
@@ -351,7 +355,7 @@ mod tests {
     fn every_named_setting_is_classified_once() {
         let all = [
             names::PORT, names::BLOB_ENDPOINT, names::QUEUE_ENDPOINT, names::HOST_STORAGE_ACCOUNT, names::CHECKPOINT_CONTAINER,
-            names::CREDENTIAL, names::IDENTITY_CLIENT_ID, names::CA_CERT, names::LOG_FORMAT, names::INGESTION,
+            names::CREDENTIAL, names::IDENTITY_CLIENT_ID, names::CA_CERT, names::LOG_FORMAT, names::INGESTION, names::USAGE_FILE,
         ];
         for name in all {
             assert_eq!(SETTINGS.iter().filter(|(n, _)| *n == name).count(), 1, "{name} in SETTINGS once");

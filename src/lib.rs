@@ -11,6 +11,7 @@
 //! - [`handler`]: `kc serve`, the Azure Functions custom handler (axum).
 //! - [`cli`]: `kc copy`, the same engine driven in-process.
 //! - [`kusto`]: the Kusto REST client.
+//! - [`metrics`]: what the process cost (Storage transactions, CPU, memory).
 //!
 //! The binary (`src/main.rs`) only parses arguments, starts tracing and calls in here.
 
@@ -21,4 +22,5 @@ pub mod engine;
 pub mod handler;
 pub mod job;
 pub mod kusto;
+pub mod metrics;
 pub mod storage;

@@ -150,11 +150,20 @@ fn serve() -> ExitCode {
             Err(e) => return fail(&format!("cannot listen on 127.0.0.1:{port}: {e}")),
         };
         tracing::info!(port, "kc serve listening");
-        match handler::serve(listener, state).await {
+        let served = handler::serve(listener, state).await;
+        write_usage(&env);
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("server error: {e}")),
         }
     })
+}
+
+/// `KC_USAGE_FILE`, when set: what this process cost (`kusto_copy::metrics`).
+fn write_usage(env: &std::collections::HashMap<String, String>) {
+    if let Some(path) = env.get(config::names::USAGE_FILE) {
+        kusto_copy::metrics::write_usage_file(std::path::Path::new(path));
+    }
 }
 
 fn copy(args: &kusto_copy::cli::copy::CopyArgs) -> ExitCode {
@@ -182,7 +191,9 @@ fn copy(args: &kusto_copy::cli::copy::CopyArgs) -> ExitCode {
         show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(kusto_copy::cli::copy::run(args, environment)) {
+    let result = runtime.block_on(kusto_copy::cli::copy::run(args, environment));
+    write_usage(&env);
+    match result {
         Ok(summary) => {
             println!("{summary}");
             ExitCode::SUCCESS

@@ -90,6 +90,8 @@ impl StorageClients {
                 max_total_elapsed: budget.max_total,
                 max_delay: time::Duration::seconds(10),
             }),
+            // Every try counted (`crate::metrics`): what the benchmark reports per block.
+            per_try_policies: vec![Arc::new(crate::metrics::CountStorageRequests { queue_service: false })],
             ..Default::default()
         };
         Ok(Self {
@@ -131,7 +133,9 @@ impl StorageClients {
 
     pub fn queue(&self, name: &str) -> Result<QueueClient, ClientSetupError> {
         let url = join(&self.queue_endpoint, name);
-        let options = QueueClientOptions { client_options: self.options.clone(), ..Default::default() };
+        let mut client_options = self.options.clone();
+        client_options.per_try_policies = vec![Arc::new(crate::metrics::CountStorageRequests { queue_service: true })];
+        let options = QueueClientOptions { client_options, ..Default::default() };
         QueueClient::new(url.clone(), self.credential.clone(), Some(options))
             .map_err(|source| ClientSetupError::Client { url: url.to_string(), source })
     }

@@ -84,6 +84,11 @@ pub struct QueueSettings {
     pub visibility_timeout: Duration,
     pub max_dequeue_count: u32,
     pub batch_size: u8,
+    /// A new batch is fetched when at most this many of a queue's messages are running
+    /// (default: half the batch size).
+    pub new_batch_threshold: usize,
+    /// The longest wait between two looks at an empty queue.
+    pub max_polling_interval: Duration,
 }
 
 /// What happened to one delivered message.
@@ -133,6 +138,8 @@ impl Host {
             visibility_timeout: q["visibilityTimeout"].as_str().map(duration).unwrap_or(Duration::ZERO),
             max_dequeue_count: q["maxDequeueCount"].as_u64().unwrap_or(5) as u32,
             batch_size: q["batchSize"].as_u64().unwrap_or(16) as u8,
+            new_batch_threshold: q["newBatchThreshold"].as_u64().unwrap_or(q["batchSize"].as_u64().unwrap_or(16) / 2) as usize,
+            max_polling_interval: q["maxPollingInterval"].as_str().map(duration).unwrap_or(Duration::from_secs(60)),
         };
         let mut functions = Vec::new();
         for entry in std::fs::read_dir(root.join("functions")).unwrap() {
@@ -199,6 +206,62 @@ impl Host {
             outcomes.push(t.await.unwrap());
         }
         outcomes
+    }
+
+    /// Delivers messages the way the host's queue listener does, until `stop` is set (then
+    /// waits for the invocations in flight): per queue, a batch of `batchSize` is received
+    /// whenever at most `newBatchThreshold` of its messages are running, so at most their
+    /// sum run at once; after a look that found the queue empty the next waits 100 ms,
+    /// doubling up to `maxPollingInterval`, and a look that found messages resets the wait
+    /// (the queue trigger's polling algorithm: azure-functions/functions-bindings-storage-
+    /// queue-trigger, "Polling algorithm" and "Concurrency"). Returns every outcome.
+    pub async fn listen(self: &Arc<Self>, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<Outcome> {
+        let mut listeners = Vec::new();
+        for f in &self.functions {
+            let Trigger::Queue { queue, .. } = &f.trigger else { continue };
+            let (host, function, stop) = (self.clone(), f.name.clone(), stop.clone());
+            let q = self.queue(queue).await;
+            listeners.push(tokio::spawn(async move { host.listen_to(&function, q, stop).await }));
+        }
+        let mut all = Vec::new();
+        for l in listeners {
+            all.extend(l.await.unwrap());
+        }
+        all
+    }
+
+    async fn listen_to(self: Arc<Self>, function: &str, q: Arc<dyn HostQueue>, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<Outcome> {
+        use std::sync::atomic::Ordering;
+        const FIRST_WAIT: Duration = Duration::from_millis(100);
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let finished = Arc::new(tokio::sync::Notify::new());
+        let mut deliveries = tokio::task::JoinSet::new();
+        let mut wait = FIRST_WAIT;
+        while !stop.load(Ordering::SeqCst) {
+            if running.load(Ordering::SeqCst) > self.settings.new_batch_threshold {
+                // Woken by a finished invocation; the timeout only re-checks `stop`.
+                let _ = tokio::time::timeout(Duration::from_millis(100), finished.notified()).await;
+                continue;
+            }
+            let received = q.receive(self.settings.batch_size, Duration::from_secs(300)).await.unwrap();
+            if received.is_empty() {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(self.settings.max_polling_interval.max(FIRST_WAIT));
+                continue;
+            }
+            wait = FIRST_WAIT;
+            for message in received {
+                running.fetch_add(1, Ordering::SeqCst);
+                let (host, function, q, running, finished) = (self.clone(), function.to_owned(), q.clone(), running.clone(), finished.clone());
+                deliveries.spawn(async move {
+                    let outcome = host.deliver(&function, q.as_ref(), message).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    finished.notify_one();
+                    outcome
+                });
+            }
+        }
+        deliveries.join_all().await
     }
 
     /// Polls until `done` says so or `timeout` passes; returns every outcome seen.

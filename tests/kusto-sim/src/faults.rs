@@ -45,6 +45,29 @@ impl CommandKind {
     }
 }
 
+/// What a request is, in a few words for counting: `query`, `.export`, `.move`,
+/// `.show operations`, `.show extents` (of a table), `.show policy`... The management
+/// command's verb, and for `.show` what is shown.
+pub fn request_label(csl: &str) -> String {
+    let t = csl.trim_start();
+    if !t.starts_with('.') {
+        return "query".into();
+    }
+    let words: Vec<String> = t.split_whitespace().take(5).map(|w| w.to_ascii_lowercase()).collect();
+    let word = |i: usize| words.get(i).map(String::as_str).unwrap_or_default();
+    let bare = |w: &str| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-').to_owned();
+    match word(0) {
+        ".show" => {
+            // `.show table T extents`, `.show database D policy retention`: what is shown.
+            let shown = if matches!(word(1), "table" | "database") && !word(3).is_empty() { bare(word(3)) } else { bare(word(1)) };
+            format!(".show {}", if shown == "operation" { "operations".into() } else { shown })
+        }
+        ".drop" if words.iter().any(|w| w == "tags") => ".drop extent tags".into(),
+        ".drop" if words.iter().any(|w| w == "extents" || w == "extent") => ".drop extents".into(),
+        verb => verb.to_owned(),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
     /// 429 before the request runs.
@@ -262,6 +285,33 @@ mod tests {
         assert_eq!(CommandKind::of(".drop extents <| .show table T extents"), CommandKind::DropExtents);
         assert_eq!(CommandKind::of(".drop table T"), CommandKind::Schema);
         assert_eq!(CommandKind::of(".show operations"), CommandKind::Show);
+    }
+
+    #[test]
+    fn labels_requests_by_verb_and_what_is_shown() {
+        assert_eq!(request_label("T | count"), "query");
+        assert_eq!(request_label(".export async compressed to parquet (h'x') <| T"), ".export");
+        assert_eq!(request_label(".show table T extents (a, b)"), ".show extents");
+        assert_eq!(request_label(".show database D policy retention"), ".show policy");
+        assert_eq!(request_label(".show operation 1234 details"), ".show operations");
+        assert_eq!(request_label(".show operations (1, 2)"), ".show operations");
+        assert_eq!(request_label(".show capacity | where Resource == 'DataExport'"), ".show capacity");
+        assert_eq!(request_label(".drop table T extent tags ('a')"), ".drop extent tags");
+        assert_eq!(request_label(".move async extents (x) from table A to table B"), ".move");
+    }
+
+    #[test]
+    fn drawn_durations_stay_within_the_spread_and_repeat() {
+        use crate::model::cluster::{drawn_duration, Spread};
+        let mean = Duration::from_secs(2);
+        let spread = Spread { seed: 7, fraction: 0.3 };
+        let draws: Vec<Duration> = (0..1000).map(|i| drawn_duration(mean, spread, CommandKind::Export, i)).collect();
+        assert!(draws.iter().all(|d| *d >= Duration::from_millis(1400) && *d <= Duration::from_millis(2600)));
+        let average = draws.iter().sum::<Duration>().as_secs_f64() / 1000.0;
+        assert!((average - 2.0).abs() < 0.05, "{average}");
+        assert!(draws.iter().any(|d| *d < Duration::from_millis(1500)) && draws.iter().any(|d| *d > Duration::from_millis(2500)));
+        assert_eq!(draws[17], drawn_duration(mean, spread, CommandKind::Export, 17));
+        assert_ne!(draws[17], drawn_duration(mean, spread, CommandKind::Move, 17));
     }
 
     #[test]

@@ -40,9 +40,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-pub use faults::{CommandKind, Fault};
+pub use faults::{request_label, CommandKind, Fault};
 pub use kql::eval::Frame;
-pub use model::cluster::{ClusterConfig, ClusterState, SimClock};
+pub use model::cluster::{drawn_duration, ClusterConfig, ClusterState, SimClock, Spread};
 pub use model::table::Column;
 pub use model::value::{ScalarType, Value};
 pub use seed::{SeedExtent, SeedPlan};

@@ -61,13 +61,14 @@ enum Gate {
 
 /// Checks the token and applies request-level faults. `PartialQueryFailure` has no meaning
 /// for ingestion and is ignored here.
-fn gate(state: &Shared, headers: &HeaderMap, kind: CommandKind) -> Gate {
+fn gate(state: &Shared, headers: &HeaderMap, kind: CommandKind, label: &str) -> Gate {
     let ids = RequestIds::from_headers(headers);
     let uri = lock(state).audience();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if let Err(e) = check_bearer(headers.get("authorization").and_then(|v| v.to_str().ok()), &uri, now) {
         return Gate::Refuse(crate::server::error_response(&e, &ids));
     }
+    *lock(state).requests.entry(label.to_owned()).or_default() += 1;
     let mut drop_answer = false;
     for f in lock(state).faults.take(kind, true) {
         let e = match f {
@@ -106,7 +107,7 @@ pub async fn submit(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let drop_answer = match gate(&state, &headers, CommandKind::QueuedIngest) {
+    let drop_answer = match gate(&state, &headers, CommandKind::QueuedIngest, "queued ingest") {
         Gate::Refuse(r) => return r,
         Gate::Run { drop_answer } => drop_answer,
     };
@@ -145,12 +146,12 @@ pub async fn submit(
     }
     let tracking = props.get("enabletracking").is_some_and(|v| v == "true");
     let (columns, store, delay, now) = {
-        let s = lock(&state);
+        let mut s = lock(&state);
         let columns = match s.table(&db, &table) {
             Ok(t) => t.columns.clone(),
             Err(e) => return fail(e),
         };
-        (columns, s.blobs.clone(), s.config.duration(CommandKind::QueuedIngest), s.now())
+        (columns, s.blobs.clone(), s.next_duration(CommandKind::QueuedIngest), s.now())
     };
     let op_id = crate::ids::new_uuid().to_string();
     {
@@ -223,7 +224,7 @@ pub async fn status(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Gate::Refuse(r) = gate(&state, &headers, CommandKind::Show) {
+    if let Gate::Refuse(r) = gate(&state, &headers, CommandKind::Show, "queued ingest status") {
         return r;
     }
     let details = query.get("details").is_some_and(|v| v.eq_ignore_ascii_case("true"));

@@ -138,6 +138,7 @@ async fn handle(state: Shared, headers: HeaderMap, body: String, endpoint: Endpo
         Err(e) => return error_response(&e, &ids),
     };
     let kind = CommandKind::of(&req.csl);
+    *lock(&state).requests.entry(crate::faults::request_label(&req.csl)).or_default() += 1;
     if let Some(c) = &req.consistency {
         lock(&state).consistency_log.push((req.csl.split_whitespace().next().unwrap_or_default().to_string(), c.clone()));
     }

@@ -131,7 +131,7 @@ pub fn run_maybe_async(
     }
     let now = s.now();
     let id = s.operations.start(operation, db, now);
-    let mut delay = s.config.duration(kind);
+    let mut delay = s.next_duration(kind);
     for f in &faults {
         if let Fault::Slow(d) = f {
             delay += *d;

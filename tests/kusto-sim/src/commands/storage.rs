@@ -88,7 +88,7 @@ async fn export(
         let now = s.now();
         // A sync export also holds a capacity slot while it writes.
         let op = s.operations.start(EXPORT_OPERATION, db, now);
-        let mut delay = if is_async { s.config.duration(CommandKind::Export) } else { std::time::Duration::ZERO };
+        let mut delay = if is_async { s.next_duration(CommandKind::Export) } else { std::time::Duration::ZERO };
         for f in &faults {
             if let Fault::Slow(d) = f {
                 delay += *d;
@@ -251,7 +251,7 @@ async fn ingest(state: &Shared, db: &str, is_async: bool, table: String, sources
         let faults = s.faults.take(CommandKind::Ingest, false);
         let now = s.now();
         let op = if is_async { Some(s.operations.start("DataIngestPull", db, now)) } else { None };
-        let mut delay = if is_async { s.config.duration(CommandKind::Ingest) } else { std::time::Duration::ZERO };
+        let mut delay = if is_async { s.next_duration(CommandKind::Ingest) } else { std::time::Duration::ZERO };
         for f in &faults {
             if let Fault::Slow(d) = f {
                 delay += *d;

@@ -45,13 +45,36 @@ pub struct ClusterConfig {
     /// may act on it. The docs: tags are never deleted before the period is exceeded, "but
     /// deletion isn't immediate following that point".
     pub tag_retention_lag: Duration,
+    /// When set, each async operation's duration is drawn around its kind's mean instead of
+    /// being the mean ([`drawn_duration`]): the benchmark's operations of uneven length.
+    pub spread: Option<Spread>,
+}
+
+/// Durations drawn uniformly in `mean * (1 ± fraction)`, from a seed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub seed: u64,
+    pub fraction: f64,
 }
 
 impl ClusterConfig {
-    /// How long an async operation of `kind` runs.
+    /// How long an async operation of `kind` runs, on average.
     pub fn duration(&self, kind: CommandKind) -> Duration {
         self.durations.get(&kind).copied().unwrap_or(self.async_duration)
     }
+}
+
+/// The duration of the `ordinal`-th (from 0) async operation of `kind` a cluster starts:
+/// a pure function of the seed, so a benchmark computes the ideal schedule of the very
+/// durations the cluster will use.
+pub fn drawn_duration(mean: Duration, spread: Spread, kind: CommandKind, ordinal: u64) -> Duration {
+    // splitmix64 over (seed, kind, ordinal): independent, repeatable draws.
+    let mut z = spread.seed ^ ((kind as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) ^ ordinal.wrapping_mul(0xd1b5_4a32_d192_ed03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+    mean.mul_f64((1.0 + spread.fraction * (2.0 * unit - 1.0)).max(0.0))
 }
 
 /// A source of the current time (the machine's, or a virtual one).
@@ -89,6 +112,7 @@ impl Default for ClusterConfig {
             default_database: "db".into(),
             ca_cert_pem: None,
             tag_retention_lag: Duration::from_secs(30),
+            spread: None,
         }
     }
 }
@@ -114,6 +138,11 @@ pub struct ClusterState {
     pub queued: crate::queued::QueuedLog,
     /// Requests that sent `queryconsistency`: (the request text's first word, the value).
     pub consistency_log: Vec<(String, String)>,
+    /// Async operations started so far, per kind (the ordinal of the next duration drawn).
+    pub operations_started: BTreeMap<CommandKind, u64>,
+    /// Requests answered past authentication, by [`crate::faults::request_label`]: what a
+    /// benchmark counts per block.
+    pub requests: BTreeMap<String, u64>,
 }
 
 impl ClusterState {
@@ -142,7 +171,22 @@ impl ClusterState {
             blobs,
             queued: Default::default(),
             consistency_log: Vec::new(),
+            operations_started: BTreeMap::new(),
+            requests: BTreeMap::new(),
         })
+    }
+
+    /// How long the async operation of `kind` starting now runs: the kind's mean, or with a
+    /// [`Spread`] the next draw around it.
+    pub fn next_duration(&mut self, kind: CommandKind) -> Duration {
+        let ordinal = self.operations_started.entry(kind).or_default();
+        let n = *ordinal;
+        *ordinal += 1;
+        let mean = self.config.duration(kind);
+        match self.config.spread {
+            Some(spread) => drawn_duration(mean, spread, kind, n),
+            None => mean,
+        }
     }
 
     pub fn now(&self) -> i64 {
