@@ -38,6 +38,8 @@ pub struct EngineOptions {
     /// whole seconds; the in-process driver can go lower).
     pub min_poll: Duration,
     pub max_poll: Duration,
+    /// The shortest wait before a look at an operation expected to end soon.
+    pub poll_floor: Duration,
     pub sas_lifetime: time::Duration,
     pub ingest_route: IngestRoute,
     /// A block untouched for this long is swept: its due step is sent again.
@@ -70,6 +72,8 @@ impl Default for EngineOptions {
             limits: PlanLimits::default(),
             min_poll: Duration::from_secs(2),
             max_poll: Duration::from_secs(60),
+            // Below a second, `kc serve` waits in the invocation (handler/steps.rs).
+            poll_floor: Duration::from_millis(250),
             sas_lifetime: time::Duration::hours(6),
             deployment: deployment_hash(""),
             janitor_every: Some(time::Duration::minutes(10)),
@@ -303,11 +307,60 @@ pub struct CopyEngine {
     pub(super) ids: Arc<dyn Ids>,
     /// When this instance's janitor last ran.
     pub(super) janitor_ran: Mutex<Option<OffsetDateTime>>,
+    /// What this instance learned of the clusters' pace: see [`Learned`].
+    pub(super) learned: Learned,
+    /// Records that never change once read in the state cached ([`Cached`]).
+    pub(super) cached: Cached,
+}
+
+/// How long operations of a kind take on a cluster, as this instance saw them end: what
+/// polls are timed by. In memory only: an instance that starts again learns again (its
+/// first polls follow the plain schedule), and nothing decides on it but when to look.
+#[derive(Default)]
+pub struct Learned(Mutex<HashMap<(String, &'static str), super::steps::Expected>>);
+
+impl Learned {
+    /// Folds in one operation that ran `took`: averages that follow the recent ones, of the
+    /// duration and of its deviation from that average (as TCP estimates a round trip).
+    pub fn record(&self, cluster: &str, kind: &'static str, took: Duration) {
+        let mut map = self.0.lock().unwrap();
+        let e = map.entry((cluster.to_owned(), kind)).or_insert(super::steps::Expected { mean: took, deviation: took / 4, eager: false });
+        let off = if took > e.mean { took - e.mean } else { e.mean - took };
+        e.deviation = e.deviation.mul_f64(0.75) + off.mul_f64(0.25);
+        e.mean = e.mean.mul_f64(0.875) + took.mul_f64(0.125);
+    }
+
+    pub fn expected(&self, cluster: &str, kind: &'static str) -> Option<super::steps::Expected> {
+        self.0.lock().unwrap().get(&(cluster.to_owned(), kind)).copied()
+    }
+}
+
+/// Job records once accepted (a job's definition never changes: an id holds one definition),
+/// and iteration records once copying (what block steps read of them, the slots, the block
+/// count, the route, the soft-delete period, is fixed when planning ends). Saves each step
+/// two Storage reads.
+#[derive(Default)]
+pub struct Cached {
+    pub(super) jobs: Mutex<HashMap<String, JobRecord>>,
+    pub(super) iterations: Mutex<HashMap<String, IterationRecord>>,
+    /// Which export slot each block of this process holds (a hint, see [`super::slots`]).
+    pub(super) slots: Mutex<HashMap<String, u64>>,
+    /// Per source cluster, the slot this process last gave up.
+    pub(super) free_slots: Mutex<HashMap<String, u64>>,
 }
 
 impl CopyEngine {
     pub fn new(store: Arc<dyn CheckpointStore>, connections: Arc<dyn Connections>, options: EngineOptions) -> Self {
-        CopyEngine { store, connections, options, clock: Arc::new(SystemClock), ids: Arc::new(RandomIds), janitor_ran: Mutex::new(None) }
+        CopyEngine {
+            store,
+            connections,
+            options,
+            clock: Arc::new(SystemClock),
+            ids: Arc::new(RandomIds),
+            janitor_ran: Mutex::new(None),
+            learned: Learned::default(),
+            cached: Cached::default(),
+        }
     }
 
     /// The same engine on another clock and id source (virtual time in tests).
@@ -322,10 +375,20 @@ impl CopyEngine {
     }
 
     async fn place(&self, message: &StepMessage) -> Result<Place, EngineError> {
-        let job = read_job(self.store.as_ref(), &message.job)
-            .await
-            .map_err(record_err)?
-            .ok_or_else(|| EngineError::Permanent(format!("no job '{}'", message.job)))?;
+        let cached = self.cached.jobs.lock().unwrap().get(&message.job).cloned();
+        let job = match cached {
+            Some(job) => job,
+            None => {
+                let job = read_job(self.store.as_ref(), &message.job)
+                    .await
+                    .map_err(record_err)?
+                    .ok_or_else(|| EngineError::Permanent(format!("no job '{}'", message.job)))?;
+                if job.state == JobState::Accepted {
+                    self.cached.jobs.lock().unwrap().insert(job.id.clone(), job.clone());
+                }
+                job
+            }
+        };
         let spec = job.spec.clone().ok_or_else(|| EngineError::Permanent(format!("job '{}' was rejected", job.id)))?;
         let name = message.activity.as_deref().ok_or_else(|| EngineError::Permanent("step message names no activity".into()))?;
         let activity = spec
@@ -767,10 +830,29 @@ impl CopyEngine {
         let Some(capacity) = iteration.cluster_capacity else { return Ok(true) };
         let owner = format!("{}/{}/{}/{}", place.job.id, place.activity.name, place.iteration, block.number);
         let (store, cluster, now) = (self.store.as_ref(), place.activity.source.cluster.as_str(), self.clock.now());
+        // Where this process last saw the block's claim: looked at first, so a renewal or a
+        // release reads one claim instead of every slot's.
+        let hint = self.cached.slots.lock().unwrap().get(&owner).copied();
         match action {
-            SlotAction::Acquire => super::slots::acquire(store, cluster, capacity, &owner, now).await.map_err(storage_err),
-            SlotAction::Renew => super::slots::renew(store, cluster, capacity, &owner, now).await.map(|_| true).map_err(storage_err),
-            SlotAction::Release => super::slots::release(store, cluster, capacity, &owner, now).await.map(|_| true).map_err(storage_err),
+            SlotAction::Acquire => {
+                // A block's first export may take the slot this process saw given up last
+                // (a hand-over's) without looking at every slot.
+                let first = block.export_attempt == 0 && block.unconfirmed_export.is_none();
+                let free = if first { self.cached.free_slots.lock().unwrap().remove(cluster) } else { None };
+                let held = super::slots::acquire_hinted(store, cluster, capacity, &owner, now, super::slots::Hints { held: hint, free }).await.map_err(storage_err)?;
+                if let Some(n) = held {
+                    self.cached.slots.lock().unwrap().insert(owner, n);
+                }
+                Ok(held.is_some())
+            }
+            SlotAction::Renew => super::slots::renew_hinted(store, cluster, capacity, &owner, now, hint).await.map(|_| true).map_err(storage_err),
+            SlotAction::Release => {
+                super::slots::release_hinted(store, cluster, capacity, &owner, now, hint).await.map_err(storage_err)?;
+                if let Some(n) = self.cached.slots.lock().unwrap().remove(&owner) {
+                    self.cached.free_slots.lock().unwrap().insert(cluster.to_owned(), n);
+                }
+                Ok(true)
+            }
         }
     }
 
@@ -794,11 +876,8 @@ impl CopyEngine {
 
     async fn count_done(&self, place: &Place, block: u64, rows: u64) -> Result<bool, EngineError> {
         let key = done_key(place);
-        let blocks = self
-            .read::<IterationRecord>(&keys::iteration(&place.job.id, &place.activity.name, place.iteration))
-            .await?
-            .map(|(it, _)| it.blocks)
-            .ok_or_else(|| EngineError::Permanent("iteration record missing".into()))?;
+        // The block count is fixed once copying: the cached record tells it.
+        let blocks = self.iteration_for_blocks(place).await?.blocks;
         loop {
             let (mut progress, etag) = match self.read::<Progress>(&key).await? {
                 Some((p, etag)) => (p, Some(etag)),
@@ -1169,11 +1248,71 @@ pub struct JobProgress {
     pub copied_rows: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct Progress {
-    /// Numbers of the blocks done (a set, so counting is idempotent).
+    /// Numbers of the blocks done (a set, so counting is idempotent), written as ranges
+    /// (`"0-57,59-60"`): blocks end nearly in order, so the record stays a few bytes however
+    /// many blocks an iteration has, where a list of 100,000 numbers would be rewritten whole
+    /// by every block's end. A list of numbers (the earlier form) is read too.
+    #[serde(with = "block_ranges")]
     pub(super) blocks: std::collections::BTreeSet<u64>,
     pub(super) rows: u64,
+}
+
+mod block_ranges {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::collections::BTreeSet;
+
+    pub fn serialize<S: Serializer>(blocks: &BTreeSet<u64>, s: S) -> Result<S::Ok, S::Error> {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for &b in blocks {
+            match ranges.last_mut() {
+                Some((_, end)) if *end + 1 == b => *end = b,
+                _ => ranges.push((b, b)),
+            }
+        }
+        let text: Vec<String> = ranges.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+        s.serialize_str(&text.join(","))
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Ranges(String),
+        List(Vec<u64>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeSet<u64>, D::Error> {
+        match Form::deserialize(d)? {
+            Form::List(list) => Ok(list.into_iter().collect()),
+            Form::Ranges(text) => {
+                let mut out = BTreeSet::new();
+                for part in text.split(',').filter(|p| !p.is_empty()) {
+                    let (a, b) = part.split_once('-').unwrap_or((part, part));
+                    let (a, b): (u64, u64) = (a.parse().map_err(serde::de::Error::custom)?, b.parse().map_err(serde::de::Error::custom)?);
+                    if b < a || b - a > 100_000_000 {
+                        return Err(serde::de::Error::custom(format!("bad block range {part}")));
+                    }
+                    out.extend(a..=b);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn ranges_round_trip_and_the_old_list_reads() {
+            let p = super::super::Progress { blocks: [0, 1, 2, 3, 5, 7, 8].into_iter().collect(), rows: 9 };
+            let text = serde_json::to_string(&p).unwrap();
+            assert!(text.contains(r#""0-3,5,7-8""#), "{text}");
+            assert_eq!(serde_json::from_str::<super::super::Progress>(&text).unwrap(), p);
+            let old: super::super::Progress = serde_json::from_str(r#"{"blocks":[4,2],"rows":1}"#).unwrap();
+            assert_eq!(old.blocks.into_iter().collect::<Vec<_>>(), vec![2, 4]);
+            assert!(serde_json::from_str::<super::super::Progress>(r#"{"blocks":"5-2","rows":1}"#).is_err());
+        }
+    }
 }
 
 fn done_key(place: &Place) -> String {

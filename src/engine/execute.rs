@@ -41,6 +41,7 @@ impl CopyEngine {
         steps::Rules {
             min_poll: self.options.min_poll,
             max_poll: self.options.max_poll,
+            poll_floor: self.options.poll_floor,
             slot_poll: self.options.min_poll,
             lease: self.options.lease,
             orphan_settle: self.options.orphan_settle,
@@ -54,10 +55,12 @@ impl CopyEngine {
         let Some((mut record, mut etag)) = self.read::<BlockRecord>(&key).await? else {
             return Err(EngineError::Permanent(format!("no block {block_no} in iteration {}", place.iteration)));
         };
-        let (iteration, _) = self
-            .read::<IterationRecord>(&keys::iteration(&place.job.id, &place.activity.name, place.iteration))
-            .await?
-            .ok_or_else(|| EngineError::Permanent(format!("iteration {} has no record", place.iteration)))?;
+        let iteration = self.iteration_for_blocks(place).await?;
+        let expected = match step {
+            Step::Export | Step::AwaitExport => self.learned.expected(&place.activity.source.cluster, "export").map(|e| steps::Expected { eager: true, ..e }),
+            Step::Ingest | Step::AwaitIngest => self.learned.expected(&place.activity.destination.cluster, "ingest").map(|e| steps::Expected { eager: false, ..e }),
+            _ => None,
+        };
         let handover = Some(block_no + iteration.export_slots.max(1)).filter(|n| *n < iteration.blocks);
         let base = Ctx {
             now: self.clock.now(),
@@ -68,6 +71,7 @@ impl CopyEngine {
             verify: place.spec.verify,
             soft_delete: iteration.destination_soft_delete(),
             redelivered: delivery.dequeue_count > 1,
+            expected,
             rules: self.rules(),
         };
         match record.on_message(step, delivery.dequeue_count) {
@@ -131,6 +135,20 @@ impl CopyEngine {
         Ok(outgoing(place, out))
     }
 
+    /// The iteration as block steps see it: read once it is copying, then from the cache
+    /// ([`super::copy::Cached`]: nothing block steps read of it changes after planning).
+    pub(super) async fn iteration_for_blocks(&self, place: &Place) -> Result<IterationRecord, EngineError> {
+        let key = keys::iteration(&place.job.id, &place.activity.name, place.iteration);
+        if let Some(it) = self.cached.iterations.lock().unwrap().get(&key) {
+            return Ok(it.clone());
+        }
+        let (iteration, _) = self.read::<IterationRecord>(&key).await?.ok_or_else(|| EngineError::Permanent(format!("iteration {} has no record", place.iteration)))?;
+        if iteration.state != super::records::IterationState::Planning {
+            self.cached.iterations.lock().unwrap().insert(key, iteration.clone());
+        }
+        Ok(iteration)
+    }
+
     /// This delivery took the block's export slot and then found the block moved on by
     /// another: if the block no longer exports (it is past its export, or done), nobody will
     /// give that claim back, so this delivery does. A block still exporting keeps it: the
@@ -181,6 +199,12 @@ impl CopyEngine {
                     Ok(s) => s,
                     Err(obs) => return obs,
                 };
+                // Still running and nothing failed: whatever the tag holds now, the decision
+                // waits (a stray duplicate shows in the count once the ingestion is over), so
+                // the listing is left for the poll that finds it over.
+                if !(status.finished || status.status_missing || status.failed) {
+                    return Obs::Ingest(status);
+                }
                 match self.staged_extents(place, &tag, &rid).await {
                     Ok(extents) => Obs::Ingest(IngestPoll { extents, ..status }),
                     Err(e) => kusto_failure("count the tag's rows in staging", e),
@@ -246,6 +270,11 @@ impl CopyEngine {
                         Err(e) => return kusto_failure("count the moved rows at the destination", e),
                     }
                 };
+                // The moved extents hold every row: that settles it (the decision needs
+                // nothing more), and three listings are saved.
+                if block.rows().is_some_and(|rows| rows == by_ids) {
+                    return Obs::Verified { by_ids, by_tag: None, left_in_staging: None };
+                }
                 let by_tag = match self.tagged_at_destination(&dest, dest_db, &target, &tag, &rid).await {
                     Ok(rows) => rows,
                     Err(e) => return kusto_failure("count the tag's rows at the destination", e),
@@ -255,7 +284,7 @@ impl CopyEngine {
                     Err(e) => return engine_failure("verify", e),
                 };
                 match self.existing_extents(&dest, dest_db, &staging, &counted, &rid).await {
-                    Ok(left) => Obs::Verified { by_ids, by_tag, left_in_staging: left.len() },
+                    Ok(left) => Obs::Verified { by_ids, by_tag: Some(by_tag), left_in_staging: Some(left.len()) },
                     Err(e) => kusto_failure("look for the block's extents in staging", e),
                 }
             }
@@ -429,6 +458,9 @@ impl CopyEngine {
             Consequence::NewAttempt(why) => Obs::Export(ExportPoll::Ended { why }),
             Consequence::Fail(why) => Obs::Export(ExportPoll::Stopped { why: format!("export operation {op}: {why}") }),
             Consequence::Succeeded => {
+                if let Some(took) = o.started_on.zip(o.last_updated_on).and_then(|(s, e)| (e - s).try_into().ok()) {
+                    self.learned.record(&place.activity.source.cluster, "export", took);
+                }
                 let details = match source.execute(db, &commands::show_operation_details(op), &rid).await.and_then(|d| results::exported_blobs(&d)) {
                     Ok(d) => d,
                     // The record aged out between the two looks (about 6 hours; sooner on a
@@ -530,6 +562,9 @@ impl CopyEngine {
                         // Judged by the per-blob details, as the official client judges them: done
                         // when the list is non-empty and every blob is final.
                         Ok(status) => {
+                            if let Some(took) = status.start_time.zip(status.last_updated).filter(|_| status.is_finished()).and_then(|(s, e)| (e - s).try_into().ok()) {
+                                self.learned.record(&place.activity.destination.cluster, "ingest", took);
+                            }
                             finished &= status.is_finished();
                             failed |= status.has_failures();
                             too_old = too_old.or_else(|| status.refused_as_too_old());

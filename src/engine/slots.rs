@@ -35,38 +35,85 @@ fn slot_key(cluster: &str, n: u64) -> String {
 
 /// Takes a slot for `owner`, or keeps the one it holds. `false`: all slots are busy.
 pub async fn acquire(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime) -> Result<bool, StorageError> {
+    Ok(acquire_hinted(store, cluster, capacity, owner, now, Hints::default()).await?.is_some())
+}
+
+/// Where this process last saw things, looked at first (hints only: every claim is still
+/// read and swapped with its ETag).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hints {
+    /// The slot the owner's claim was last seen in.
+    pub held: Option<u64>,
+    /// A slot just given up, and the owner never held one (a block's first export): taken
+    /// if still free without looking at every slot first. Should the owner hold another
+    /// claim after all (a duplicate delivery elsewhere took one), that claim only idles
+    /// until it expires or the iteration ends: capacity is never exceeded.
+    pub free: Option<u64>,
+}
+
+/// [`acquire`], answering which slot is held.
+pub async fn acquire_hinted(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime, hints: Hints) -> Result<Option<u64>, StorageError> {
     let claim = Claim { owner: owner.to_owned(), expires_at: now + CLAIM_TTL };
+    for (n, take_if_free) in [(hints.held, false), (hints.free, true)].into_iter().filter_map(|(n, f)| n.filter(|n| *n < capacity.max(1)).map(|n| (n, f))) {
+        let key = slot_key(cluster, n);
+        let found = checkpoint::read_json::<Claim>(store, &key).await.map_err(record_to_storage)?;
+        let write = match found {
+            Some((held, etag)) if held.owner == owner => Some(Some(etag)),
+            Some((held, etag)) if take_if_free && held.expires_at <= now => Some(Some(etag)),
+            None if take_if_free => Some(None),
+            _ => None,
+        };
+        if let Some(etag) = write {
+            let written = match etag {
+                None => checkpoint::create_json(store, &key, &claim).await?,
+                Some(etag) => checkpoint::replace_json(store, &key, &claim, &etag).await?,
+            };
+            if let Written::Done(_) = written {
+                return Ok(Some(n));
+            }
+        }
+    }
     let mut free = None;
     for n in 0..capacity.max(1) {
         let key = slot_key(cluster, n);
         match checkpoint::read_json::<Claim>(store, &key).await.map_err(record_to_storage)? {
             Some((held, etag)) if held.owner == owner => {
-                return Ok(matches!(checkpoint::replace_json(store, &key, &claim, &etag).await?, Written::Done(_)));
+                return Ok(matches!(checkpoint::replace_json(store, &key, &claim, &etag).await?, Written::Done(_)).then_some(n));
             }
-            Some((held, etag)) if held.expires_at <= now => free = free.or(Some((key, Some(etag)))),
+            Some((held, etag)) if held.expires_at <= now => free = free.or(Some((n, key, Some(etag)))),
             Some(_) => {}
-            None => free = free.or(Some((key, None))),
+            None => free = free.or(Some((n, key, None))),
         }
     }
-    let Some((key, etag)) = free else { return Ok(false) };
+    let Some((n, key, etag)) = free else { return Ok(None) };
     let written = match etag {
         None => checkpoint::create_json(store, &key, &claim).await?,
         Some(etag) => checkpoint::replace_json(store, &key, &claim, &etag).await?,
     };
     // Lost the race for that slot: report busy; the export asks again shortly.
-    Ok(matches!(written, Written::Done(_)))
+    Ok(matches!(written, Written::Done(_)).then_some(n))
 }
 
 /// Extends the claim `owner` holds, if any (a poll of a running export).
 pub async fn renew(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime) -> Result<(), StorageError> {
-    set(store, cluster, capacity, owner, Claim { owner: owner.to_owned(), expires_at: now + CLAIM_TTL }).await
+    renew_hinted(store, cluster, capacity, owner, now, None).await
+}
+
+/// [`renew`], looking first at the slot `hint` names.
+pub async fn renew_hinted(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime, hint: Option<u64>) -> Result<(), StorageError> {
+    set(store, cluster, capacity, owner, Claim { owner: owner.to_owned(), expires_at: now + CLAIM_TTL }, hint).await
 }
 
 /// Gives up the claim `owner` holds, if any: it expires at once and names no owner, so a
 /// renewal from a delivery that polled before the release (and renews after it) finds
 /// nothing of its own to extend.
 pub async fn release(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime) -> Result<(), StorageError> {
-    set(store, cluster, capacity, owner, Claim { owner: String::new(), expires_at: now }).await
+    release_hinted(store, cluster, capacity, owner, now, None).await
+}
+
+/// [`release`], looking first at the slot `hint` names.
+pub async fn release_hinted(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime, hint: Option<u64>) -> Result<(), StorageError> {
+    set(store, cluster, capacity, owner, Claim { owner: String::new(), expires_at: now }, hint).await
 }
 
 /// Gives up every claim whose owner starts with `prefix` (one iteration's blocks, once they
@@ -83,8 +130,11 @@ pub async fn release_all(store: &dyn CheckpointStore, cluster: &str, capacity: u
     Ok(())
 }
 
-async fn set(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, claim: Claim) -> Result<(), StorageError> {
-    for n in 0..capacity.max(1) {
+async fn set(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, claim: Claim, hint: Option<u64>) -> Result<(), StorageError> {
+    // The hinted slot first, then every slot (the hinted one again only when the claim moved
+    // there since: a read, no write).
+    let order = hint.filter(|n| *n < capacity.max(1)).into_iter().chain(0..capacity.max(1));
+    for n in order {
         let key = slot_key(cluster, n);
         if let Some((held, etag)) = checkpoint::read_json::<Claim>(store, &key).await.map_err(record_to_storage)? {
             if held.owner == owner {

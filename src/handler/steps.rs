@@ -2,8 +2,15 @@
 
 use super::invocation::{queue_text, InvocationResult};
 use super::{bindings, emit, AppState, HandlerError};
-use crate::engine::{Delivery, EngineError, StepMessage};
+use crate::engine::{Delivery, EngineError, Outgoing, StepMessage};
 use serde_json::json;
+use std::time::Duration;
+
+/// A follow-up due sooner than this (a look at an operation about to end) is run in this
+/// invocation after its wait instead of through the queue, whose delays are whole seconds.
+const INLINE_BELOW: Duration = Duration::from_secs(1);
+/// At most this many such follow-ups per invocation.
+const INLINE_ROUNDS: u32 = 2;
 
 pub async fn run(state: &AppState, invocation: &super::Invocation) -> Result<InvocationResult, HandlerError> {
     let text = queue_text(invocation.binding(bindings::STEP).map_err(HandlerError::BadPayload)?)
@@ -22,6 +29,7 @@ pub async fn run(state: &AppState, invocation: &super::Invocation) -> Result<Inv
     let mut result = InvocationResult::default();
     match state.engine.step(&message, &delivery).await {
         Ok(outgoing) => {
+            let outgoing = run_soon_ones(state, outgoing, &delivery).await;
             emit(state, outgoing, &mut result).await?;
             result.return_value = json!({"step": message.step, "job": message.job});
             Ok(result)
@@ -35,6 +43,39 @@ pub async fn run(state: &AppState, invocation: &super::Invocation) -> Result<Inv
             Ok(result)
         }
     }
+}
+
+/// Runs here, up to [`INLINE_ROUNDS`] times, the follow-up that should not wait for the
+/// queue: an export start due now (a finished export handing its slot on: through the
+/// queue it would wait for the host's next look, up to `maxPollingInterval`, with the
+/// source's capacity idle), else the one follow-up due within [`INLINE_BELOW`], after its
+/// wait. Answers what is left to send. Safe against a crash at any point: this invocation's
+/// own message is deleted only once we answer, so a crash redelivers it and the engine sends
+/// its follow-ups again. A follow-up that fails here is sent through the queue as it would
+/// have been.
+async fn run_soon_ones(state: &AppState, mut outgoing: Vec<Outgoing>, delivery: &Delivery) -> Vec<Outgoing> {
+    for round in 1..=INLINE_ROUNDS {
+        let hand_over = outgoing.iter().position(|o| o.delay.is_zero() && o.message.step == "export");
+        let soon: Vec<usize> = outgoing.iter().enumerate().filter(|(_, o)| !o.delay.is_zero() && o.delay < INLINE_BELOW).map(|(i, _)| i).collect();
+        let i = match (hand_over, &soon[..]) {
+            (Some(i), _) => i,
+            (None, [i]) => *i,
+            _ => break,
+        };
+        let next = outgoing.remove(i);
+        tokio::time::sleep(next.delay).await;
+        // Its own delivery name: leases tell this run from the message's redeliveries.
+        let inline = Delivery { message_id: delivery.message_id.as_ref().map(|id| format!("{id}/inline-{round}")), dequeue_count: 1 };
+        match state.engine.step(&next.message, &inline).await {
+            Ok(more) => outgoing.extend(more),
+            Err(e) => {
+                tracing::info!(error = %e, "a follow-up run in the invocation failed: it goes through the queue");
+                outgoing.push(Outgoing { delay: Duration::from_secs(1), ..next });
+                break;
+            }
+        }
+    }
+    outgoing
 }
 
 fn truncate(text: &str) -> String {

@@ -85,15 +85,16 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
             // Seen at the destination; or, when its own processes (tag retention, merges) have
             // rewritten the moved extents since, the move's result rows named every counted
             // extent and none of them is left in staging.
-            let reported = !moved.is_empty() && moved.len() >= extents.len() && *left_in_staging == 0;
-            if *by_ids == *rows || *by_tag == *rows || reported {
+            let reported = !moved.is_empty() && moved.len() >= extents.len() && *left_in_staging == Some(0);
+            if *by_ids == *rows || *by_tag == Some(*rows) || reported {
                 let mut next = touched(b, ctx);
                 next.state = BlockState::Moved { rows: *rows, tag: tag.clone(), moved: moved.clone(), extents: extents.clone(), created_on: *created_on, verified: true };
                 Transition::write(next).then(Effect::DropDestinationTag { tag: tag.clone(), created_on: *created_on })
             } else {
                 Transition::fail(format!(
-                    "block {}: moved, but the destination holds {by_ids} of its {rows} rows in the moved extents and {by_tag} under {tag}",
-                    b.number
+                    "block {}: moved, but the destination holds {by_ids} of its {rows} rows in the moved extents and {} under {tag}",
+                    b.number,
+                    by_tag.unwrap_or(0)
                 ))
             }
         }
@@ -218,17 +219,17 @@ mod tests {
         assert_eq!(decide(&b, &Obs::Delivered, &c).effect, Some(Effect::Verify { moved: ids(&[11, 12]), tag: TAG.into(), counted: ids(&[1, 2]) }));
         // Seen by the moved ids, by the tag, or (rewritten at the destination since) reported
         // by the move for every counted extent with none left in staging.
-        for (by_ids, by_tag, left) in [(10, 0, 2), (0, 10, 2), (0, 0, 0)] {
+        for (by_ids, by_tag, left) in [(10, None, None), (0, Some(10), Some(2)), (0, Some(0), Some(0))] {
             let t = decide(&b, &Obs::Verified { by_ids, by_tag, left_in_staging: left }, &c);
             assert_eq!(t.record.unwrap().state, moved(true));
             assert_eq!(t.effect, Some(Effect::DropDestinationTag { tag: TAG.into(), created_on: Some(T0) }));
         }
-        assert!(decide(&b, &Obs::Verified { by_ids: 9, by_tag: 0, left_in_staging: 1 }, &c).fail.is_some());
+        assert!(decide(&b, &Obs::Verified { by_ids: 9, by_tag: Some(0), left_in_staging: Some(1) }, &c).fail.is_some());
         let mut found_by_looking = block(moved(false));
         if let BlockState::Moved { moved, .. } = &mut found_by_looking.state {
             moved.clear(); // a lost answer: no result rows to rely on
         }
-        assert!(decide(&found_by_looking, &Obs::Verified { by_ids: 0, by_tag: 0, left_in_staging: 0 }, &c).fail.is_some(), "never success from absence alone");
+        assert!(decide(&found_by_looking, &Obs::Verified { by_ids: 0, by_tag: Some(0), left_in_staging: Some(0) }, &c).fail.is_some(), "never success from absence alone");
 
         let v = block(moved(true));
         assert_eq!(decide(&v, &Obs::Delivered, &c).effect, Some(Effect::DropDestinationTag { tag: TAG.into(), created_on: Some(T0) }), "verified before: not again (the drop renames extents)");

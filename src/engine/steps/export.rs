@@ -102,7 +102,7 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
             let mut next = touched(b, ctx);
             next.state = BlockState::Exporting { operation_id: Some(*op), started_at: ctx.now };
             next.lease = None;
-            Transition::write(next).send(Msg::later(Step::AwaitExport, b.number, ctx.rules.min_poll))
+            Transition::write(next).send(Msg::later(Step::AwaitExport, b.number, ctx.poll_delay(ctx.now)))
         }
         (BlockState::Exporting { operation_id: None, started_at }, Obs::Failed(f)) => {
             // Its folder is abandoned either way, and the slot is kept for the next attempt.
@@ -121,10 +121,14 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
         // ---- await-export: poll until the operation ends ------------------------------
         (BlockState::Exporting { operation_id: Some(op), .. }, Obs::Delivered) => Transition::effect(Effect::PollExport { operation: *op }),
         (BlockState::Exporting { started_at, .. }, Obs::Export(ExportPoll::Pending)) => {
+            let again = Msg::later(Step::AwaitExport, b.number, ctx.poll_delay(*started_at));
+            if !super::touch_due(b, ctx) {
+                return Transition::none().send(again);
+            }
             // Seen alive: the sweeper leaves it alone, and the slot's claim is kept fresh.
             let mut next = touched(b, ctx);
             next.transient_errors = 0;
-            Transition::write(next).then(Effect::RenewSlot).send(Msg::later(Step::AwaitExport, b.number, ctx.poll_delay(*started_at)))
+            Transition::write(next).then(Effect::RenewSlot).send(again)
         }
         (BlockState::Exporting { .. }, Obs::Export(ExportPoll::Completed { blobs, rows })) => {
             let mut next = touched(b, ctx);
@@ -376,8 +380,12 @@ mod tests {
         assert_eq!(decide(&b, &Obs::Delivered, &c).effect, Some(Effect::PollExport { operation: Uuid::from_u128(7) }));
 
         let t = decide(&b, &Obs::Export(ExportPoll::Pending), &c);
-        assert_eq!(t.effect, Some(Effect::RenewSlot));
+        assert_eq!(t.effect, Some(Effect::RenewSlot), "touched long ago: touched again, the claim renewed");
         assert_eq!(t.messages[0].step, Step::AwaitExport);
+        let recent = BlockRecord { touched_at: c.now - time::Duration::seconds(5), ..b.clone() };
+        let t = decide(&recent, &Obs::Export(ExportPoll::Pending), &c);
+        assert_eq!((t.record, t.effect), (None, None), "touched a moment ago: no write");
+        assert_eq!(t.messages, vec![Msg::later(Step::AwaitExport, 1, c.poll_delay(T0))]);
 
         let t = decide(&b, &Obs::Export(ExportPoll::Completed { blobs: vec!["a.parquet".into()], rows: 10 }), &c);
         assert_eq!(t.record.unwrap().state, BlockState::Exported { blobs: vec!["a.parquet".into()], rows: 10 });

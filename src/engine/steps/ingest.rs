@@ -35,7 +35,7 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
                 operations: ops.clone(),
                 started_at: *started_at,
             };
-            Transition::write(next).send(Msg::later(Step::AwaitIngest, b.number, ctx.rules.min_poll))
+            Transition::write(next).send(Msg::later(Step::AwaitIngest, b.number, ctx.poll_delay(ctx.now)))
         }
         (BlockState::Ingesting { blobs, rows, operations, .. }, Obs::Failed(f)) if operations.is_empty() => {
             failed(b, f, ctx, "start the ingestion", Some(BlockState::Exported { blobs: blobs.clone(), rows: *rows }), Step::Ingest)
@@ -78,6 +78,7 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
                     next.verify_content = poll.status_missing;
                     Transition::write(next).send(Msg::now(Step::Commit, b.number))
                 }
+                Verdict::Wait if !super::touch_due(b, ctx) => Transition::none().send(Msg::later(Step::AwaitIngest, b.number, ctx.poll_delay(*started_at))),
                 Verdict::Wait => Transition::write(touched(b, ctx)).send(Msg::later(Step::AwaitIngest, b.number, ctx.poll_delay(*started_at))),
                 Verdict::Redo => {
                     let mut next = touched(b, ctx);

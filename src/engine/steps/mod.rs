@@ -31,6 +31,18 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+/// What a kind of operation usually takes on a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    pub mean: Duration,
+    /// The usual distance from the mean.
+    pub deviation: Duration,
+    /// Look early and often (an export, whose end hands its slot on: a late look idles the
+    /// source's capacity), rather than late and seldom (an ingestion: the destination's
+    /// capacity is not the bound, and each look costs requests).
+    pub eager: bool,
+}
+
 /// Limits the decisions apply.
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -42,6 +54,9 @@ pub struct Rules {
     pub lease: time::Duration,
     pub min_poll: Duration,
     pub max_poll: Duration,
+    /// The shortest wait before a look at an operation expected to end soon (the queue's
+    /// visibility is in whole seconds; the in-process driver can go lower).
+    pub poll_floor: Duration,
     /// How often a block waiting for an export slot of its cluster looks again.
     pub slot_poll: Duration,
     /// How long after an export start whose answer was lost `.show operations` is trusted
@@ -64,6 +79,7 @@ impl Default for Rules {
             lease: time::Duration::minutes(2),
             min_poll: Duration::from_secs(2),
             max_poll: Duration::from_secs(60),
+            poll_floor: Duration::from_millis(250),
             slot_poll: Duration::from_secs(5),
             orphan_settle: time::Duration::minutes(1),
             orphan_poll: Duration::from_secs(30),
@@ -91,6 +107,9 @@ pub struct Ctx {
     /// This message was delivered before: that delivery may have written its decision and
     /// stopped before sending what followed.
     pub redelivered: bool,
+    /// How long the operation this step waits for usually takes on its cluster (learned from
+    /// the ones that ended before), when known.
+    pub expected: Option<Expected>,
     pub rules: Rules,
 }
 
@@ -112,11 +131,22 @@ impl Ctx {
     pub fn lease(&self) -> Lease {
         Lease { owner: self.owner.clone(), expires_at: self.now + self.rules.lease }
     }
-    /// Look at a running operation again after about a quarter of the time it has run:
-    /// short ones are seen soon after they end, long ones are not polled needlessly.
+    /// When to look at a running operation again. Its expected duration known, at the moment
+    /// it should end, then every eighth of that duration (a late one is seen soon after it
+    /// ends, and its slot handed on), and once it runs past twice that, as when unknown: after
+    /// about a quarter of the time it has run, so long ones are not polled needlessly.
     pub fn poll_delay(&self, started_at: OffsetDateTime) -> Duration {
         let elapsed = (self.now - started_at).unsigned_abs();
-        (elapsed / 4).clamp(self.rules.min_poll, self.rules.max_poll)
+        let (floor, max) = (self.rules.poll_floor, self.rules.max_poll);
+        match self.expected {
+            Some(e) if elapsed < 2 * e.mean => {
+                // Eager: from a deviation before the mean, every half deviation; else from
+                // half a deviation after it, every deviation.
+                let (first, every) = if e.eager { (e.mean.saturating_sub(e.deviation), e.deviation / 2) } else { (e.mean + e.deviation / 2, e.deviation) };
+                if elapsed < first { (first - elapsed).clamp(floor, max) } else { every.max(e.mean / 16).clamp(floor, max) }
+            }
+            _ => (elapsed / 4).clamp(self.rules.min_poll, max),
+        }
     }
     /// Back-off after `errors` transient failures.
     pub fn backoff(&self, errors: u32) -> Duration {
@@ -247,7 +277,10 @@ pub enum Obs {
     /// The two digests of [`Effect::CompareContent`].
     Compared { source: ContentDigest, staging: ContentDigest },
     Located { in_staging: Vec<Uuid>, tagged_at_destination: u64 },
-    Verified { by_ids: u64, by_tag: u64, left_in_staging: usize },
+    /// Rows at the destination in the moved extents; under the tag or marker, and the
+    /// counted extents left in staging, when looked for (`None`: not looked at, the moved
+    /// extents holding every row already).
+    Verified { by_ids: u64, by_tag: Option<u64>, left_in_staging: Option<usize> },
     TagDropped { failed: Vec<String> },
     /// How many export operations that may be an earlier attempt's still run.
     Orphans { running: u32 },
@@ -354,6 +387,18 @@ pub(crate) fn failed(record: &BlockRecord, failure: &Failure, ctx: &Ctx, what: &
 }
 
 /// A record written by this decision: touched now.
+/// A block seen alive is written (touched, its slot claim renewed) at most this often while
+/// its operation runs: often enough that the sweeper (ten minutes) and the claim's expiry
+/// (thirty) never take it for stalled, rarely enough that a poll is mostly a read. The write
+/// also ends a duplicate chain of polls (its compare-and-swap loses), so one lives at most
+/// this long.
+pub const TOUCH_EVERY: time::Duration = time::Duration::seconds(30);
+
+/// Whether a poll that saw the block's operation still running should write the block.
+pub(crate) fn touch_due(record: &BlockRecord, ctx: &Ctx) -> bool {
+    ctx.now - record.touched_at >= TOUCH_EVERY || record.transient_errors > 0
+}
+
 pub(crate) fn touched(record: &BlockRecord, ctx: &Ctx) -> BlockRecord {
     let mut next = record.clone();
     next.touched_at = ctx.now;
@@ -404,6 +449,7 @@ pub(crate) mod test_support {
             verify: Verify::Count,
             soft_delete: None,
             redelivered: false,
+            expected: None,
             rules: Rules::default(),
         }
     }
@@ -433,5 +479,30 @@ pub(crate) mod test_support {
 
     pub fn expired_lease(ctx: &Ctx) -> Lease {
         Lease { owner: "other".into(), expires_at: ctx.now - time::Duration::seconds(1) }
+    }
+}
+
+#[cfg(test)]
+mod poll_tests {
+    use super::test_support::*;
+    use super::*;
+
+    fn at(c: &Ctx, elapsed_ms: i64) -> Duration {
+        c.poll_delay(c.now - time::Duration::milliseconds(elapsed_ms))
+    }
+
+    #[test]
+    fn polls_follow_the_expected_duration_when_known() {
+        let unknown = ctx();
+        assert_eq!(at(&unknown, 0), unknown.rules.min_poll, "unknown: the plain schedule");
+        assert_eq!(at(&unknown, 40_000), Duration::from_secs(10));
+        let e = Expected { mean: Duration::from_secs(2), deviation: Duration::from_millis(400), eager: true };
+        let eager = Ctx { expected: Some(e), ..ctx() };
+        assert_eq!(at(&eager, 0), Duration::from_millis(1600), "an export: first look a deviation before the mean");
+        assert_eq!(at(&eager, 1700), Duration::from_millis(250), "then every half deviation (the floor here)");
+        let lazy = Ctx { expected: Some(Expected { eager: false, ..e }), ..ctx() };
+        assert_eq!(at(&lazy, 0), Duration::from_millis(2200), "an ingestion: half a deviation after the mean");
+        assert_eq!(at(&lazy, 2300), Duration::from_millis(400), "then every deviation");
+        assert_eq!(at(&eager, 5000), unknown.rules.min_poll, "past twice the mean: the plain schedule again");
     }
 }

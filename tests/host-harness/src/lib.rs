@@ -115,9 +115,10 @@ pub struct Host {
     invocations: std::sync::atomic::AtomicU64,
 }
 
+/// A host.json TimeSpan, `hh:mm:ss` with an optional fraction of a second.
 fn duration(text: &str) -> Duration {
-    let parts: Vec<u64> = text.split(':').map(|p| p.parse().expect("hh:mm:ss")).collect();
-    Duration::from_secs(parts[0] * 3600 + parts[1] * 60 + parts[2])
+    let parts: Vec<f64> = text.split(':').map(|p| p.parse().expect("hh:mm:ss[.fff]")).collect();
+    Duration::from_secs_f64(parts[0] * 3600.0 + parts[1] * 60.0 + parts[2])
 }
 
 impl Host {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What one driver's run showed.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Measured {
     /// From starting the copy (the `kc copy` exec, the `kc submit`) to the job done.
     pub t: Duration,
@@ -22,6 +22,8 @@ pub struct Measured {
     pub host_storage: std::collections::BTreeMap<String, u64>,
     /// CPU time of the `kc` processes over the run, as a share of one core.
     pub cpu_percent: f64,
+    /// When T started (the clusters' clock: the machine's), to place their operations in it.
+    pub started_at: time::OffsetDateTime,
 }
 
 impl Measured {
@@ -47,7 +49,7 @@ pub async fn copy(kc: &Path, stack: &RunStack, work: &Path) -> Result<Measured, 
     let staging = format!("{}/kc-bench/copy", stack.azurite.blob_endpoint());
     let capacity = stack.capacity.to_string();
     let args = ["copy", "-s", &stack.source_uri(), "-d", &stack.destination_uri(), "-t", &staging, "--export", &capacity];
-    let started = Instant::now();
+    let (started, started_at) = (Instant::now(), time::OffsetDateTime::now_utc());
     let out = kc_test_stack::kc_command(kc, &stack.azurite, &args)
         .env(kusto_copy::config::names::USAGE_FILE, &usage)
         .env("RUST_LOG", "error")
@@ -60,7 +62,7 @@ pub async fn copy(kc: &Path, stack: &RunStack, work: &Path) -> Result<Measured, 
     }
     let usage = read_usage(&usage)?;
     let cpu_percent = 100.0 * usage.cpu_ms / 1000.0 / t.as_secs_f64();
-    Ok(Measured { t, usage: vec![usage], host_storage: Default::default(), cpu_percent })
+    Ok(Measured { t, usage: vec![usage], host_storage: Default::default(), cpu_percent, started_at })
 }
 
 fn free_port() -> u16 {
@@ -194,7 +196,7 @@ pub async fn serve(kc: &Path, stack: &RunStack, n: usize, work: &Path) -> Result
     let reader = StatusReader::new(stack);
     let staging = format!("{}/kc-bench/serve", stack.azurite.blob_endpoint());
     let cpu_before: f64 = instances.pids().iter().filter_map(|p| kusto_copy::metrics::cpu_ms_of(&p.to_string())).sum();
-    let started = Instant::now();
+    let (started, started_at) = (Instant::now(), time::OffsetDateTime::now_utc());
     let job = submit(kc, stack, &staging).await?;
     let deadline = started + Duration::from_secs(3600);
     let finished = loop {
@@ -219,5 +221,5 @@ pub async fn serve(kc: &Path, stack: &RunStack, n: usize, work: &Path) -> Result
         return Err(format!("the planner made {planned} blocks, not the {} asked for", stack.blocks));
     }
     let cpu_percent = 100.0 * (cpu_after - cpu_before) / 1000.0 / t.as_secs_f64();
-    Ok(Measured { t, usage, host_storage: calls.by_kind(), cpu_percent })
+    Ok(Measured { t, usage, host_storage: calls.by_kind(), cpu_percent, started_at })
 }

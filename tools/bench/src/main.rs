@@ -115,7 +115,12 @@ fn driver_figures(args: &Args, stack: &RunStack, m: &drivers::Measured, t_star: 
             *engine_storage.entry(k.clone()).or_default() += v;
         }
     }
+    let (first, last, share, handover) = stack.export_window(m.started_at);
     json!({
+        "handover_seconds": handover,
+        "first_export_at": first,
+        "last_export_end_at": last,
+        "busy_share_between": share,
         "t": t,
         "t_star": t_star,
         "t_base": t_base,
@@ -143,6 +148,10 @@ fn print_driver(name: &str, v: &Value) {
     println!(
         "       per block: storage tx {:>6} (host {:>6}), Kusto requests {:>6}, CPU {:>6} ms   peak RSS {:>6} MiB",
         f("storage_tx_per_block"), f("host_storage_tx_per_block"), f("kusto_requests_per_block"), f("cpu_ms_per_block"), f("peak_rss_mib")
+    );
+    println!(
+        "       first export at +{:.2} s, last export ended at +{:.2} s, slots busy {:.2} of the time between; an export's end to the next start: {:.3} s",
+        v["first_export_at"].as_f64().unwrap_or(0.0), v["last_export_end_at"].as_f64().unwrap_or(0.0), v["busy_share_between"].as_f64().unwrap_or(0.0), v["handover_seconds"].as_f64().unwrap_or(0.0)
     );
     println!("       Kusto requests: {}", v["kusto_requests_by_kind"]);
     println!("       engine storage: {}", v["storage_tx_by_kind"]);

@@ -102,6 +102,29 @@ impl RunStack {
         })
     }
 
+    /// Where the time went, for reading a ratio: the first export's start and the last one's
+    /// end, in seconds after `t0`; and the slots' busy share between those two.
+    pub fn export_window(&self, t0: time::OffsetDateTime) -> (f64, f64, f64, f64) {
+        let t0 = (t0.unix_timestamp_nanos() / 100) as i64;
+        self.source.with_state(|s| {
+            let exports: Vec<_> = s.operations.records.iter().filter(|o| o.operation == "DataExportToFile").collect();
+            let first = exports.iter().map(|o| o.started_on).min().unwrap_or(t0);
+            let last = exports.iter().map(|o| o.last_updated_on).max().unwrap_or(t0);
+            let busy: i64 = exports.iter().map(|o| o.last_updated_on - o.started_on).sum();
+            let share = busy as f64 / (self.capacity as f64 * (last - first).max(1) as f64);
+            // The i-th export start takes the slot the (i - C)-th end freed: the mean wait
+            // between the two is what a hand-over costs (seeing the end, then starting).
+            let mut starts: Vec<i64> = exports.iter().map(|o| o.started_on).collect();
+            let mut ends: Vec<i64> = exports.iter().map(|o| o.last_updated_on).collect();
+            starts.sort();
+            ends.sort();
+            let c = self.capacity;
+            let gaps: Vec<i64> = (c..starts.len()).map(|i| starts[i] - ends[i - c]).collect();
+            let handover = if gaps.is_empty() { 0.0 } else { gaps.iter().sum::<i64>() as f64 / gaps.len() as f64 / 1e7 };
+            ((first - t0) as f64 / 1e7, (last - t0) as f64 / 1e7, share, handover)
+        })
+    }
+
     /// Requests both clusters answered, by kind.
     pub fn kusto_requests(&self) -> std::collections::BTreeMap<String, u64> {
         let mut all = std::collections::BTreeMap::new();
