@@ -180,8 +180,9 @@ pub async fn run(args: &CopyArgs, mut env: Environment) -> Result<String, String
     let progress = Progress::new(env.show_progress);
 
     // Rows and blocks from the checkpoints, once a second: the bar's rate and ETA follow.
+    // Only for a bar someone sees: each look is three Storage reads.
     let progress = Arc::new(progress);
-    let watcher = {
+    let watcher = env.show_progress.then(|| {
         let (engine, job, progress) = (engine.clone(), job.clone(), progress.clone());
         tokio::spawn(async move {
             loop {
@@ -191,9 +192,11 @@ pub async fn run(args: &CopyArgs, mut env: Environment) -> Result<String, String
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
-    };
+    });
     let result = drive(&engine, &job, &spec, args, workers, &progress).await;
-    watcher.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
     if let Ok(p) = engine.progress(&job).await {
         progress.rows(p);
     }

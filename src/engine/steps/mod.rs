@@ -140,9 +140,9 @@ impl Ctx {
         let (floor, max) = (self.rules.poll_floor, self.rules.max_poll);
         match self.expected {
             Some(e) if elapsed < 2 * e.mean => {
-                // Eager: from a deviation before the mean, every half deviation; else from
-                // half a deviation after it, every deviation.
-                let (first, every) = if e.eager { (e.mean.saturating_sub(e.deviation), e.deviation / 2) } else { (e.mean + e.deviation / 2, e.deviation) };
+                // Eager: from half a deviation before the mean, every half deviation; else
+                // from half a deviation after it, every deviation.
+                let (first, every) = if e.eager { (e.mean.saturating_sub(e.deviation / 2), e.deviation / 2) } else { (e.mean + e.deviation / 2, e.deviation) };
                 if elapsed < first { (first - elapsed).clamp(floor, max) } else { every.max(e.mean / 16).clamp(floor, max) }
             }
             _ => (elapsed / 4).clamp(self.rules.min_poll, max),
@@ -498,8 +498,8 @@ mod poll_tests {
         assert_eq!(at(&unknown, 40_000), Duration::from_secs(10));
         let e = Expected { mean: Duration::from_secs(2), deviation: Duration::from_millis(400), eager: true };
         let eager = Ctx { expected: Some(e), ..ctx() };
-        assert_eq!(at(&eager, 0), Duration::from_millis(1600), "an export: first look a deviation before the mean");
-        assert_eq!(at(&eager, 1700), Duration::from_millis(250), "then every half deviation (the floor here)");
+        assert_eq!(at(&eager, 0), Duration::from_millis(1800), "an export: first look half a deviation before the mean");
+        assert_eq!(at(&eager, 1900), Duration::from_millis(250), "then every half deviation (the floor here)");
         let lazy = Ctx { expected: Some(Expected { eager: false, ..e }), ..ctx() };
         assert_eq!(at(&lazy, 0), Duration::from_millis(2200), "an ingestion: half a deviation after the mean");
         assert_eq!(at(&lazy, 2300), Duration::from_millis(400), "then every deviation");

@@ -204,6 +204,22 @@ fn make_certificates(ca_path: &Path, cert_path: &Path, key_path: &Path) -> Resul
     Ok(())
 }
 
+/// A port on 127.0.0.1 nothing listens on (a moment ago).
+pub fn free_loopback_port() -> u16 {
+    free_port().expect("a free port")
+}
+
+/// Whether something listens on 127.0.0.1:`port` within ten seconds (a `kc serve` started).
+pub async fn wait_listening(port: u16) -> bool {
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
 /// `kc <args>` with the settings `kc serve` has on this Azurite (endpoints, the emulator
 /// credential, its CA): what an operator of the local stack runs. `kc` is the binary's path.
 pub fn kc_command(kc: impl AsRef<std::ffi::OsStr>, azurite: &Azurite, args: &[&str]) -> tokio::process::Command {

@@ -65,20 +65,6 @@ pub async fn copy(kc: &Path, stack: &RunStack, work: &Path) -> Result<Measured, 
     Ok(Measured { t, usage: vec![usage], host_storage: Default::default(), cpu_percent, started_at })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address").port()
-}
-
-async fn wait_ready(port: u16) -> bool {
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
-}
-
 /// `kc serve` processes on free ports, each writing its usage to its own file on exit.
 pub struct ServeInstances {
     children: Vec<tokio::process::Child>,
@@ -90,7 +76,7 @@ impl ServeInstances {
     pub async fn start(kc: &Path, stack: &RunStack, n: usize, work: &Path, extra_env: &[(&str, &str)]) -> Result<ServeInstances, String> {
         let mut me = ServeInstances { children: Vec::new(), urls: Vec::new(), usage_files: Vec::new() };
         for i in 0..n {
-            let port = free_port();
+            let port = kc_test_stack::free_loopback_port();
             let usage = work.join(format!("serve-{i}-usage.json"));
             let _ = std::fs::remove_file(&usage);
             let mut command = kc_test_stack::kc_command(kc, &stack.azurite, &["serve"]);
@@ -103,7 +89,7 @@ impl ServeInstances {
                 command.env(k, v);
             }
             me.children.push(command.spawn().map_err(|e| format!("cannot run {}: {e}", kc.display()))?);
-            if !wait_ready(port).await {
+            if !kc_test_stack::wait_listening(port).await {
                 return Err(format!("kc serve on port {port} never answered"));
             }
             me.urls.push(format!("http://127.0.0.1:{port}"));

@@ -23,20 +23,6 @@ fn kc(path: &str, azurite: &kc_test_stack::Azurite, args: &[&str]) -> tokio::pro
     kc_test_stack::kc_command(path, azurite, args)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address").port()
-}
-
-async fn wait_ready(port: u16) -> bool {
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let rows: usize = arg("--rows").and_then(|v| v.parse().ok()).unwrap_or(500_000);
@@ -49,7 +35,7 @@ async fn main() -> ExitCode {
     let mut instances = Vec::new();
     let mut urls = Vec::new();
     for _ in 0..2 {
-        let port = free_port();
+        let port = kc_test_stack::free_loopback_port();
         let child = kc(&kc_path, azurite, &["serve"])
             .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
             // Errors only: the allow-list warnings are for a deployment, not this stack.
@@ -64,7 +50,7 @@ async fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        if !wait_ready(port).await {
+        if !kc_test_stack::wait_listening(port).await {
             eprintln!("kc serve on port {port} never answered");
             return ExitCode::FAILURE;
         }
