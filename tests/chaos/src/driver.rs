@@ -803,7 +803,13 @@ async fn schedule(seed: u64, options: ScheduleOptions) -> Outcome {
                                 ));
                             }
                         }
-                        host.send_all(out, &mut rng);
+                        // A send that fails fails the timer invocation, which the host does
+                        // not retry: what it was to send is lost until the next sweep, as a
+                        // dropped message is (so a stall found then is explained).
+                        let jobs: Vec<String> = out.iter().map(|o| o.message.job.clone()).collect();
+                        if !host.send_all(out, &mut rng) {
+                            host.lost_messages_in.extend(jobs);
+                        }
                     }
                     Some(Err(e)) => chaos.log(|| format!("tick failed: {e}")),
                     None => {}
