@@ -137,15 +137,17 @@ impl RunStack {
     }
 
     /// Whether the destination holds every source row and the planner made exactly the
-    /// blocks asked for (one export each on this happy path); why not, otherwise.
-    pub fn check(&self) -> Result<(), String> {
+    /// blocks asked for, known by one export each (`exports_tell_blocks`: `kc copy`, whose
+    /// plan the bench does not read) or by the job's status (the serve driver checks it
+    /// there, and a repeated export is then a cost the figures show, not a failed run).
+    pub fn check(&self, exports_tell_blocks: bool) -> Result<(), String> {
         let count = |c: &Cluster| c.query(DB, "Events | count").map_err(|e| e.detail).map(|f| format!("{:?}", f.rows.first().map(|r| &r.values)));
         let (src, dst) = (count(&self.source)?, count(&self.destination)?);
         if src != dst {
             return Err(format!("destination rows {dst} differ from the source's {src}"));
         }
         let (exports, _) = self.exports();
-        if exports != self.blocks {
+        if exports < self.blocks || (exports_tell_blocks && exports != self.blocks) {
             return Err(format!("{exports} exports ran for {} blocks: the planner did not make the blocks asked for, or exports were repeated", self.blocks));
         }
         Ok(())

@@ -25,7 +25,10 @@ fn the_quick_run_measures_every_part_and_writes_the_json() {
         }
         // A copy takes at least the ideal pipeline's time, and uses the clusters.
         assert!(d["ratio"].as_f64().unwrap() >= 1.0, "{driver} beat the ideal pipeline: {d}");
-        assert!(d["kusto_requests_by_kind"][".export"].as_u64() == Some(12), "{driver}: {d}");
+        // One export per block for `kc copy`; under the host a repeated export is possible
+        // (it costs, and shows in the figures) but never fewer.
+        let exports = d["kusto_requests_by_kind"][".export"].as_u64().unwrap_or(0);
+        assert!(if driver == "copy" { exports == 12 } else { exports >= 12 }, "{driver}: {d}");
         assert!(d["storage_tx_per_block"].as_f64().unwrap() > 0.0 && d["peak_rss_mib"].as_f64().unwrap() > 1.0, "{driver}: {d}");
     }
     assert!(figures["serve"]["host_storage_tx_per_block"].as_f64().unwrap() > 0.0, "{figures}");
