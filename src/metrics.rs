@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The kinds of Storage transaction told apart. The queue's are the ones the Functions host
-/// also makes (receive, delete, visibility), so a benchmark can set ours beside its.
+/// also makes (receive, delete, visibility), so a benchmark can set ours beside its. Each
+/// kind's counter is `STORAGE[kind as usize]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StorageKind {
     BlobRead,
@@ -85,23 +86,21 @@ impl StorageKind {
     }
 }
 
-static STORAGE: [AtomicU64; 9] = [const { AtomicU64::new(0) }; 9];
+static STORAGE: [AtomicU64; KINDS.len()] = [const { AtomicU64::new(0) }; KINDS.len()];
 
 /// Storage transactions so far, by kind name (kinds with none left out).
 pub fn storage_transactions() -> BTreeMap<String, u64> {
     KINDS
         .iter()
-        .zip(STORAGE.iter())
-        .filter_map(|(k, n)| {
-            let n = n.load(Ordering::Relaxed);
+        .filter_map(|k| {
+            let n = STORAGE[*k as usize].load(Ordering::Relaxed);
             (n > 0).then(|| (k.name().to_owned(), n))
         })
         .collect()
 }
 
 fn count(kind: StorageKind) {
-    let i = KINDS.iter().position(|k| *k == kind).unwrap_or(KINDS.len() - 1);
-    STORAGE[i].fetch_add(1, Ordering::Relaxed);
+    STORAGE[kind as usize].fetch_add(1, Ordering::Relaxed);
 }
 
 /// The pipeline policy that counts: a per-try policy, so a retried request counts each time

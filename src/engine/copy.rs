@@ -317,21 +317,22 @@ pub struct CopyEngine {
 /// polls are timed by. In memory only: an instance that starts again learns again (its
 /// first polls follow the plain schedule), and nothing decides on it but when to look.
 #[derive(Default)]
-pub struct Learned(Mutex<HashMap<(String, &'static str), super::steps::Expected>>);
+pub struct Learned(Mutex<HashMap<(String, &'static str), (Duration, Duration)>>);
 
 impl Learned {
     /// Folds in one operation that ran `took`: averages that follow the recent ones, of the
     /// duration and of its deviation from that average (as TCP estimates a round trip).
     pub fn record(&self, cluster: &str, kind: &'static str, took: Duration) {
         let mut map = self.0.lock().unwrap();
-        let e = map.entry((cluster.to_owned(), kind)).or_insert(super::steps::Expected { mean: took, deviation: took / 4, eager: false });
-        let off = if took > e.mean { took - e.mean } else { e.mean - took };
-        e.deviation = e.deviation.mul_f64(0.75) + off.mul_f64(0.25);
-        e.mean = e.mean.mul_f64(0.875) + took.mul_f64(0.125);
+        let (mean, deviation) = map.entry((cluster.to_owned(), kind)).or_insert((took, took / 4));
+        let off = if took > *mean { took - *mean } else { *mean - took };
+        *deviation = deviation.mul_f64(0.75) + off.mul_f64(0.25);
+        *mean = mean.mul_f64(0.875) + took.mul_f64(0.125);
     }
 
-    pub fn expected(&self, cluster: &str, kind: &'static str) -> Option<super::steps::Expected> {
-        self.0.lock().unwrap().get(&(cluster.to_owned(), kind)).copied()
+    /// What a look at an operation of `kind` on `cluster` can expect, if any ended before.
+    pub fn expected(&self, cluster: &str, kind: &'static str, eager: bool) -> Option<super::steps::Expected> {
+        self.0.lock().unwrap().get(&(cluster.to_owned(), kind)).map(|&(mean, deviation)| super::steps::Expected { mean, deviation, eager })
     }
 }
 

@@ -57,8 +57,8 @@ impl CopyEngine {
         };
         let iteration = self.iteration_for_blocks(place).await?;
         let expected = match step {
-            Step::Export | Step::AwaitExport => self.learned.expected(&place.activity.source.cluster, "export").map(|e| steps::Expected { eager: true, ..e }),
-            Step::Ingest | Step::AwaitIngest => self.learned.expected(&place.activity.destination.cluster, "ingest").map(|e| steps::Expected { eager: false, ..e }),
+            Step::Export | Step::AwaitExport => self.learned.expected(&place.activity.source.cluster, "export", true),
+            Step::Ingest | Step::AwaitIngest => self.learned.expected(&place.activity.destination.cluster, "ingest", false),
             _ => None,
         };
         let handover = Some(block_no + iteration.export_slots.max(1)).filter(|n| *n < iteration.blocks);

@@ -64,11 +64,7 @@ pub async fn acquire_hinted(store: &dyn CheckpointStore, cluster: &str, capacity
             _ => None,
         };
         if let Some(etag) = write {
-            let written = match etag {
-                None => checkpoint::create_json(store, &key, &claim).await?,
-                Some(etag) => checkpoint::replace_json(store, &key, &claim, &etag).await?,
-            };
-            if let Written::Done(_) = written {
+            if take(store, &key, &claim, etag).await? {
                 return Ok(Some(n));
             }
         }
@@ -86,12 +82,18 @@ pub async fn acquire_hinted(store: &dyn CheckpointStore, cluster: &str, capacity
         }
     }
     let Some((n, key, etag)) = free else { return Ok(None) };
-    let written = match etag {
-        None => checkpoint::create_json(store, &key, &claim).await?,
-        Some(etag) => checkpoint::replace_json(store, &key, &claim, &etag).await?,
-    };
     // Lost the race for that slot: report busy; the export asks again shortly.
-    Ok(matches!(written, Written::Done(_)).then_some(n))
+    Ok(take(store, &key, &claim, etag).await?.then_some(n))
+}
+
+/// Writes `claim` where no claim was (`etag` none) or over the one read at `etag`; whether
+/// it landed.
+async fn take(store: &dyn CheckpointStore, key: &str, claim: &Claim, etag: Option<checkpoint::ETag>) -> Result<bool, StorageError> {
+    let written = match etag {
+        None => checkpoint::create_json(store, key, claim).await?,
+        Some(etag) => checkpoint::replace_json(store, key, claim, &etag).await?,
+    };
+    Ok(matches!(written, Written::Done(_)))
 }
 
 /// Extends the claim `owner` holds, if any (a poll of a running export).
@@ -131,8 +133,8 @@ pub async fn release_all(store: &dyn CheckpointStore, cluster: &str, capacity: u
 }
 
 async fn set(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, claim: Claim, hint: Option<u64>) -> Result<(), StorageError> {
-    // The hinted slot first, then every slot (the hinted one again only when the claim moved
-    // there since: a read, no write).
+    // The hinted slot first, then every slot in order (the hinted one is read twice only
+    // when the claim was not where the hint said).
     let order = hint.filter(|n| *n < capacity.max(1)).into_iter().chain(0..capacity.max(1));
     for n in order {
         let key = slot_key(cluster, n);

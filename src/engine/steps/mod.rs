@@ -131,10 +131,11 @@ impl Ctx {
     pub fn lease(&self) -> Lease {
         Lease { owner: self.owner.clone(), expires_at: self.now + self.rules.lease }
     }
-    /// When to look at a running operation again. Its expected duration known, at the moment
-    /// it should end, then every eighth of that duration (a late one is seen soon after it
-    /// ends, and its slot handed on), and once it runs past twice that, as when unknown: after
-    /// about a quarter of the time it has run, so long ones are not polled needlessly.
+    /// When to look at a running operation again. Its usual duration known ([`Expected`]):
+    /// an eager look (an export) from half a deviation before the usual end, then every half
+    /// deviation, so its end is seen soon and its slot handed on; otherwise from half a
+    /// deviation after it, then every deviation. Unknown, or past twice the usual duration:
+    /// after about a quarter of the time it has run, so long ones are not polled needlessly.
     pub fn poll_delay(&self, started_at: OffsetDateTime) -> Duration {
         let elapsed = (self.now - started_at).unsigned_abs();
         let (floor, max) = (self.rules.poll_floor, self.rules.max_poll);
@@ -386,7 +387,6 @@ pub(crate) fn failed(record: &BlockRecord, failure: &Failure, ctx: &Ctx, what: &
     Transition::write(next).send(Msg::later(retry, record.number, delay))
 }
 
-/// A record written by this decision: touched now.
 /// A block seen alive is written (touched, its slot claim renewed) at most this often while
 /// its operation runs: often enough that the sweeper (ten minutes) and the claim's expiry
 /// (thirty) never take it for stalled, rarely enough that a poll is mostly a read. The write
@@ -399,6 +399,7 @@ pub(crate) fn touch_due(record: &BlockRecord, ctx: &Ctx) -> bool {
     ctx.now - record.touched_at >= TOUCH_EVERY || record.transient_errors > 0
 }
 
+/// A record written by this decision: touched now.
 pub(crate) fn touched(record: &BlockRecord, ctx: &Ctx) -> BlockRecord {
     let mut next = record.clone();
     next.touched_at = ctx.now;

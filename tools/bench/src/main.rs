@@ -106,7 +106,7 @@ impl Args {
 fn driver_figures(args: &Args, stack: &RunStack, m: &drivers::Measured, t_star: f64, t_base: Option<f64>) -> Value {
     let n = stack.blocks as f64;
     let t = m.t.as_secs_f64();
-    let (_, busy) = stack.exports();
+    let (exports, busy) = stack.exports();
     let requests = stack.kusto_requests();
     let total_requests: u64 = requests.values().sum();
     let mut engine_storage = std::collections::BTreeMap::<String, u64>::new();
@@ -117,7 +117,7 @@ fn driver_figures(args: &Args, stack: &RunStack, m: &drivers::Measured, t_star: 
     }
     let (first, last, share, handover) = stack.export_window(m.started_at);
     json!({
-        "exports": stack.exports().0,
+        "exports": exports,
         "handover_seconds": handover,
         "first_export_at": first,
         "last_export_end_at": last,
