@@ -296,7 +296,6 @@ struct Progress {
     exports: AtomicU64,
     exported: AtomicU64,
     ingested: AtomicU64,
-    committed: AtomicU64,
     retries: AtomicU64,
     blocks: AtomicU64,
     blocks_done: AtomicU64,
@@ -318,7 +317,6 @@ impl Progress {
             exports: 0.into(),
             exported: 0.into(),
             ingested: 0.into(),
-            committed: 0.into(),
             retries: 0.into(),
             blocks: 0.into(),
             blocks_done: 0.into(),
@@ -342,7 +340,6 @@ impl Progress {
                     "export" => &self.exports,
                     "ingest" => &self.exported,
                     "commit" => &self.ingested,
-                    "cleanup" => &self.committed,
                     _ => return self.refresh(),
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -358,12 +355,11 @@ impl Progress {
     fn refresh(&self) {
         if let Some(bar) = &self.bar {
             bar.set_message(format!(
-                "blocks: {} planned, exports started {}, exported {}, ingested {}, committed {}, done {} (transient retries {})",
+                "blocks: {} planned, exports started {}, exported {}, ingested {}, done {} (transient retries {})",
                 self.blocks.load(Ordering::Relaxed),
                 self.exports.load(Ordering::Relaxed),
                 self.exported.load(Ordering::Relaxed),
                 self.ingested.load(Ordering::Relaxed),
-                self.committed.load(Ordering::Relaxed),
                 self.blocks_done.load(Ordering::Relaxed),
                 self.retries.load(Ordering::Relaxed),
             ));

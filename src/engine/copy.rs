@@ -348,6 +348,40 @@ pub struct Cached {
     pub(super) slots: Mutex<HashMap<String, u64>>,
     /// Per source cluster, the slot this process last gave up.
     pub(super) free_slots: Mutex<HashMap<String, u64>>,
+    /// Each unfinished block record this process wrote last, with the ETag that write
+    /// returned: the block's next step here decides on it instead of reading it again.
+    /// A hint, never the truth: the step's first write is swapped at that ETag, so a record
+    /// moved on elsewhere (another instance, a sweep, an abort) loses that write, and the
+    /// step reads the stored record and decides again (see `block_step_on`).
+    pub(super) blocks: Mutex<HashMap<String, (BlockRecord, ETag)>>,
+}
+
+/// Block records [`Cached::blocks`] holds at most: blocks in flight are far fewer (a few per
+/// export slot); past it the cache starts again empty, which costs one read per block.
+const BLOCKS_CACHED: usize = 4096;
+
+impl Cached {
+    pub(super) fn block(&self, key: &str) -> Option<(BlockRecord, ETag)> {
+        self.blocks.lock().unwrap().get(key).cloned()
+    }
+
+    /// Remembers this process's write of a block; a done block is forgotten (no step of it
+    /// writes again).
+    pub(super) fn keep_block(&self, key: &str, record: &BlockRecord, etag: &ETag) {
+        let mut blocks = self.blocks.lock().unwrap();
+        if matches!(record.state, BlockState::Done { .. }) {
+            blocks.remove(key);
+            return;
+        }
+        if blocks.len() >= BLOCKS_CACHED && !blocks.contains_key(key) {
+            blocks.clear();
+        }
+        blocks.insert(key.to_owned(), (record.clone(), etag.clone()));
+    }
+
+    pub(super) fn forget_block(&self, key: &str) {
+        self.blocks.lock().unwrap().remove(key);
+    }
 }
 
 impl CopyEngine {
@@ -409,6 +443,11 @@ impl CopyEngine {
     /// Writes `next` if the record is still at `etag`; `false` when another delivery won.
     async fn swap<T: Serialize>(&self, key: &str, next: &T, etag: &ETag) -> Result<bool, EngineError> {
         Ok(matches!(checkpoint::replace_json(self.store.as_ref(), key, next, etag).await.map_err(storage_err)?, Written::Done(_)))
+    }
+
+    /// Whether the activity stopped (failed or cancelled): then nothing more starts.
+    pub(super) async fn activity_stopped(&self, place: &Place) -> Result<bool, EngineError> {
+        Ok(self.read::<ActivityRecord>(&keys::activity(&place.job.id, &place.activity.name)).await?.is_some_and(|(r, _)| r.state.stopped()))
     }
 
     /// Records the activity as failed with `reason` (once: the first reason stays).
@@ -837,9 +876,11 @@ impl CopyEngine {
         match action {
             SlotAction::Acquire => {
                 // A block's first export may take the slot this process saw given up last
-                // (a hand-over's) without looking at every slot.
+                // (a hand-over's), or else its own by number (the first exports of an
+                // iteration, started together, each look at another slot instead of all
+                // racing for the first free one), without looking at every slot.
                 let first = block.export_attempt == 0 && block.unconfirmed_export.is_none();
-                let free = if first { self.cached.free_slots.lock().unwrap().remove(cluster) } else { None };
+                let free = if first { [self.cached.free_slots.lock().unwrap().remove(cluster), Some(block.number % capacity.max(1))] } else { [None, None] };
                 let held = super::slots::acquire_hinted(store, cluster, capacity, &owner, now, super::slots::Hints { held: hint, free }).await.map_err(storage_err)?;
                 if let Some(n) = held {
                     self.cached.slots.lock().unwrap().insert(owner, n);
@@ -865,8 +906,7 @@ impl CopyEngine {
 
     /// A block is done: count it, and finish the iteration when it was the last.
     pub(super) async fn block_finished(&self, place: &Place, block: &BlockRecord) -> Result<(), EngineError> {
-        let rows = block.rows().unwrap_or(0);
-        if self.count_done(place, block.number, rows).await? {
+        if self.count_done(place, block).await? {
             let key = keys::iteration(&place.job.id, &place.activity.name, place.iteration);
             if let Some((iteration, _)) = self.read::<IterationRecord>(&key).await? {
                 self.finish_iteration(place, &iteration).await?;
@@ -875,19 +915,23 @@ impl CopyEngine {
         Ok(())
     }
 
-    async fn count_done(&self, place: &Place, block: u64, rows: u64) -> Result<bool, EngineError> {
+    async fn count_done(&self, place: &Place, block: &BlockRecord) -> Result<bool, EngineError> {
         let key = done_key(place);
         // The block count is fixed once copying: the cached record tells it.
         let blocks = self.iteration_for_blocks(place).await?.blocks;
         loop {
             let (mut progress, etag) = match self.read::<Progress>(&key).await? {
                 Some((p, etag)) => (p, Some(etag)),
-                None => (Progress::default(), None),
+                None => (Progress { too_old: Some(TooOld::default()), ..Progress::default() }, None),
             };
-            if !progress.blocks.insert(block) {
+            if !progress.blocks.insert(block.number) {
                 return Ok(progress.blocks.len() as u64 >= blocks);
             }
-            progress.rows += rows;
+            progress.rows += block.rows().unwrap_or(0);
+            if let Some(too_old) = progress.too_old.as_mut().filter(|_| block.beyond_retention) {
+                too_old.blocks += 1;
+                too_old.rows += block.planned_rows;
+            }
             let written = match etag {
                 None => checkpoint::create_json(self.store.as_ref(), &key, &progress).await.map_err(storage_err)?,
                 Some(etag) => checkpoint::replace_json(self.store.as_ref(), &key, &progress, &etag).await.map_err(storage_err)?,
@@ -917,18 +961,31 @@ impl CopyEngine {
             let owners = format!("{}/{}/{}/", place.job.id, place.activity.name, place.iteration);
             super::slots::release_all(self.store.as_ref(), &place.activity.source.cluster, capacity, &owners, self.clock.now()).await.map_err(storage_err)?;
         }
-        // Counted from the blocks themselves: the running count in done.json drives progress
-        // and can fall one block short when a step stops between its two writes.
-        let (mut rows, mut too_old_rows, mut too_old_blocks) = (0, 0, 0);
-        for key in self.store.list(&keys::blocks(&place.job.id, &place.activity.name, place.iteration)).await.map_err(storage_err)? {
-            if let Some((block @ BlockRecord { state: BlockState::Done { .. }, .. }, _)) = self.read::<BlockRecord>(&key).await? {
-                rows += block.rows().unwrap_or(0);
-                if block.beyond_retention {
-                    too_old_rows += block.planned_rows;
-                    too_old_blocks += 1;
+        // From done.json when it counts every block (each once, with its final rows: the
+        // usual end, by the step that counted the last block); else from the blocks
+        // themselves: the running count falls one block short when a step stops between a
+        // block's two writes (the sweeper ends such an iteration), and a record begun by an
+        // earlier version has no count of the blocks too old.
+        let counted = self.read::<Progress>(&done_key(place)).await?.and_then(|(p, _)| {
+            let too_old = p.too_old.filter(|_| p.blocks.len() as u64 >= iteration.blocks)?;
+            Some((p.rows, too_old.rows, too_old.blocks))
+        });
+        let (rows, too_old_rows, too_old_blocks) = match counted {
+            Some(counted) => counted,
+            None => {
+                let (mut rows, mut too_old_rows, mut too_old_blocks) = (0, 0, 0);
+                for key in self.store.list(&keys::blocks(&place.job.id, &place.activity.name, place.iteration)).await.map_err(storage_err)? {
+                    if let Some((block @ BlockRecord { state: BlockState::Done { .. }, .. }, _)) = self.read::<BlockRecord>(&key).await? {
+                        rows += block.rows().unwrap_or(0);
+                        if block.beyond_retention {
+                            too_old_rows += block.planned_rows;
+                            too_old_blocks += 1;
+                        }
+                    }
                 }
+                (rows, too_old_rows, too_old_blocks)
             }
-        }
+        };
         if too_old_blocks > 0 {
             tracing::warn!(
                 job = %place.job.id, activity = %place.activity.name, iteration = place.iteration, rows = too_old_rows, blocks = too_old_blocks,
@@ -1258,6 +1315,17 @@ pub(super) struct Progress {
     #[serde(with = "block_ranges")]
     pub(super) blocks: std::collections::BTreeSet<u64>,
     pub(super) rows: u64,
+    /// Of those, the blocks not copied for their age and their planned rows: with `rows`, all
+    /// an iteration's end reports, so a complete record spares it reading every block. `None`
+    /// in a record begun before these were counted (its end reads the blocks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) too_old: Option<TooOld>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct TooOld {
+    pub(super) blocks: u64,
+    pub(super) rows: u64,
 }
 
 mod block_ranges {
@@ -1305,11 +1373,12 @@ mod block_ranges {
     mod tests {
         #[test]
         fn ranges_round_trip_and_the_old_list_reads() {
-            let p = super::super::Progress { blocks: [0, 1, 2, 3, 5, 7, 8].into_iter().collect(), rows: 9 };
+            let p = super::super::Progress { blocks: [0, 1, 2, 3, 5, 7, 8].into_iter().collect(), rows: 9, too_old: Some(super::super::TooOld { blocks: 1, rows: 4 }) };
             let text = serde_json::to_string(&p).unwrap();
             assert!(text.contains(r#""0-3,5,7-8""#), "{text}");
             assert_eq!(serde_json::from_str::<super::super::Progress>(&text).unwrap(), p);
             let old: super::super::Progress = serde_json::from_str(r#"{"blocks":[4,2],"rows":1}"#).unwrap();
+            assert_eq!(old.too_old, None, "begun before blocks too old were counted: the iteration's end reads the blocks");
             assert_eq!(old.blocks.into_iter().collect::<Vec<_>>(), vec![2, 4]);
             assert!(serde_json::from_str::<super::super::Progress>(r#"{"blocks":"5-2","rows":1}"#).is_err());
         }
@@ -1346,11 +1415,12 @@ impl Engine for CopyEngine {
     async fn step(&self, message: &StepMessage, delivery: &Delivery) -> Result<Vec<Outgoing>, EngineError> {
         let step = Step::parse(&message.step).ok_or_else(|| EngineError::Permanent(format!("unknown step '{}'", message.step)))?;
         let place = self.place(message).await?;
-        let stopped = self.read::<ActivityRecord>(&keys::activity(&place.job.id, &place.activity.name)).await?.is_some_and(|(r, _)| r.state.stopped());
         if step == Step::Abort {
             return self.abort(&place).await;
         }
-        if stopped {
+        // A block step looks whether the activity stopped only before it starts something
+        // (`block_step_on`); planning looks first.
+        if step == Step::Plan && self.activity_stopped(&place).await? {
             return Ok(vec![]);
         }
         let result = match (step, message.block) {
@@ -1486,10 +1556,8 @@ impl CopyEngine {
                 dest.execute(db, &cmd, &rid).await.map_err(|e| kusto_err("drop a block's tag at the destination", e))?;
             }
             if next != block && self.swap(&key, &next, &etag).await? {
-                if let BlockState::Done { rows } = next.state {
-                    if !matches!(block.state, BlockState::Done { .. }) {
-                        self.count_done(place, block.number, rows).await?;
-                    }
+                if matches!(next.state, BlockState::Done { .. }) && !matches!(block.state, BlockState::Done { .. }) {
+                    self.count_done(place, &next).await?;
                 }
             }
         }

@@ -52,9 +52,32 @@ impl CopyEngine {
 
     pub(super) async fn block_step(&self, place: &Place, block_no: u64, step: Step, delivery: &Delivery) -> Result<Vec<Outgoing>, EngineError> {
         let key = keys::block(&place.job.id, &place.activity.name, place.iteration, block_no);
-        let Some((mut record, mut etag)) = self.read::<BlockRecord>(&key).await? else {
+        // A first delivery decides on the record this process wrote last, if it has it
+        // ([`super::copy::Cached::blocks`]); a redelivery always reads (it may be the delivery
+        // that wrote the record and stopped before sending what follows).
+        if delivery.dequeue_count <= 1 {
+            if let Some((record, etag)) = self.cached.block(&key) {
+                if let Some(out) = self.block_step_on(place, &key, record, etag, step, delivery, true).await? {
+                    return Ok(out);
+                }
+                self.cached.forget_block(&key);
+            }
+        }
+        let Some((record, etag)) = self.read::<BlockRecord>(&key).await? else {
             return Err(EngineError::Permanent(format!("no block {block_no} in iteration {}", place.iteration)));
         };
+        Ok(self.block_step_on(place, &key, record, etag, step, delivery, false).await?.unwrap_or_default())
+    }
+
+    /// One step of a block on `record`, as stored at `etag`. `cached`: the record is this
+    /// process's own last write, which may have been moved on since by another delivery;
+    /// `None` then means "read the stored record and decide again": the cached one does not
+    /// run this step, or lost its first write, or would end the step doing nothing. Nothing
+    /// that matters was done on it before: its writes are swapped at its ETag, and before the
+    /// first write only looks (polls) and a slot claim (given back below if stale) happen.
+    #[allow(clippy::too_many_arguments)]
+    async fn block_step_on(&self, place: &Place, key: &str, mut record: BlockRecord, mut etag: checkpoint::ETag, step: Step, delivery: &Delivery, cached: bool) -> Result<Option<Vec<Outgoing>>, EngineError> {
+        let block_no = record.number;
         let iteration = self.iteration_for_blocks(place).await?;
         let expected = match step {
             Step::Export | Step::AwaitExport => self.learned.expected(&place.activity.source.cluster, "export", true),
@@ -75,41 +98,63 @@ impl CopyEngine {
             rules: self.rules(),
         };
         match record.on_message(step, delivery.dequeue_count) {
+            MessageAction::Run => {}
+            _ if cached => return Ok(None),
             // A redelivered export step of a block that is past its export by now: its first
             // delivery may have stopped before its hand-over of the export slot was sent
             // (while the block's own follow-up went out and moved it on). Sent again; a block
             // already started ignores it.
             MessageAction::Ignore if delivery.dequeue_count > 1 && matches!(step, Step::Export | Step::AwaitExport) && record.exported() => {
-                let Some(next) = base.handover else { return Ok(vec![]) };
+                let Some(next) = base.handover else { return Ok(Some(vec![])) };
                 // Only to a block that never started: one that did got its turn.
                 let fresh = self
                     .read::<BlockRecord>(&keys::block(&place.job.id, &place.activity.name, place.iteration, next))
                     .await?
                     .is_some_and(|(b, _)| b.never_started());
-                return Ok(if fresh { outgoing(place, vec![steps::Msg::now(Step::Export, next)]) } else { vec![] });
+                return Ok(Some(if fresh { outgoing(place, vec![steps::Msg::now(Step::Export, next)]) } else { vec![] }));
             }
-            MessageAction::Ignore => return Ok(vec![]),
-            MessageAction::Reemit(_) => return Ok(outgoing(place, steps::follow_ups(&record, &base))),
-            MessageAction::Run => {}
+            MessageAction::Ignore => return Ok(Some(vec![])),
+            MessageAction::Reemit(_) => return Ok(Some(outgoing(place, steps::follow_ups(&record, &base)))),
         }
         let mut out = Vec::new();
         let mut obs = Obs::Delivered;
+        let mut wrote = false;
+        let mut looked_at_activity = false;
         for _ in 0..MAX_ROUNDS {
             let ctx = Ctx { now: self.clock.now(), ..base.clone() };
             let t = steps::decide(step, &record, &obs, &ctx);
+            // A stopped activity (failed, cancelled) starts nothing more; its abort cleans up
+            // what is left. Looked at once per step, by a step about to start something, and
+            // before the write that records it (an attempt recorded after the abort looked
+            // would be left for nobody to clean). Polls and tidying do not need it (issue 12:
+            // a read per step was a quarter of the engine's Storage transactions).
+            if t.effect.as_ref().is_some_and(Effect::starts_work) && !looked_at_activity {
+                looked_at_activity = true;
+                if self.activity_stopped(place).await? {
+                    return Ok(Some(vec![]));
+                }
+            }
             if let Some(next) = t.record {
-                match checkpoint::replace_json(self.store.as_ref(), &key, &next, &etag).await.map_err(super::copy::storage_err)? {
+                match checkpoint::replace_json(self.store.as_ref(), key, &next, &etag).await.map_err(super::copy::storage_err)? {
                     Written::Done(new) => {
                         etag = new;
                         record = next;
+                        wrote = true;
+                        self.cached.keep_block(key, &record, &etag);
                     }
                     // Another delivery moved the block on since our last write: this decision
                     // is void, and whatever it was about to do is that delivery's to do.
                     Written::Conflict => {
                         if matches!(obs, Obs::Slot { granted: true }) {
-                            self.give_back_stale_slot(place, &iteration, &key).await;
+                            self.give_back_stale_slot(place, &iteration, key).await;
                         }
-                        return Ok(outgoing(place, out));
+                        // Unless "our last write" was an earlier step's, remembered: then
+                        // the stored record decides (it may be due exactly this step).
+                        if cached && !wrote {
+                            return Ok(None);
+                        }
+                        self.cached.forget_block(key);
+                        return Ok(Some(outgoing(place, out)));
                     }
                 }
             }
@@ -122,17 +167,20 @@ impl CopyEngine {
                 let mut failed = record.clone();
                 failed.lease = None;
                 failed.touched_at = ctx.now;
-                return match checkpoint::replace_json(self.store.as_ref(), &key, &failed, &etag).await.map_err(super::copy::storage_err)? {
+                self.cached.forget_block(key);
+                return match checkpoint::replace_json(self.store.as_ref(), key, &failed, &etag).await.map_err(super::copy::storage_err)? {
                     Written::Done(_) => Err(EngineError::Permanent(reason)),
-                    Written::Conflict => Ok(outgoing(place, out)),
+                    Written::Conflict if cached && !wrote => Ok(None),
+                    Written::Conflict => Ok(Some(outgoing(place, out))),
                 };
             }
-            match t.effect {
-                None => break,
-                Some(effect) => obs = self.perform(place, &iteration, &record, effect).await,
-            }
+            let Some(effect) = t.effect else { break };
+            obs = self.perform(place, &iteration, &record, effect).await;
         }
-        Ok(outgoing(place, out))
+        if cached && !wrote && out.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(outgoing(place, out)))
     }
 
     /// The iteration as block steps see it: read once it is copying, then from the cache

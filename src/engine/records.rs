@@ -13,7 +13,8 @@
 //! A block moves through its states in one direction only:
 //!
 //! ```text
-//! Planned -> Exporting -> Exported -> Ingesting -> Ingested -> Committed -> Done
+//! Planned -> Exporting -> Exported -> Ingesting -> Ingested -> Moving -> Moved -> Done
+//!                                                  (no rows: Committed -> Done)
 //!    ^___________|  (export failed or lost: new attempt, new folder)
 //!                          ^___________|  (ingestion failed or counted wrong: new tag)
 //!    ^_______________________________________|  (verify content: staging differs from the

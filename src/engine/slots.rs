@@ -44,17 +44,23 @@ pub async fn acquire(store: &dyn CheckpointStore, cluster: &str, capacity: u64, 
 pub struct Hints {
     /// The slot the owner's claim was last seen in.
     pub held: Option<u64>,
-    /// A slot just given up, and the owner never held one (a block's first export): taken
-    /// if still free without looking at every slot first. Should the owner hold another
-    /// claim after all (a duplicate delivery elsewhere took one), that claim only idles
-    /// until it expires or the iteration ends: capacity is never exceeded.
-    pub free: Option<u64>,
+    /// Slots likely free, and the owner never held one (a block's first export): the first
+    /// of them still free is taken without looking at every slot first. Should the owner
+    /// hold another claim after all (a duplicate delivery elsewhere took one), that claim
+    /// only idles until it expires or the iteration ends: capacity is never exceeded.
+    pub free: [Option<u64>; 2],
 }
 
 /// [`acquire`], answering which slot is held.
 pub async fn acquire_hinted(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime, hints: Hints) -> Result<Option<u64>, StorageError> {
     let claim = Claim { owner: owner.to_owned(), expires_at: now + CLAIM_TTL };
-    for (n, take_if_free) in [(hints.held, false), (hints.free, true)].into_iter().filter_map(|(n, f)| n.filter(|n| *n < capacity.max(1)).map(|n| (n, f))) {
+    let mut looked = Vec::with_capacity(3);
+    let hinted = [(hints.held, false), (hints.free[0], true), (hints.free[1], true)];
+    for (n, take_if_free) in hinted.into_iter().filter_map(|(n, f)| n.filter(|n| *n < capacity.max(1)).map(|n| (n, f))) {
+        if looked.contains(&n) {
+            continue;
+        }
+        looked.push(n);
         let key = slot_key(cluster, n);
         let found = checkpoint::read_json::<Claim>(store, &key).await.map_err(record_to_storage)?;
         let write = match found {

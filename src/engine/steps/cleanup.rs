@@ -1,4 +1,6 @@
-//! `cleanup`: a committed block's staging folders deleted, then the block done and counted.
+//! `cleanup`: the staging folders of a block that ends without a move (an empty export, a
+//! block too old for the destination) deleted, then the block done and counted. A moved
+//! block's `commit` step does the same itself.
 //!
 //! Rules:
 //! - Every folder the block ever created is deleted (a failed attempt's partial export too).

@@ -1,5 +1,5 @@
 //! `commit`: the counted staging extents moved to the destination, verified there, then the
-//! destination's tag dropped.
+//! destination's tag dropped, the block's staging folders deleted, and the block done.
 //!
 //! Rules:
 //! - With `verify: content`, nothing is moved before Kusto on both sides has computed the same
@@ -98,18 +98,25 @@ pub fn decide(b: &BlockRecord, obs: &Obs, ctx: &Ctx) -> Transition {
                 ))
             }
         }
-        (BlockState::Moved { rows, .. }, Obs::TagDropped { failed: bad }) => {
+        // The tag dropped, the block's folders are deleted in the same step, and then it is
+        // done: no `Committed` record and `cleanup` step between (issue 12: a write and, under
+        // the host, a message fewer per block). Stopped in between, the step runs again from
+        // `Moved`: dropping a dropped tag and deleting deleted folders change nothing.
+        (BlockState::Moved { verified: true, .. }, Obs::TagDropped { failed: bad }) => {
             if bad.is_empty() {
-                let mut next = touched(b, ctx);
-                next.lease = None;
-                next.last_error = None;
-                next.transient_errors = 0;
-                next.state = BlockState::Committed { rows: *rows };
-                Transition::write(next).send(Msg::now(Step::Cleanup, b.number))
+                Transition::effect(Effect::DeleteFolders { folders: b.folders.clone() })
             } else {
                 let f = super::Failure { transient: true, message: bad.join("; "), may_have_run: false };
                 failed(b, &f, ctx, "drop the block's tag at the destination", None, Step::Commit)
             }
+        }
+        (BlockState::Moved { rows, verified: true, .. }, Obs::Done) => {
+            let mut next = touched(b, ctx);
+            next.lease = None;
+            next.last_error = None;
+            next.transient_errors = 0;
+            next.state = BlockState::Done { rows: *rows };
+            Transition::write(next).then(Effect::Finish)
         }
         (BlockState::Moved { .. }, Obs::Failed(f)) => failed(b, f, ctx, "finish the move", None, Step::Commit),
         _ => Transition::none(),
@@ -233,9 +240,17 @@ mod tests {
 
         let v = block(moved(true));
         assert_eq!(decide(&v, &Obs::Delivered, &c).effect, Some(Effect::DropDestinationTag { tag: TAG.into(), created_on: Some(T0) }), "verified before: not again (the drop renames extents)");
+        let mut v = v;
+        v.folders = vec!["kcs-it-1-1".into()];
         let t = decide(&v, &Obs::TagDropped { failed: vec![] }, &c);
-        assert_eq!(t.record.unwrap().state, BlockState::Committed { rows: 10 });
-        assert_eq!(t.messages, vec![Msg::now(Step::Cleanup, 1)]);
+        assert_eq!((t.record, t.effect), (None, Some(Effect::DeleteFolders { folders: v.folders.clone() })), "the folders next, in the same step");
+        let t = decide(&v, &Obs::Done, &c);
+        assert_eq!(t.record.unwrap().state, BlockState::Done { rows: 10 });
+        assert_eq!(t.effect, Some(Effect::Finish));
+        assert!(t.messages.is_empty());
+        let t = decide(&v, &transient("503"), &c);
+        assert_eq!(t.record.unwrap().state, v.state, "a failed deletion: the step again, from Moved");
+        assert_eq!(t.messages[0].step, Step::Commit);
         let t = decide(&v, &Obs::TagDropped { failed: vec!["Failed".into()] }, &c);
         assert_eq!(t.record.unwrap().state, moved(true));
     }

@@ -224,6 +224,16 @@ pub enum Effect {
     FindOrphans { since: OffsetDateTime },
 }
 
+impl Effect {
+    /// Whether performing it starts work for the activity (takes a slot, sends an export, an
+    /// ingestion, a move): the executor looks whether the activity stopped (failed, cancelled)
+    /// before the first of these in a step. The others look, give back or tidy up, and are
+    /// harmless after a stop: the abort that follows a stop does the same.
+    pub fn starts_work(&self) -> bool {
+        matches!(self, Effect::AcquireSlot | Effect::StartExport { .. } | Effect::StartIngest { .. } | Effect::Move { .. })
+    }
+}
+
 /// A step's failure, classified once where it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {

@@ -617,9 +617,20 @@ async fn schedule(seed: u64, options: ScheduleOptions) -> Outcome {
         deployment: deployment_hash("chaos"),
         ..EngineOptions::default()
     };
-    let engine = Arc::new(
-        CopyEngine::new(store, connections.clone(), engine_options.clone()).with_time(Arc::new(clock.clone()), Arc::new(SequentialIds::default())),
-    );
+    // Two instances of the engine over the same checkpoints, as two `kc serve` of one
+    // deployment: each remembers what it wrote last (its caches), so a message delivered to
+    // the other instance finds that instance's view stale. Which instance runs a delivery
+    // follows from the message's id and dequeue count (no draw from the schedule's random
+    // stream, so a seed's faults are the same as with one instance).
+    let instances: Vec<Arc<CopyEngine>> = (0..2)
+        .map(|_| Arc::new(CopyEngine::new(store.clone(), connections.clone(), engine_options.clone()).with_time(Arc::new(clock.clone()), Arc::new(SequentialIds::default()))))
+        .collect();
+    let engine = instances[0].clone();
+    let instance_for = |id: &str, dequeue_count: u32| {
+        let h = id.bytes().fold(u64::from(dequeue_count).wrapping_mul(0x9e37_79b9_7f4a_7c15), |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        instances[(h >> 32) as usize % instances.len()].clone()
+    };
+    let mut ticks = 0u64;
     let observer = CopyEngine::new(raw.clone(), connections, engine_options).with_time(Arc::new(clock.clone()), Arc::new(SequentialIds::default()));
 
     let mut host = Host { queue: Vec::new(), seq: 0, chaos: chaos.clone(), pace: pace.clone(), poisoned: 0, lost_messages_in: Default::default() };
@@ -703,11 +714,12 @@ async fn schedule(seed: u64, options: ScheduleOptions) -> Outcome {
             }
             chaos.log(|| format!("{:?} run {} #{} {:?}", clock.elapsed(), q.id, q.dequeue_count, q.message));
             *running_blocks.entry(block_of(&q.message)).or_default() += 1;
-            running.push(step_future(engine.clone(), q));
+            running.push(step_future(instance_for(&q.id, q.dequeue_count), q));
             in_flight_steps += 1;
         }
         if !tick_running && now >= next_tick {
-            running.push(tick_future(engine.clone(), clock.now()));
+            ticks += 1;
+            running.push(tick_future(instances[ticks as usize % instances.len()].clone(), clock.now()));
             tick_running = true;
             next_tick = now + pace.tick;
         }
