@@ -186,6 +186,7 @@ fn copy(args: &kusto_copy::cli::copy::CopyArgs) -> ExitCode {
         engine_options: engine::copy::EngineOptions {
             min_poll: std::time::Duration::from_millis(500),
             poll_floor: std::time::Duration::from_millis(100),
+            poll_grid: Some(std::time::Duration::from_millis(100)),
             lease: time::Duration::seconds(20),
             ..Default::default()
         },

@@ -951,3 +951,33 @@ async fn three_staging_directories_in_two_accounts_each_take_exports() {
         assert_eq!(staging_index_of(name, 3), Some(2), "{name} belongs to the second account's directory");
     }
 }
+
+/// Issue 12: the looks of one process at running exports of one database that come due
+/// together are one `.show operations` (`kc copy` times them to one grid), each answered
+/// with its own operation; a look after the batch went out is the next batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn looks_at_running_exports_due_together_are_one_request() {
+    use kusto_copy::engine::copy::Connections;
+    use kusto_copy::engine::looks::Looks;
+    use kusto_copy::kusto::ClientRequestId;
+    let stack = stack().await;
+    let url = stack.source.url().to_owned();
+    let ids: Vec<uuid::Uuid> = stack.source.with_state(|s| {
+        let now = s.now();
+        (0..3).map(|_| s.operations.start("DataExport", DB, now)).collect()
+    });
+    let kusto = connections(&stack).kusto(&url).unwrap();
+    let asked = || stack.source.with_state(|s| s.requests.get(".show operations").copied().unwrap_or(0));
+    let looks = Looks::default();
+    let rid = ClientRequestId::new("await-export", "job", "0", 1);
+    let before = asked();
+    let seen = futures::future::join_all(ids.iter().map(|id| looks.operation(kusto.clone(), &url, DB, *id, &rid))).await;
+    for (id, seen) in ids.iter().zip(&seen) {
+        let seen = seen.as_ref().unwrap().as_ref().expect("listed");
+        assert_eq!((seen.id, &seen.state), (*id, &kusto_copy::kusto::results::OperationState::InProgress));
+    }
+    assert_eq!(asked() - before, 1, "three looks due together: one request");
+    let unknown = looks.operation(kusto.clone(), &url, DB, uuid::Uuid::new_v4(), &rid).await.unwrap();
+    assert!(unknown.is_none(), "an operation not listed is none");
+    assert_eq!(asked() - before, 2, "a look after the batch went out: the next batch");
+}

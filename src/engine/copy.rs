@@ -40,6 +40,9 @@ pub struct EngineOptions {
     pub max_poll: Duration,
     /// The shortest wait before a look at an operation expected to end soon.
     pub poll_floor: Duration,
+    /// Batch this process's looks at running exports on ticks of this grid (`kc copy`: its
+    /// steps run in one process; see `steps::Rules::poll_grid`). `None`: no batching.
+    pub poll_grid: Option<Duration>,
     pub sas_lifetime: time::Duration,
     pub ingest_route: IngestRoute,
     /// A block untouched for this long is swept: its due step is sent again.
@@ -74,6 +77,7 @@ impl Default for EngineOptions {
             max_poll: Duration::from_secs(60),
             // Below a second, `kc serve` waits in the invocation (handler/steps.rs).
             poll_floor: Duration::from_millis(250),
+            poll_grid: None,
             sas_lifetime: time::Duration::hours(6),
             deployment: deployment_hash(""),
             janitor_every: Some(time::Duration::minutes(10)),
@@ -235,7 +239,7 @@ fn iteration_id(job: &str, activity: &str, n: u64) -> String {
     uuid::Uuid::new_v5(&ns, format!("{job}\n{activity}\n{n}").as_bytes()).simple().to_string()[..12].to_owned()
 }
 
-fn kusto_err(what: &str, e: KustoError) -> EngineError {
+pub(super) fn kusto_err(what: &str, e: KustoError) -> EngineError {
     if e.is_transient() {
         EngineError::Transient(format!("{what}: {e}"))
     } else {
@@ -311,6 +315,8 @@ pub struct CopyEngine {
     pub(super) learned: Learned,
     /// Records that never change once read in the state cached ([`Cached`]).
     pub(super) cached: Cached,
+    /// This process's looks at running exports, batched ([`super::looks`]).
+    pub(super) looks: super::looks::Looks,
 }
 
 /// How long operations of a kind take on a cluster, as this instance saw them end: what
@@ -395,6 +401,7 @@ impl CopyEngine {
             janitor_ran: Mutex::new(None),
             learned: Learned::default(),
             cached: Cached::default(),
+            looks: super::looks::Looks::default(),
         }
     }
 

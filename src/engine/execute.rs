@@ -42,6 +42,7 @@ impl CopyEngine {
             min_poll: self.options.min_poll,
             max_poll: self.options.max_poll,
             poll_floor: self.options.poll_floor,
+            poll_grid: self.options.poll_grid,
             slot_poll: self.options.min_poll,
             lease: self.options.lease,
             orphan_settle: self.options.orphan_settle,
@@ -494,7 +495,11 @@ impl CopyEngine {
         };
         let db = &place.activity.source.database;
         let rid = ClientRequestId::new("await-export", &place.job.id, &block.number.to_string(), block.export_attempt);
-        let operation = match self.operation(&source, db, op, &rid).await {
+        let look = match self.options.poll_grid {
+            Some(_) => self.looks.operation(source.clone(), &place.activity.source.cluster, db, op, &rid).await,
+            None => self.operation(&source, db, op, &rid).await,
+        };
+        let operation = match look {
             Ok(o) => o,
             Err(e) => return engine_failure("look at the export", e),
         };

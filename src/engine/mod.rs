@@ -21,6 +21,7 @@ pub mod copy;
 pub mod execute;
 pub mod janitor;
 pub mod local;
+pub mod looks;
 pub mod plan;
 pub mod records;
 pub mod slots;

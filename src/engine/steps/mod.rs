@@ -57,6 +57,11 @@ pub struct Rules {
     /// The shortest wait before a look at an operation expected to end soon (the queue's
     /// visibility is in whole seconds; the in-process driver can go lower).
     pub poll_floor: Duration,
+    /// Where this process batches its looks at running exports (`kc copy`: every look due
+    /// at one tick of this grid is one `.show operations`): an export expected to end soon
+    /// is looked at on every tick, from two deviations before its usual end. `None`: each
+    /// look is its own request (see [`Ctx::poll_delay`]).
+    pub poll_grid: Option<Duration>,
     /// How often a block waiting for an export slot of its cluster looks again.
     pub slot_poll: Duration,
     /// How long after an export start whose answer was lost `.show operations` is trusted
@@ -80,6 +85,7 @@ impl Default for Rules {
             min_poll: Duration::from_secs(2),
             max_poll: Duration::from_secs(60),
             poll_floor: Duration::from_millis(250),
+            poll_grid: None,
             slot_poll: Duration::from_secs(5),
             orphan_settle: time::Duration::minutes(1),
             orphan_poll: Duration::from_secs(30),
@@ -140,6 +146,13 @@ impl Ctx {
         let elapsed = (self.now - started_at).unsigned_abs();
         let (floor, max) = (self.rules.poll_floor, self.rules.max_poll);
         match self.expected {
+            // Looks batched on a grid are cheap (one request for every export due at a
+            // tick): from two deviations before the usual end, on every tick.
+            Some(e) if elapsed < 2 * e.mean && e.eager && self.rules.poll_grid.is_some() => {
+                let grid = self.rules.poll_grid.unwrap_or_default();
+                let first = e.mean.saturating_sub(e.deviation * 2);
+                self.on_grid(first.saturating_sub(elapsed).min(max), grid)
+            }
             Some(e) if elapsed < 2 * e.mean => {
                 // Eager: from half a deviation before the mean, every half deviation; else
                 // from half a deviation after it, every deviation.
@@ -149,6 +162,18 @@ impl Ctx {
             _ => (elapsed / 4).clamp(self.rules.min_poll, max),
         }
     }
+    /// `delay`, lengthened to end on the next tick of `grid` (ticks counted from the Unix
+    /// epoch, so every look of the process due about then lands on the same tick).
+    fn on_grid(&self, delay: Duration, grid: Duration) -> Duration {
+        let grid_ns = grid.as_nanos().max(1) as i128;
+        let at = (self.now + delay).unix_timestamp_nanos();
+        let tick = (at + grid_ns - 1).div_euclid(grid_ns) * grid_ns;
+        let wait = (tick - self.now.unix_timestamp_nanos()).max(0) as u64;
+        // A tick only just ahead is the next one's: never a look at once after the last.
+        let wait = if wait < grid.as_nanos() as u64 / 4 { wait + grid.as_nanos() as u64 } else { wait };
+        Duration::from_nanos(wait)
+    }
+
     /// Back-off after `errors` transient failures.
     pub fn backoff(&self, errors: u32) -> Duration {
         self.rules.min_poll.saturating_mul(1 << errors.min(6)).min(self.rules.max_poll)
@@ -515,5 +540,20 @@ mod poll_tests {
         assert_eq!(at(&lazy, 0), Duration::from_millis(2200), "an ingestion: half a deviation after the mean");
         assert_eq!(at(&lazy, 2300), Duration::from_millis(400), "then every deviation");
         assert_eq!(at(&eager, 5000), unknown.rules.min_poll, "past twice the mean: the plain schedule again");
+    }
+
+    #[test]
+    fn batched_looks_land_on_the_ticks_of_the_grid() {
+        let e = Expected { mean: Duration::from_secs(2), deviation: Duration::from_millis(400), eager: true };
+        let grid = Duration::from_millis(100);
+        // Now is 30 ms past a tick (T0 is on a whole second).
+        let c = Ctx { expected: Some(e), rules: Rules { poll_grid: Some(grid), ..Rules::default() }, now: ctx().now + time::Duration::milliseconds(30), ..ctx() };
+        assert_eq!(at(&c, 0), Duration::from_millis(1270), "first two deviations before the mean (1.2 s), to the next tick");
+        assert_eq!(at(&c, 1500), Duration::from_millis(70), "then on the next tick");
+        let just_before = Ctx { now: ctx().now + time::Duration::milliseconds(90), ..c.clone() };
+        assert_eq!(at(&just_before, 1500), Duration::from_millis(110), "a tick only just ahead is skipped: never a look at once after the last");
+        assert_eq!(at(&c, 5000), c.rules.min_poll, "past twice the mean: the plain schedule");
+        let lazy = Ctx { expected: Some(Expected { eager: false, ..e }), ..c.clone() };
+        assert_eq!(at(&lazy, 0), Duration::from_millis(2200), "an ingestion is not batched");
     }
 }

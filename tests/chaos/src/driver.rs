@@ -610,6 +610,9 @@ async fn schedule(seed: u64, options: ScheduleOptions) -> Outcome {
         limits: PlanLimits { max_rows: 100, max_creation_spread: time::Duration::days(1), bin: time::Duration::hours(1), bins_per_step: 3 },
         min_poll: pace.min_poll,
         max_poll: pace.max_poll,
+        // Half the schedules batch their looks at exports on a grid, as `kc copy` does (from
+        // the seed's parity: no draw from its random stream).
+        poll_grid: (seed % 2 == 0).then_some(Duration::from_millis(100)),
         lease: pace.lease,
         stall_after: pace.stall_after,
         janitor_every: Some(pace.janitor_every),
