@@ -639,8 +639,13 @@ impl CopyEngine {
         // Blocks decided by an earlier step are written from the record that decided them:
         // whoever writes them writes the same blocks, and a crash in between loses nothing.
         if !iteration.pending.is_empty() {
-            for block in &iteration.pending {
-                checkpoint::create_json(self.store.as_ref(), &keys::block(job, activity, n, block.number), block).await.map_err(storage_err)?;
+            // Sixteen at a time: one after the other, a chunk's creates were most of the time
+            // before the first export (issue 12). Each is create-if-absent, so a block already
+            // written by another delivery stays as it is.
+            for chunk in iteration.pending.chunks(16) {
+                let names: Vec<String> = chunk.iter().map(|block| keys::block(job, activity, n, block.number)).collect();
+                let creates = chunk.iter().zip(&names).map(|(block, key)| checkpoint::create_json(self.store.as_ref(), key, block));
+                futures::future::try_join_all(creates).await.map_err(storage_err)?;
             }
             let mut next = iteration.clone();
             next.pending.clear();
