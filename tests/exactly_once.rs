@@ -548,18 +548,7 @@ async fn scenario_06_a_paused_delivery_never_overwrites_newer_state() {
     let opts = EngineOptions { lease: time::Duration::seconds(1), ..options() };
     let engine = Arc::new(CopyEngine::new(store.clone(), connections(&stack), opts));
     let job = submit(&engine, &request(&stack, "s06", None)).await;
-    // Plan in-process until the iteration copies; hold back the exports it starts.
-    let mut pending = engine.start_job(&job).await.unwrap();
-    let mut exports = Vec::new();
-    let planning = tokio::time::Instant::now() + Duration::from_secs(30);
-    while let Some(o) = pending.pop() {
-        assert!(tokio::time::Instant::now() < planning, "planning does not end: {:?}", o.message);
-        if o.message.step == "export" {
-            exports.push(o.message);
-            continue;
-        }
-        pending.extend(engine.step(&o.message, &Delivery { message_id: Some("plan".into()), dequeue_count: 1 }).await.unwrap());
-    }
+    let exports = plan_holding_exports(&engine, &job).await;
     let export0: StepMessage = exports.iter().find(|m| m.block == Some(0)).cloned().expect("block 0 is started");
     let block_key = keys::block(&job.id, "default", 1, 0);
     let read_block = || async {
@@ -600,16 +589,39 @@ async fn scenario_06_a_paused_delivery_never_overwrites_newer_state() {
     assert_eq!(read_block().await.export_attempt, 2);
     assert_eq!(read_block().await.folders, after_c.folders);
 
-    // The rest of the copy runs as usual and is exact.
-    let mut first: Vec<kusto_copy::engine::Outgoing> = c;
-    first.extend(exports.into_iter().filter(|m| m.block != Some(0)).map(|message| kusto_copy::engine::Outgoing { message, delay: Duration::ZERO }));
-    let failures = local::run(engine.clone(), first, 4, |_| {}).await;
+    finish_exactly(&stack, &engine, &job, exports, c).await;
+}
+
+/// Plans `job` in-process until its iteration copies, and returns the exports it starts
+/// (held back: the test decides who runs them).
+async fn plan_holding_exports(engine: &CopyEngine, job: &JobRecord) -> Vec<kusto_copy::engine::StepMessage> {
+    let mut pending = engine.start_job(job).await.unwrap();
+    let mut exports = Vec::new();
+    let planning = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Some(o) = pending.pop() {
+        assert!(tokio::time::Instant::now() < planning, "planning does not end: {:?}", o.message);
+        if o.message.step == "export" {
+            exports.push(o.message);
+            continue;
+        }
+        let delivery = kusto_copy::engine::Delivery { message_id: Some("plan".into()), dequeue_count: 1 };
+        pending.extend(engine.step(&o.message, &delivery).await.unwrap());
+    }
+    exports
+}
+
+/// The rest of a copy whose first exports a test held back (all but block 0's, whose next
+/// messages are `block0`) runs as usual and is exact, leaving nothing behind.
+async fn finish_exactly(stack: &Stack, engine: &Arc<CopyEngine>, job: &JobRecord, exports: Vec<kusto_copy::engine::StepMessage>, block0: Vec<kusto_copy::engine::Outgoing>) {
+    let mut rest = block0;
+    rest.extend(exports.into_iter().filter(|m| m.block != Some(0)).map(|message| kusto_copy::engine::Outgoing { message, delay: Duration::ZERO }));
+    let failures = local::run(engine.clone(), rest, 4, |_| {}).await;
     assert!(failures.is_empty(), "{failures:?}");
-    run(&engine, &job, |_| {}).await;
+    run(engine, job, |_| {}).await;
     let activity = engine.activity(&job.id, "default").await.unwrap().unwrap();
     assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
-    assert_exact(&stack);
-    assert_nothing_left(&stack).await;
+    assert_exact(stack);
+    assert_nothing_left(stack).await;
 }
 
 /// Two instances share the checkpoints and each remembers the block records it wrote last
@@ -632,16 +644,7 @@ async fn a_block_moved_on_by_another_instance_is_decided_on_the_stored_record() 
     let b = Arc::new(CopyEngine::new(store.clone(), connections(&stack), options()));
     let job = submit(&a, &request(&stack, "two-instances", None)).await;
     let delivery = |id: &str| Delivery { message_id: Some(id.into()), dequeue_count: 1 };
-    // Plan on A until the iteration copies; hold back the exports it starts.
-    let mut pending = a.start_job(&job).await.unwrap();
-    let mut exports = Vec::new();
-    while let Some(o) = pending.pop() {
-        if o.message.step == "export" {
-            exports.push(o.message);
-            continue;
-        }
-        pending.extend(a.step(&o.message, &delivery("plan")).await.unwrap());
-    }
+    let exports = plan_holding_exports(&a, &job).await;
     let export0: StepMessage = exports.iter().find(|m| m.block == Some(0)).cloned().expect("block 0 is started");
     let block_key = keys::block(&job.id, "default", 1, 0);
     let read_block = || async { serde_json::from_slice::<BlockRecord>(&store.read(&block_key).await.unwrap().unwrap().value).unwrap() };
@@ -679,16 +682,7 @@ async fn a_block_moved_on_by_another_instance_is_decided_on_the_stored_record() 
     assert_eq!(read_block().await, moved_on, "A's stale view changed nothing");
     assert_eq!(moved_on.ingest_attempt, 1, "one ingestion");
 
-    // The rest of the copy runs as usual and is exact.
-    let mut rest: Vec<Outgoing> = exports.into_iter().filter(|m| m.block != Some(0)).map(|message| Outgoing { message, delay: Duration::ZERO }).collect();
-    rest.push(Outgoing { message: after_b, delay: Duration::ZERO });
-    let failures = local::run(a.clone(), rest, 4, |_| {}).await;
-    assert!(failures.is_empty(), "{failures:?}");
-    run(&a, &job, |_| {}).await;
-    let activity = a.activity(&job.id, "default").await.unwrap().unwrap();
-    assert_eq!(activity.state, ActivityState::Completed, "{activity:?}");
-    assert_exact(&stack);
-    assert_nothing_left(&stack).await;
+    finish_exactly(&stack, &a, &job, exports, vec![Outgoing { message: after_b, delay: Duration::ZERO }]).await;
 }
 
 /// Scenario 3: two jobs share a source whose export capacity is 1 while the scheduler ticks
