@@ -40,8 +40,8 @@ pub struct EngineOptions {
     pub max_poll: Duration,
     /// The shortest wait before a look at an operation expected to end soon.
     pub poll_floor: Duration,
-    /// Batch this process's looks at running exports on ticks of this grid (`kc copy`: its
-    /// steps run in one process; see `steps::Rules::poll_grid`). `None`: no batching.
+    /// Batch this process's looks at running exports on ticks of this grid (see
+    /// `steps::Rules::poll_grid`). `None` (the default): no batching.
     pub poll_grid: Option<Duration>,
     pub sas_lifetime: time::Duration,
     pub ingest_route: IngestRoute,

@@ -1,7 +1,8 @@
 //! Looks at running exports, batched per source database: the looks of this process that
 //! come due within a few milliseconds of each other are one `.show operations (id, ...)`.
-//! `kc copy` times its looks to the ticks of one grid (`EngineOptions::poll_grid`), so the
-//! exports in flight are looked at together, often, for one request per tick.
+//! `kc copy` and `kc serve` time their looks to the ticks of one grid
+//! (`EngineOptions::poll_grid`), so the exports in flight are looked at together, often,
+//! for one request per tick.
 
 use super::copy::kusto_err;
 use super::EngineError;
