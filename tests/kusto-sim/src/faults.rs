@@ -173,6 +173,8 @@ struct Random {
     kind: Option<CommandKind>,
     fault: Fault,
     probability: f64,
+    /// How many more times it may fire (`None`: without end).
+    remaining: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -193,7 +195,17 @@ impl FaultPlan {
     /// Each request of `kind` gets `fault` with this probability, drawn from the seeded generator.
     pub fn random(&mut self, seed: u64, kind: Option<CommandKind>, fault: Fault, probability: f64) {
         self.rng = seed ^ 0x9E37_79B9_7F4A_7C15;
-        self.random.push(Random { kind, fault, probability });
+        self.random.push(Random { kind, fault, probability, remaining: None });
+    }
+
+    /// As [`FaultPlan::random`], firing at most `max` times: for faults of which a client
+    /// tolerates only so many (each spoiled export costs its block one of a bounded number of
+    /// attempts), at random requests rather than the first ones.
+    pub fn random_at_most(&mut self, seed: u64, kind: Option<CommandKind>, fault: Fault, probability: f64, max: u32) {
+        self.random(seed, kind, fault, probability);
+        if let Some(r) = self.random.last_mut() {
+            r.remaining = Some(max);
+        }
     }
 
     /// Takes one scripted fault that `wanted` accepts, whatever its command kind.
@@ -240,15 +252,19 @@ impl FaultPlan {
             }
         }
         self.scripted.retain(|s| s.remaining > 0);
-        let candidates: Vec<(Fault, f64)> = self
-            .random
-            .iter()
-            .filter(|r| r.kind.is_none_or(|k| k == kind) && r.fault.is_request_level() == request_level)
-            .map(|r| (r.fault.clone(), r.probability))
-            .collect();
-        for (fault, p) in candidates {
-            if self.next_unit() < p {
-                out.push(fault);
+        for i in 0..self.random.len() {
+            let r = &self.random[i];
+            if !(r.kind.is_none_or(|k| k == kind) && r.fault.is_request_level() == request_level) {
+                continue;
+            }
+            // Drawn even when spent, so a cap does not shift the other faults' draws.
+            let hit = self.next_unit() < self.random[i].probability;
+            let r = &mut self.random[i];
+            if hit && r.remaining != Some(0) {
+                if let Some(n) = r.remaining.as_mut() {
+                    *n -= 1;
+                }
+                out.push(r.fault.clone());
             }
         }
         for f in &out {
@@ -336,5 +352,14 @@ mod tests {
         assert_ne!(roll(7), roll(8));
         let hits = roll(7).iter().filter(|h| **h).count();
         assert!((30..90).contains(&hits), "{hits}");
+    }
+
+    #[test]
+    fn a_capped_random_fault_fires_at_most_its_count() {
+        let mut p = FaultPlan::default();
+        p.random_at_most(7, Some(CommandKind::Export), Fault::ExportPartialFailure, 0.5, 2);
+        let fired: Vec<usize> =
+            (0..100).filter(|_| p.take(CommandKind::Export, false).contains(&Fault::ExportPartialFailure)).collect();
+        assert_eq!(fired.len(), 2, "{fired:?}");
     }
 }

@@ -163,6 +163,11 @@ impl Cluster {
         self.with_state(|s| s.faults.random(seed, kind, fault, probability));
     }
 
+    /// As [`Cluster::random_faults`], firing at most `max` times.
+    pub fn random_faults_at_most(&self, seed: u64, kind: Option<CommandKind>, fault: Fault, probability: f64, max: u32) {
+        self.with_state(|s| s.faults.random_at_most(seed, kind, fault, probability, max));
+    }
+
     pub fn clear_faults(&self) {
         self.with_state(|s| s.faults.clear());
     }
