@@ -100,8 +100,17 @@ pub struct Phases {
 impl JobStatus {
     /// Nothing more happens without a person or the schedule: the job was rejected, or every
     /// activity has completed, failed, or finished an iteration and waits for its period.
+    /// A completed or idle activity counts once its iterations say done too: the engine
+    /// records the activity's end before the iteration's (the activity's count is what a
+    /// step stopped between the two must not lose), so a look between the writes sees an
+    /// activity completed and its last iteration still copying.
     pub fn finished(&self) -> bool {
-        self.job.state == JobState::Rejected || self.activities.iter().all(|a| matches!(a.state.as_str(), "completed" | "failed" | "idle" | "cancelled"))
+        self.job.state == JobState::Rejected
+            || self.activities.iter().all(|a| match a.state.as_str() {
+                "completed" | "idle" => a.iterations.iter().all(|i| i.state == "done"),
+                "failed" | "cancelled" => true,
+                _ => false,
+            })
     }
 }
 
@@ -275,4 +284,57 @@ pub fn render(status: &JobStatus) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(activity: &str, iteration: &str) -> JobStatus {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        JobStatus {
+            job: JobRecord { id: "j".into(), state: JobState::Accepted, received_at: now, reason: None, spec: None, request_excerpt: None, expires_at: None },
+            activities: vec![ActivityStatus {
+                name: "default".into(),
+                iteration: 1,
+                state: activity.into(),
+                reason: None,
+                copied_rows: 400,
+                rows_without_ingestion_time: 0,
+                rows_beyond_retention: 0,
+                iterations: vec![IterationStatus {
+                    number: 1,
+                    state: iteration.into(),
+                    cursor_from: None,
+                    cursor_to: "1".into(),
+                    first_ingestion: None,
+                    last_ingestion: None,
+                    blocks: 4,
+                    blocks_done: 4,
+                    planned_rows: 400,
+                    copied_rows: 400,
+                    phases: None,
+                    last_error: None,
+                    rows_per_second: None,
+                    eta_seconds: None,
+                    started_at: now,
+                    finished_at: None,
+                    cleaned_up: false,
+                }],
+            }],
+        }
+    }
+
+    /// A look between the activity's end and its iteration's (CI saw one): not finished yet,
+    /// so `kc status --watch` prints the iteration done before it stops.
+    #[test]
+    fn an_activity_ends_once_its_iteration_has_too() {
+        assert!(!status("completed", "copying").finished());
+        assert!(!status("idle", "copying").finished());
+        assert!(status("completed", "done").finished());
+        assert!(status("idle", "done").finished());
+        assert!(status("cancelled", "copying").finished());
+        assert!(status("failed", "copying").finished());
+        assert!(!status("running", "copying").finished());
+    }
 }
