@@ -38,6 +38,14 @@ impl Measured {
     }
 }
 
+/// `KC_BENCH_LOG=<filter>`: the `kc` processes log at that filter (`RUST_LOG` syntax) into
+/// the work directory (`copy.log`, `serve-<i>.log`), to see where a run's time went.
+const LOG: &str = "KC_BENCH_LOG";
+
+fn log_filter() -> String {
+    std::env::var(LOG).unwrap_or_else(|_| "error".into())
+}
+
 fn read_usage(path: &Path) -> Result<Usage, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e} (did kc exit cleanly?)", path.display()))?;
     serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
@@ -52,11 +60,14 @@ pub async fn copy(kc: &Path, stack: &RunStack, work: &Path) -> Result<Measured, 
     let (started, started_at) = (Instant::now(), time::OffsetDateTime::now_utc());
     let out = kc_test_stack::kc_command(kc, &stack.azurite, &args)
         .env(kusto_copy::config::names::USAGE_FILE, &usage)
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", log_filter())
         .output()
         .await
         .map_err(|e| format!("cannot run {}: {e}", kc.display()))?;
     let t = started.elapsed();
+    if std::env::var(LOG).is_ok() {
+        let _ = std::fs::write(work.join("copy.log"), &out.stderr);
+    }
     if !out.status.success() {
         return Err(format!("kc copy failed: {}", String::from_utf8_lossy(&out.stderr)));
     }
@@ -83,8 +94,11 @@ impl ServeInstances {
             command
                 .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
                 .env(kusto_copy::config::names::USAGE_FILE, &usage)
-                .env("RUST_LOG", "error")
-                .stdout(std::process::Stdio::null());
+                .env("RUST_LOG", log_filter())
+                .stdout(match std::env::var(LOG) {
+                    Ok(_) => std::fs::File::create(work.join(format!("serve-{i}.log"))).map_err(|e| e.to_string())?.into(),
+                    Err(_) => std::process::Stdio::null(),
+                });
             for (k, v) in extra_env {
                 command.env(k, v);
             }

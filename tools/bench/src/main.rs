@@ -115,10 +115,11 @@ fn driver_figures(args: &Args, stack: &RunStack, m: &drivers::Measured, t_star: 
             *engine_storage.entry(k.clone()).or_default() += v;
         }
     }
-    let (first, last, share, handover) = stack.export_window(m.started_at);
+    let (first, last, share, handover, handover_p90) = stack.export_window(m.started_at);
     json!({
         "exports": exports,
         "handover_seconds": handover,
+        "handover_p90_seconds": handover_p90,
         "first_export_at": first,
         "last_export_end_at": last,
         "busy_share_between": share,
@@ -151,8 +152,9 @@ fn print_driver(name: &str, v: &Value) {
         f("storage_tx_per_block"), f("host_storage_tx_per_block"), f("kusto_requests_per_block"), f("cpu_ms_per_block"), f("peak_rss_mib")
     );
     println!(
-        "       first export at +{:.2} s, last export ended at +{:.2} s, slots busy {:.2} of the time between; an export's end to the next start: {:.3} s",
-        v["first_export_at"].as_f64().unwrap_or(0.0), v["last_export_end_at"].as_f64().unwrap_or(0.0), v["busy_share_between"].as_f64().unwrap_or(0.0), v["handover_seconds"].as_f64().unwrap_or(0.0)
+        "       first export at +{:.2} s, last export ended at +{:.2} s, slots busy {:.2} of the time between; an export's end to the next start: {:.3} s (90th percentile {:.3} s)",
+        v["first_export_at"].as_f64().unwrap_or(0.0), v["last_export_end_at"].as_f64().unwrap_or(0.0), v["busy_share_between"].as_f64().unwrap_or(0.0), v["handover_seconds"].as_f64().unwrap_or(0.0),
+        v["handover_p90_seconds"].as_f64().unwrap_or(0.0)
     );
     println!("       Kusto requests: {}", v["kusto_requests_by_kind"]);
     println!("       engine storage: {}", v["storage_tx_by_kind"]);
@@ -248,7 +250,11 @@ async fn run(args: Args) -> Result<Value, String> {
         );
         out["cold_start"] = json!({"ms": c.ms, "idle_rss_mib": c.idle_rss_mib, "runs": c.runs, "baseline_ms": c.baseline_ms, "baseline_rss_mib": c.baseline_rss_mib});
     }
-    let _ = std::fs::remove_dir_all(&work);
+    if std::env::var("KC_BENCH_LOG").is_ok() {
+        eprintln!("kc-bench: the kc processes' logs are in {}", work.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     Ok(out)
 }
 

@@ -103,8 +103,9 @@ impl RunStack {
     }
 
     /// Where the time went, for reading a ratio: the first export's start and the last one's
-    /// end, in seconds after `t0`; and the slots' busy share between those two.
-    pub fn export_window(&self, t0: time::OffsetDateTime) -> (f64, f64, f64, f64) {
+    /// end, in seconds after `t0`; the slots' busy share between those two; a hand-over's
+    /// mean and 90th percentile.
+    pub fn export_window(&self, t0: time::OffsetDateTime) -> (f64, f64, f64, f64, f64) {
         let t0 = (t0.unix_timestamp_nanos() / 100) as i64;
         self.source.with_state(|s| {
             let exports: Vec<_> = s.operations.records.iter().filter(|o| o.operation == "DataExportToFile").collect();
@@ -119,9 +120,11 @@ impl RunStack {
             starts.sort();
             ends.sort();
             let c = self.capacity;
-            let gaps: Vec<i64> = (c..starts.len()).map(|i| starts[i] - ends[i - c]).collect();
+            let mut gaps: Vec<i64> = (c..starts.len()).map(|i| starts[i] - ends[i - c]).collect();
+            gaps.sort();
             let handover = if gaps.is_empty() { 0.0 } else { gaps.iter().sum::<i64>() as f64 / gaps.len() as f64 / 1e7 };
-            ((first - t0) as f64 / 1e7, (last - t0) as f64 / 1e7, share, handover)
+            let p90 = gaps.get(gaps.len() * 9 / 10).or(gaps.last()).map_or(0.0, |g| *g as f64 / 1e7);
+            ((first - t0) as f64 / 1e7, (last - t0) as f64 / 1e7, share, handover, p90)
         })
     }
 
