@@ -350,16 +350,44 @@ impl Learned {
 pub struct Cached {
     pub(super) jobs: Mutex<HashMap<String, JobRecord>>,
     pub(super) iterations: Mutex<HashMap<String, IterationRecord>>,
-    /// Which export slot each block of this process holds (a hint, see [`super::slots`]).
-    pub(super) slots: Mutex<HashMap<String, u64>>,
-    /// Per source cluster, the slot this process last gave up.
-    pub(super) free_slots: Mutex<HashMap<String, u64>>,
+    /// Which export slot each block of this process holds, with the ETag of this process's
+    /// last write of its claim (a hint, see [`super::slots::Hints`]).
+    pub(super) slots: Mutex<HashMap<String, (u64, ETag)>>,
+    /// Per source cluster, the slot this process last gave up, with the ETag of that release.
+    pub(super) free_slots: Mutex<HashMap<String, (u64, ETag)>>,
     /// Each unfinished block record this process wrote last, with the ETag that write
     /// returned: the block's next step here decides on it instead of reading it again.
     /// A hint, never the truth: the step's first write is swapped at that ETag, so a record
     /// moved on elsewhere (another instance, a sweep, an abort) loses that write, and the
     /// step reads the stored record and decides again (see `block_step_on`).
     pub(super) blocks: Mutex<HashMap<String, (BlockRecord, ETag)>>,
+    /// Per iteration's done record, this process's last write of it and its ETag, behind
+    /// the lock its blocks count under (see `count_done`).
+    pub(super) done: Mutex<HashMap<String, DoneCounter>>,
+    /// Per copying iteration, the blocks near its end this process saw start or sent an
+    /// export to (see [`Cached::hand_over_to`]).
+    pub(super) tails: Mutex<HashMap<String, Tail>>,
+}
+
+/// An iteration's last blocks as this process knows them.
+#[derive(Debug, Default)]
+pub(super) struct Tail {
+    /// Started, or sent an export.
+    started: std::collections::BTreeSet<u64>,
+    /// Which block each block's finished export was handed to: a repeat of that step hands
+    /// to the same one (its first send may have failed; the block it chose stays chosen).
+    handed: HashMap<u64, u64>,
+}
+
+type DoneCounter = Arc<tokio::sync::Mutex<Option<(Progress, ETag)>>>;
+
+/// Done records [`Cached::done`] holds at most (iterations copying at once in a process).
+const DONE_CACHED: usize = 64;
+
+/// The first of an iteration's last blocks, where a slot whose chain ran out looks for one
+/// to take: three rounds of the slots (chains end at most a few blocks apart).
+fn tail_start(blocks: u64, slots: u64) -> u64 {
+    blocks.saturating_sub(3 * slots.max(1))
 }
 
 /// Block records [`Cached::blocks`] holds at most: blocks in flight are far fewer (a few per
@@ -385,8 +413,65 @@ impl Cached {
         blocks.insert(key.to_owned(), (record.clone(), etag.clone()));
     }
 
+    /// [`Cached::keep_block`] for a block planning wrote, while the cache has room: the
+    /// blocks of a large plan never push out those in flight.
+    pub(super) fn keep_planned(&self, key: &str, record: &BlockRecord, etag: &ETag) {
+        let mut blocks = self.blocks.lock().unwrap();
+        if blocks.len() < BLOCKS_CACHED / 2 {
+            blocks.insert(key.to_owned(), (record.clone(), etag.clone()));
+        }
+    }
+
     pub(super) fn forget_block(&self, key: &str) {
         self.blocks.lock().unwrap().remove(key);
+    }
+
+    /// Which block a block's finished export hands its slot to. Along its chain
+    /// (`number + slots`) while that one is not known to have started; at the chain's end
+    /// (or past a block taken already), the last block of the iteration not known to have
+    /// started, so a slot whose chain ran out takes the last block of a chain still behind
+    /// (fixed chains left the slots whose draws ran short idle at the end while others still
+    /// had blocks: kc-bench's slots were busy 0.91 of the export window). Blocks known here
+    /// are this process's; a block another process started ignores the export sent to it,
+    /// and the slot idles as it did at a chain's end before.
+    pub(super) fn hand_over_to(&self, iteration: &str, block: u64, blocks: u64, slots: u64) -> Option<u64> {
+        let chained = Some(block + slots.max(1)).filter(|n| *n < blocks);
+        let from = tail_start(blocks, slots);
+        let tails = self.tails.lock().unwrap();
+        let Some(tail) = tails.get(iteration) else { return chained };
+        if let Some(to) = tail.handed.get(&block) {
+            return Some(*to);
+        }
+        let taken = |n: u64| n == block || (n >= from && tail.started.contains(&n));
+        match chained {
+            Some(n) if !taken(n) => Some(n),
+            _ => (from..blocks).rev().find(|n| !taken(*n)),
+        }
+    }
+
+    /// Notes that `block` started, or that an export was sent to it by the finished export of
+    /// `by` (only the iteration's last blocks are kept: hand-overs look at no others).
+    pub(super) fn note_started(&self, iteration: &str, block: u64, by: Option<u64>, blocks: u64, slots: u64) {
+        if block < tail_start(blocks, slots) {
+            return;
+        }
+        let mut tails = self.tails.lock().unwrap();
+        if tails.len() >= DONE_CACHED && !tails.contains_key(iteration) {
+            tails.clear();
+        }
+        let tail = tails.entry(iteration.to_owned()).or_default();
+        tail.started.insert(block);
+        if let Some(by) = by.filter(|by| *by != block) {
+            tail.handed.insert(by, block);
+        }
+    }
+
+    fn done_counter(&self, key: &str) -> DoneCounter {
+        let mut done = self.done.lock().unwrap();
+        if done.len() >= DONE_CACHED && !done.contains_key(key) {
+            done.clear();
+        }
+        done.entry(key.to_owned()).or_default().clone()
     }
 }
 
@@ -645,7 +730,13 @@ impl CopyEngine {
             for chunk in iteration.pending.chunks(16) {
                 let names: Vec<String> = chunk.iter().map(|block| keys::block(job, activity, n, block.number)).collect();
                 let creates = chunk.iter().zip(&names).map(|(block, key)| checkpoint::create_json(self.store.as_ref(), key, block));
-                futures::future::try_join_all(creates).await.map_err(storage_err)?;
+                let written = futures::future::try_join_all(creates).await.map_err(storage_err)?;
+                // The first exports often run here next: they decide on these writes.
+                for ((block, key), written) in chunk.iter().zip(&names).zip(written) {
+                    if let Written::Done(etag) = written {
+                        self.cached.keep_planned(key, block, &etag);
+                    }
+                }
             }
             let mut next = iteration.clone();
             next.pending.clear();
@@ -748,7 +839,25 @@ impl CopyEngine {
 
         // Planned: stage, hand out export slots, start copying.
         if iteration.blocks > 0 {
-            self.prepare_staging_table(place, &dest, &dest_table).await?;
+            if let Err(e) = self.prepare_staging_table(place, &dest, &dest_table).await {
+                // Another delivery may have started the copy meanwhile and finished it (blocks
+                // too old for the destination end at once), dropping the staging table between
+                // this delivery's create and its alters (kc-chaos seed 5789179029485579218:
+                // TableNotFound failed the activity).
+                // Stale then: nothing to do here but drop again what its create may have
+                // made after that end (as below when the swap is lost).
+                match self.read::<IterationRecord>(&key).await? {
+                    Some((it, _)) if it.state == IterationState::Done => {
+                        let rid = ClientRequestId::new("drop-staging", job, activity, 1);
+                        dest.execute(&place.activity.destination.database, &commands::drop_table(&ident(&place.staging_table())?), &rid)
+                            .await
+                            .map_err(|e| kusto_err("drop the staging table", e))?;
+                        return Ok(vec![]);
+                    }
+                    Some((it, _)) if it.state == IterationState::Copying => return Ok(vec![]),
+                    _ => return Err(e),
+                }
+            }
         }
         // Exports in flight: the job's export count, never more than the cluster can run.
         // Unknown when it cannot be read: `.show capacity` needs AllDatabasesMonitor, and is
@@ -882,28 +991,41 @@ impl CopyEngine {
         let Some(capacity) = iteration.cluster_capacity else { return Ok(true) };
         let owner = format!("{}/{}/{}/{}", place.job.id, place.activity.name, place.iteration, block.number);
         let (store, cluster, now) = (self.store.as_ref(), place.activity.source.cluster.as_str(), self.clock.now());
-        // Where this process last saw the block's claim: looked at first, so a renewal or a
-        // release reads one claim instead of every slot's.
-        let hint = self.cached.slots.lock().unwrap().get(&owner).copied();
+        // Where this process last saw the block's claim, and the ETag of its write there:
+        // a renewal or a release swaps that claim without reading any.
+        let hint = self.cached.slots.lock().unwrap().get(&owner).map(|(n, etag)| (*n, Some(etag.clone())));
         match action {
             SlotAction::Acquire => {
-                // A block's first export may take the slot this process saw given up last
-                // (a hand-over's), or else its own by number (the first exports of an
-                // iteration, started together, each look at another slot instead of all
-                // racing for the first free one), without looking at every slot.
+                // A block's first export may take the slot this process gave up last (a
+                // hand-over's: swapped at the ETag of that release, unread), or else its own
+                // by number (the first exports of an iteration, started together, each look
+                // at another slot instead of all racing for the first free one), without
+                // looking at every slot.
                 let first = block.export_attempt == 0 && block.unconfirmed_export.is_none();
-                let free = if first { [self.cached.free_slots.lock().unwrap().remove(cluster), Some(block.number % capacity.max(1))] } else { [None, None] };
+                let free = if first {
+                    let given_up = self.cached.free_slots.lock().unwrap().remove(cluster).map(|(n, etag)| (n, Some(etag)));
+                    [given_up, Some((block.number % capacity.max(1), None))]
+                } else {
+                    [None, None]
+                };
                 let held = super::slots::acquire_hinted(store, cluster, capacity, &owner, now, super::slots::Hints { held: hint, free }).await.map_err(storage_err)?;
-                if let Some(n) = held {
-                    self.cached.slots.lock().unwrap().insert(owner, n);
+                let granted = held.is_some();
+                if let Some(seen) = held {
+                    self.cached.slots.lock().unwrap().insert(owner, seen);
                 }
-                Ok(held.is_some())
+                Ok(granted)
             }
-            SlotAction::Renew => super::slots::renew_hinted(store, cluster, capacity, &owner, now, hint).await.map(|_| true).map_err(storage_err),
+            SlotAction::Renew => {
+                if let Some(seen) = super::slots::renew_hinted(store, cluster, capacity, &owner, now, hint).await.map_err(storage_err)? {
+                    self.cached.slots.lock().unwrap().insert(owner, seen);
+                }
+                Ok(true)
+            }
             SlotAction::Release => {
-                super::slots::release_hinted(store, cluster, capacity, &owner, now, hint).await.map_err(storage_err)?;
-                if let Some(n) = self.cached.slots.lock().unwrap().remove(&owner) {
-                    self.cached.free_slots.lock().unwrap().insert(cluster.to_owned(), n);
+                let released = super::slots::release_hinted(store, cluster, capacity, &owner, now, hint).await.map_err(storage_err)?;
+                self.cached.slots.lock().unwrap().remove(&owner);
+                if let Some(seen) = released {
+                    self.cached.free_slots.lock().unwrap().insert(cluster.to_owned(), seen);
                 }
                 Ok(true)
             }
@@ -931,27 +1053,9 @@ impl CopyEngine {
         let key = done_key(place);
         // The block count is fixed once copying: the cached record tells it.
         let blocks = self.iteration_for_blocks(place).await?.blocks;
-        loop {
-            let (mut progress, etag) = match self.read::<Progress>(&key).await? {
-                Some((p, etag)) => (p, Some(etag)),
-                None => (Progress { too_old: Some(TooOld::default()), ..Progress::default() }, None),
-            };
-            if !progress.blocks.insert(block.number) {
-                return Ok(progress.blocks.len() as u64 >= blocks);
-            }
-            progress.rows += block.rows().unwrap_or(0);
-            if let Some(too_old) = progress.too_old.as_mut().filter(|_| block.beyond_retention) {
-                too_old.blocks += 1;
-                too_old.rows += block.planned_rows;
-            }
-            let written = match etag {
-                None => checkpoint::create_json(self.store.as_ref(), &key, &progress).await.map_err(storage_err)?,
-                Some(etag) => checkpoint::replace_json(self.store.as_ref(), &key, &progress, &etag).await.map_err(storage_err)?,
-            };
-            if let Written::Done(_) = written {
-                return Ok(progress.blocks.len() as u64 >= blocks);
-            }
-        }
+        let last = self.cached.done_counter(&key);
+        let mut last = last.lock().await;
+        count_block(self.store.as_ref(), &mut last, &key, block, blocks).await
     }
 
     /// Ends an iteration: drops its staging table, records the activity's progress, then marks
@@ -1004,6 +1108,8 @@ impl CopyEngine {
                 "rows older than the destination's soft-delete period were not copied"
             );
         }
+        self.cached.done.lock().unwrap().remove(&done_key(place));
+        self.cached.tails.lock().unwrap().remove(&place.id());
         let activity_key = keys::activity(&place.job.id, &place.activity.name);
         loop {
             let Some((mut record, etag)) = self.read::<ActivityRecord>(&activity_key).await? else { break };
@@ -1397,6 +1503,50 @@ mod block_ranges {
     }
 }
 
+/// Counts `block` on the done record at `key`; whether all `blocks` are counted now. `last`
+/// is this process's last write of the record and its ETag, held under a lock by the caller:
+/// this process's blocks that end together count one after the other, each on the record the
+/// one before wrote, swapped at that write's ETag, with no read and no race lost between
+/// them (eight blocks ending at once made two reads and two swaps each). A write from
+/// elsewhere fails the swap, and the stored record is read.
+async fn count_block(store: &dyn CheckpointStore, last: &mut Option<(Progress, ETag)>, key: &str, block: &BlockRecord, blocks: u64) -> Result<bool, EngineError> {
+    loop {
+        let remembered = last.take();
+        let from_cache = remembered.is_some();
+        let (mut progress, etag) = match remembered {
+            Some((p, etag)) => (p, Some(etag)),
+            None => match checkpoint::read_json::<Progress>(store, key).await.map_err(record_err)? {
+                Some((p, etag)) => (p, Some(etag)),
+                None => (Progress { too_old: Some(TooOld::default()), ..Progress::default() }, None),
+            },
+        };
+        if !progress.blocks.insert(block.number) {
+            // Counted before (a repeated step): whether the iteration is complete is the
+            // stored record's to say, which may hold other processes' blocks too.
+            if from_cache {
+                continue;
+            }
+            let complete = progress.blocks.len() as u64 >= blocks;
+            *last = etag.map(|etag| (progress, etag));
+            return Ok(complete);
+        }
+        progress.rows += block.rows().unwrap_or(0);
+        if let Some(too_old) = progress.too_old.as_mut().filter(|_| block.beyond_retention) {
+            too_old.blocks += 1;
+            too_old.rows += block.planned_rows;
+        }
+        let written = match etag {
+            None => checkpoint::create_json(store, key, &progress).await.map_err(storage_err)?,
+            Some(etag) => checkpoint::replace_json(store, key, &progress, &etag).await.map_err(storage_err)?,
+        };
+        if let Written::Done(etag) = written {
+            let complete = progress.blocks.len() as u64 >= blocks;
+            *last = Some((progress, etag));
+            return Ok(complete);
+        }
+    }
+}
+
 fn done_key(place: &Place) -> String {
     keys::done(&place.job.id, &place.activity.name, place.iteration)
 }
@@ -1675,5 +1825,53 @@ mod tests {
         let folder = super::super::steps::folder_name(&id, 123456, 5);
         crate::config::validate_container_name(&folder).unwrap();
         assert!(folder.len() <= 63);
+    }
+
+    /// Two processes count blocks of one iteration, each remembering its last write: the
+    /// second's write makes the first's remembered ETag stale, so the first's next count
+    /// reads the record again and keeps both processes' blocks; a repeated count of a block
+    /// is counted once, and the record says complete only when every block is in it.
+    #[tokio::test]
+    async fn blocks_count_once_across_processes_that_remember_their_writes() {
+        let store = checkpoint::MemoryCheckpointStore::default();
+        let t0 = time::macros::datetime!(2026-01-01 0:00 UTC);
+        let done = |n: u64| {
+            let mut b = BlockRecord::planned(n, t0, t0, 10, Some(t0), t0);
+            b.state = BlockState::Done { rows: 10 };
+            b
+        };
+        let key = "jobs/j/default/000001/done.json";
+        let (mut a, mut b) = (None, None);
+        assert!(!count_block(&store, &mut a, key, &done(0), 4).await.unwrap());
+        assert!(!count_block(&store, &mut b, key, &done(1), 4).await.unwrap(), "b read a's write");
+        assert!(!count_block(&store, &mut a, key, &done(2), 4).await.unwrap(), "a's swap fails on b's write; it reads and counts again");
+        assert!(!count_block(&store, &mut a, key, &done(2), 4).await.unwrap(), "counted once");
+        assert!(!count_block(&store, &mut b, key, &done(0), 4).await.unwrap(), "a repeat from a stale memory reads the record");
+        assert!(count_block(&store, &mut b, key, &done(3), 4).await.unwrap(), "the last block completes it");
+        let (stored, _) = checkpoint::read_json::<Progress>(&store, key).await.unwrap().unwrap();
+        assert_eq!((stored.blocks.into_iter().collect::<Vec<_>>(), stored.rows), (vec![0, 1, 2, 3], 40));
+        assert!(count_block(&store, &mut a, key, &done(1), 4).await.unwrap(), "a repeat after the end reads it complete");
+    }
+
+    /// Fixed chains `n, n + 4, ...` until one runs out; then its slot takes the last block not
+    /// known to have started, and the chain that block was on passes it by.
+    #[test]
+    fn a_slot_whose_chain_ran_out_takes_the_last_block_of_another() {
+        let cached = Cached::default();
+        let (it, blocks, slots) = ("i", 20, 4);
+        assert_eq!(cached.hand_over_to(it, 3, blocks, slots), Some(7), "along the chain");
+        for started in 8..=17 {
+            cached.note_started(it, started, None, blocks, slots);
+        }
+        assert_eq!(cached.hand_over_to(it, 17, blocks, slots), Some(19), "17's chain ran out: the last block not started");
+        cached.note_started(it, 19, Some(17), blocks, slots);
+        assert_eq!(cached.hand_over_to(it, 17, blocks, slots), Some(19), "a repeat of 17's hand-over hands to the same block");
+        assert_eq!(cached.hand_over_to(it, 16, blocks, slots), Some(18), "along the chain, 18 not started yet");
+        assert_eq!(cached.hand_over_to(it, 15, blocks, slots), Some(18), "19 is taken: the last one not started instead");
+        cached.note_started(it, 18, Some(15), blocks, slots);
+        assert_eq!(cached.hand_over_to(it, 14, blocks, slots), None, "every block started: the slot is free");
+        assert_eq!(cached.hand_over_to("other", 14, blocks, slots), Some(18), "per iteration");
+        cached.note_started(it, 2, None, blocks, slots);
+        assert!(cached.tails.lock().unwrap()[it].started.iter().all(|n| *n >= 8), "only the last blocks are kept");
     }
 }

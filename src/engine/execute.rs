@@ -85,7 +85,15 @@ impl CopyEngine {
             Step::Ingest | Step::AwaitIngest => self.learned.expected(&place.activity.destination.cluster, "ingest", false),
             _ => None,
         };
-        let handover = Some(block_no + iteration.export_slots.max(1)).filter(|n| *n < iteration.blocks);
+        let (iteration_id, slots) = (place.id(), iteration.export_slots);
+        if !record.never_started() {
+            self.cached.note_started(&iteration_id, block_no, None, iteration.blocks, slots);
+        }
+        let handover = match step {
+            // Where a finished export hands its slot (only these steps finish one).
+            Step::Export | Step::AwaitExport => self.cached.hand_over_to(&iteration_id, block_no, iteration.blocks, slots),
+            _ => Some(block_no + slots.max(1)).filter(|n| *n < iteration.blocks),
+        };
         let base = Ctx {
             now: self.clock.now(),
             owner: delivery.message_id.clone().unwrap_or_else(|| self.ids.lease_owner()),
@@ -96,6 +104,7 @@ impl CopyEngine {
             soft_delete: iteration.destination_soft_delete(),
             redelivered: delivery.dequeue_count > 1,
             expected,
+            eager: matches!(step, Step::Export | Step::AwaitExport),
             rules: self.rules(),
         };
         match record.on_message(step, delivery.dequeue_count) {
@@ -180,6 +189,13 @@ impl CopyEngine {
         }
         if cached && !wrote && out.is_empty() {
             return Ok(None);
+        }
+        // What started, and where exports were sent: later hand-overs pass them by.
+        if !record.never_started() {
+            self.cached.note_started(&iteration_id, block_no, None, iteration.blocks, slots);
+        }
+        for m in out.iter().filter(|m| m.step == Step::Export) {
+            self.cached.note_started(&iteration_id, m.block, Some(block_no), iteration.blocks, slots);
         }
         Ok(Some(outgoing(place, out)))
     }

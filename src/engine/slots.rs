@@ -6,7 +6,7 @@
 //! alive while the export is polled, and given up when it ends. A claim left by a crashed
 //! step expires on its own, so a slot is never lost for good.
 
-use crate::storage::checkpoint::{self, CheckpointStore, Written};
+use crate::storage::checkpoint::{self, CheckpointStore, ETag, Written};
 use crate::storage::StorageError;
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
@@ -38,30 +38,43 @@ pub async fn acquire(store: &dyn CheckpointStore, cluster: &str, capacity: u64, 
     Ok(acquire_hinted(store, cluster, capacity, owner, now, Hints::default()).await?.is_some())
 }
 
+/// A slot, and the ETag of this process's last write to it when it knows one.
+pub type Seen = (u64, Option<ETag>);
+
 /// Where this process last saw things, looked at first (hints only: every claim is still
-/// read and swapped with its ETag).
-#[derive(Debug, Clone, Copy, Default)]
+/// swapped with its ETag). A slot whose ETag is known is swapped at it without reading it
+/// first: if nobody wrote it since this process did, it holds what that write left (the
+/// owner's claim, or a given-up one); if somebody did, the swap fails and the slot is read.
+#[derive(Debug, Clone, Default)]
 pub struct Hints {
     /// The slot the owner's claim was last seen in.
-    pub held: Option<u64>,
+    pub held: Option<Seen>,
     /// Slots likely free, and the owner never held one (a block's first export): the first
     /// of them still free is taken without looking at every slot first. Should the owner
     /// hold another claim after all (a duplicate delivery elsewhere took one), that claim
     /// only idles until it expires or the iteration ends: capacity is never exceeded.
-    pub free: [Option<u64>; 2],
+    pub free: [Option<Seen>; 2],
 }
 
-/// [`acquire`], answering which slot is held.
-pub async fn acquire_hinted(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime, hints: Hints) -> Result<Option<u64>, StorageError> {
+/// [`acquire`], answering which slot is held and the ETag of the claim written there.
+pub async fn acquire_hinted(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime, hints: Hints) -> Result<Option<(u64, ETag)>, StorageError> {
     let claim = Claim { owner: owner.to_owned(), expires_at: now + CLAIM_TTL };
     let mut looked = Vec::with_capacity(3);
-    let hinted = [(hints.held, false), (hints.free[0], true), (hints.free[1], true)];
-    for (n, take_if_free) in hinted.into_iter().filter_map(|(n, f)| n.filter(|n| *n < capacity.max(1)).map(|n| (n, f))) {
+    let [free0, free1] = hints.free;
+    let hinted = [(hints.held, false), (free0, true), (free1, true)];
+    for ((n, seen), take_if_free) in hinted.into_iter().filter_map(|(h, f)| h.filter(|(n, _)| *n < capacity.max(1)).map(|h| (h, f))) {
         if looked.contains(&n) {
             continue;
         }
         looked.push(n);
         let key = slot_key(cluster, n);
+        // Unchanged since this process wrote it: the owner's own claim, or one given up
+        // (expired at once); either is the owner's to take.
+        if let Some(etag) = seen {
+            if let Some(written) = take(store, &key, &claim, Some(etag)).await? {
+                return Ok(Some((n, written)));
+            }
+        }
         let found = checkpoint::read_json::<Claim>(store, &key).await.map_err(record_to_storage)?;
         let write = match found {
             Some((held, etag)) if held.owner == owner => Some(Some(etag)),
@@ -70,8 +83,8 @@ pub async fn acquire_hinted(store: &dyn CheckpointStore, cluster: &str, capacity
             _ => None,
         };
         if let Some(etag) = write {
-            if take(store, &key, &claim, etag).await? {
-                return Ok(Some(n));
+            if let Some(written) = take(store, &key, &claim, etag).await? {
+                return Ok(Some((n, written)));
             }
         }
     }
@@ -79,9 +92,7 @@ pub async fn acquire_hinted(store: &dyn CheckpointStore, cluster: &str, capacity
     for n in 0..capacity.max(1) {
         let key = slot_key(cluster, n);
         match checkpoint::read_json::<Claim>(store, &key).await.map_err(record_to_storage)? {
-            Some((held, etag)) if held.owner == owner => {
-                return Ok(matches!(checkpoint::replace_json(store, &key, &claim, &etag).await?, Written::Done(_)).then_some(n));
-            }
+            Some((held, etag)) if held.owner == owner => return Ok(take(store, &key, &claim, Some(etag)).await?.map(|e| (n, e))),
             Some((held, etag)) if held.expires_at <= now => free = free.or(Some((n, key, Some(etag)))),
             Some(_) => {}
             None => free = free.or(Some((n, key, None))),
@@ -89,26 +100,29 @@ pub async fn acquire_hinted(store: &dyn CheckpointStore, cluster: &str, capacity
     }
     let Some((n, key, etag)) = free else { return Ok(None) };
     // Lost the race for that slot: report busy; the export asks again shortly.
-    Ok(take(store, &key, &claim, etag).await?.then_some(n))
+    Ok(take(store, &key, &claim, etag).await?.map(|e| (n, e)))
 }
 
-/// Writes `claim` where no claim was (`etag` none) or over the one read at `etag`; whether
-/// it landed.
-async fn take(store: &dyn CheckpointStore, key: &str, claim: &Claim, etag: Option<checkpoint::ETag>) -> Result<bool, StorageError> {
+/// Writes `claim` where no claim was (`etag` none) or over the one read at `etag`; the new
+/// ETag if it landed.
+async fn take(store: &dyn CheckpointStore, key: &str, claim: &Claim, etag: Option<ETag>) -> Result<Option<ETag>, StorageError> {
     let written = match etag {
         None => checkpoint::create_json(store, key, claim).await?,
         Some(etag) => checkpoint::replace_json(store, key, claim, &etag).await?,
     };
-    Ok(matches!(written, Written::Done(_)))
+    Ok(match written {
+        Written::Done(etag) => Some(etag),
+        Written::Conflict => None,
+    })
 }
 
 /// Extends the claim `owner` holds, if any (a poll of a running export).
 pub async fn renew(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime) -> Result<(), StorageError> {
-    renew_hinted(store, cluster, capacity, owner, now, None).await
+    renew_hinted(store, cluster, capacity, owner, now, None).await.map(|_| ())
 }
 
-/// [`renew`], looking first at the slot `hint` names.
-pub async fn renew_hinted(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime, hint: Option<u64>) -> Result<(), StorageError> {
+/// [`renew`], looking first at the slot `hint` names; where the claim was renewed.
+pub async fn renew_hinted(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime, hint: Option<Seen>) -> Result<Option<(u64, ETag)>, StorageError> {
     set(store, cluster, capacity, owner, Claim { owner: owner.to_owned(), expires_at: now + CLAIM_TTL }, hint).await
 }
 
@@ -116,11 +130,11 @@ pub async fn renew_hinted(store: &dyn CheckpointStore, cluster: &str, capacity: 
 /// renewal from a delivery that polled before the release (and renews after it) finds
 /// nothing of its own to extend.
 pub async fn release(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime) -> Result<(), StorageError> {
-    release_hinted(store, cluster, capacity, owner, now, None).await
+    release_hinted(store, cluster, capacity, owner, now, None).await.map(|_| ())
 }
 
-/// [`release`], looking first at the slot `hint` names.
-pub async fn release_hinted(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime, hint: Option<u64>) -> Result<(), StorageError> {
+/// [`release`], looking first at the slot `hint` names; where a claim was given up.
+pub async fn release_hinted(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, now: OffsetDateTime, hint: Option<Seen>) -> Result<Option<(u64, ETag)>, StorageError> {
     set(store, cluster, capacity, owner, Claim { owner: String::new(), expires_at: now }, hint).await
 }
 
@@ -138,21 +152,27 @@ pub async fn release_all(store: &dyn CheckpointStore, cluster: &str, capacity: u
     Ok(())
 }
 
-async fn set(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, claim: Claim, hint: Option<u64>) -> Result<(), StorageError> {
+async fn set(store: &dyn CheckpointStore, cluster: &str, capacity: u64, owner: &str, claim: Claim, hint: Option<Seen>) -> Result<Option<(u64, ETag)>, StorageError> {
+    let hint = hint.filter(|(n, _)| *n < capacity.max(1));
+    // The owner's claim as this process last wrote it, if nobody wrote the slot since.
+    if let Some((n, Some(etag))) = &hint {
+        if let Some(written) = take(store, &slot_key(cluster, *n), &claim, Some(etag.clone())).await? {
+            return Ok(Some((*n, written)));
+        }
+    }
     // The hinted slot first, then every slot in order (the hinted one is read twice only
     // when the claim was not where the hint said).
-    let order = hint.filter(|n| *n < capacity.max(1)).into_iter().chain(0..capacity.max(1));
+    let order = hint.map(|(n, _)| n).into_iter().chain(0..capacity.max(1));
     for n in order {
         let key = slot_key(cluster, n);
         if let Some((held, etag)) = checkpoint::read_json::<Claim>(store, &key).await.map_err(record_to_storage)? {
             if held.owner == owner {
                 // A lost race means the claim changed hands after expiring: nothing to do.
-                checkpoint::replace_json(store, &key, &claim, &etag).await?;
-                return Ok(());
+                return Ok(take(store, &key, &claim, Some(etag)).await?.map(|e| (n, e)));
             }
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 fn record_to_storage(e: checkpoint::RecordError) -> StorageError {
@@ -202,5 +222,32 @@ mod tests {
         assert!(acquire(&store, C, 2, "job2/a/1/1", T).await.unwrap());
         release_all(&store, C, 2, "job1/a/1/", T).await.unwrap();
         assert!(!acquire(&store, C, 2, "job3/a/1/0", T).await.unwrap(), "other owners' claims stay");
+    }
+
+    /// A hint's ETag is swapped at, never trusted: a slot written by anybody since this
+    /// process's write is read, and a claim of another owner stays.
+    #[tokio::test]
+    async fn a_stale_hint_takes_nothing_from_another_owner() {
+        let store = MemoryCheckpointStore::default();
+        let (n, held) = acquire_hinted(&store, C, 1, "job1/a/1/0", T, Hints::default()).await.unwrap().unwrap();
+        // Renewed on the ETag of its own write; that write's ETag is the next hint.
+        let (m, renewed) = renew_hinted(&store, C, 1, "job1/a/1/0", T, Some((n, Some(held.clone())))).await.unwrap().unwrap();
+        assert_eq!(m, n);
+        // Released on it: the slot is free, and the release's ETag is a free hint.
+        let (_, released) = release_hinted(&store, C, 1, "job1/a/1/0", T, Some((n, Some(renewed.clone())))).await.unwrap().unwrap();
+        // Another process takes the slot meanwhile (it read the release).
+        assert!(acquire(&store, C, 1, "job2/a/1/0", T).await.unwrap());
+        // The stale free hint swaps nothing, and the slot is busy.
+        let late = Hints { held: None, free: [Some((n, Some(released))), None] };
+        assert_eq!(acquire_hinted(&store, C, 1, "job1/a/1/1", T, late).await.unwrap(), None);
+        // A renewal or release on a stale held hint leaves the other owner's claim alone.
+        assert_eq!(renew_hinted(&store, C, 1, "job1/a/1/0", T, Some((n, Some(held.clone())))).await.unwrap(), None);
+        assert_eq!(release_hinted(&store, C, 1, "job1/a/1/0", T, Some((n, Some(renewed)))).await.unwrap(), None);
+        assert!(!acquire(&store, C, 1, "job3/a/1/0", T).await.unwrap(), "job2's claim holds");
+        // A fresh free hint is taken at once.
+        let (_, given_up) = release_hinted(&store, C, 1, "job2/a/1/0", T, None).await.unwrap().unwrap();
+        let fresh = Hints { held: None, free: [Some((n, Some(given_up))), None] };
+        assert_eq!(acquire_hinted(&store, C, 1, "job1/a/1/1", T, fresh).await.unwrap().map(|(n, _)| n), Some(n));
+        assert!(!acquire(&store, C, 1, "job3/a/1/0", T).await.unwrap(), "job1/a/1/1 holds it");
     }
 }

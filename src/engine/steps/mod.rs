@@ -116,6 +116,9 @@ pub struct Ctx {
     /// How long the operation this step waits for usually takes on its cluster (learned from
     /// the ones that ended before), when known.
     pub expected: Option<Expected>,
+    /// The step waits for an export, whose end hands its slot on: looked at early and often
+    /// even before any export's duration was learned (a process's first exports).
+    pub eager: bool,
     pub rules: Rules,
 }
 
@@ -158,6 +161,12 @@ impl Ctx {
                 // from half a deviation after it, every deviation.
                 let (first, every) = if e.eager { (e.mean.saturating_sub(e.deviation / 2), e.deviation / 2) } else { (e.mean + e.deviation / 2, e.deviation) };
                 if elapsed < first { (first - elapsed).clamp(floor, max) } else { every.max(e.mean / 16).clamp(floor, max) }
+            }
+            // Unknown, or long past the usual: after about a quarter of the time it has run,
+            // from the floor when eager (on the grid's ticks, batched), else from `min_poll`.
+            _ if self.eager => {
+                let delay = (elapsed / 4).clamp(floor, max);
+                self.rules.poll_grid.map_or(delay, |grid| self.on_grid(delay, grid))
             }
             _ => (elapsed / 4).clamp(self.rules.min_poll, max),
         }
@@ -486,6 +495,7 @@ pub(crate) mod test_support {
             soft_delete: None,
             redelivered: false,
             expected: None,
+            eager: false,
             rules: Rules::default(),
         }
     }
@@ -555,5 +565,15 @@ mod poll_tests {
         assert_eq!(at(&c, 5000), c.rules.min_poll, "past twice the mean: the plain schedule");
         let lazy = Ctx { expected: Some(Expected { eager: false, ..e }), ..c.clone() };
         assert_eq!(at(&lazy, 0), Duration::from_millis(2200), "an ingestion is not batched");
+    }
+
+    #[test]
+    fn a_first_export_is_looked_at_often_before_any_duration_is_learned() {
+        let grid = Duration::from_millis(100);
+        let c = Ctx { eager: true, rules: Rules { poll_grid: Some(grid), ..Rules::default() }, now: ctx().now + time::Duration::milliseconds(30), ..ctx() };
+        assert_eq!(at(&c, 0), Duration::from_millis(270), "from the floor (250 ms), to the next tick");
+        assert_eq!(at(&c, 2000), Duration::from_millis(570), "then a quarter of the time it has run, on a tick");
+        assert_eq!(at(&Ctx { rules: Rules::default(), ..c.clone() }, 2000), Duration::from_millis(500), "without a grid, as it falls");
+        assert_eq!(at(&Ctx { eager: false, ..c }, 2000), Rules::default().min_poll, "an ingestion keeps the plain schedule");
     }
 }
