@@ -37,6 +37,7 @@ impl Engine for ScriptedEngine {
             "export" => Ok(vec![
                 Outgoing { message: msg(&message.job, "await-export"), delay: Duration::from_secs(30) },
                 Outgoing { message: msg(&message.job, "export-next"), delay: Duration::ZERO },
+                Outgoing { message: msg(&message.job, "ingest-next"), delay: Duration::ZERO },
             ]),
             "transient" => Err(EngineError::Transient("cluster throttled".into())),
             "fatal" => Err(EngineError::Permanent("destination table schema does not match: column X".into())),
@@ -158,8 +159,12 @@ async fn a_request_becomes_a_job_that_status_shows() {
     assert_eq!(code, 200, "{answer}");
     assert_eq!(answer["ReturnValue"]["state"], "Accepted");
     let job_id = answer["ReturnValue"]["jobId"].as_str().unwrap().to_owned();
-    // The engine's first message goes to the output binding, as a JSON object.
-    assert_eq!(answer["Outputs"]["next"], json!([{"job": job_id, "step": "plan"}]));
+    // The engine's one first message runs in the invocation (through the queue it would
+    // wait for the host's next look), as its own delivery; it left nothing to send.
+    let (planned, delivery) = h.engine.steps.lock().unwrap()[0].clone();
+    assert_eq!((planned.job.as_str(), planned.step.as_str()), (job_id.as_str(), "plan"));
+    assert_eq!(delivery.message_id.as_deref(), Some("0c6b7c1e-5a44-4c4b-9a57-1d5f0f1f2a3b/inline-1"));
+    assert!(answer.get("Outputs").and_then(|o| o.get("next")).is_none(), "{answer}");
     assert!(answer["Logs"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("accepted")));
 
     let (code, body) = h.status(json!({"job": job_id})).await;
@@ -234,8 +239,12 @@ async fn a_step_reaches_the_engine_and_its_follow_ups_are_sent() {
     assert_eq!(seen, msg("j1", "export"));
     assert_eq!(delivery.dequeue_count, 3, "DequeueCount arrives as a string");
     assert_eq!(delivery.message_id.as_deref(), Some("0c6b7c1e-5a44-4c4b-9a57-1d5f0f1f2a3b"), "quotes removed");
-    // The immediate follow-up goes through the output binding...
-    assert_eq!(answer["Outputs"]["next"], json!([{"job": "j1", "activity": "default", "iteration": 1, "block": 7, "step": "export-next"}]));
+    // The immediate follow-ups (two: the host runs them side by side) go through the output
+    // binding...
+    assert_eq!(
+        answer["Outputs"]["next"],
+        json!([{"job": "j1", "activity": "default", "iteration": 1, "block": 7, "step": "export-next"}, {"job": "j1", "activity": "default", "iteration": 1, "block": 7, "step": "ingest-next"}])
+    );
     // ...the delayed one is sent directly with its delay.
     let sent = h.sender.0.lock().unwrap().clone();
     assert_eq!(sent.len(), 1);
