@@ -8,7 +8,9 @@
 //!   operation id after. A duplicate delivery never takes over a fresh lease; an expired one
 //!   is taken over as a new attempt with a new folder (the old folder is never read).
 //! - Only the blobs the finished operation lists are ingested. A finished export hands the
-//!   export slot of its job to block `number + export_slots` at once.
+//!   export slot of its job at once to block `number + export_slots`, or at the end of that
+//!   chain to the last block not known to have started (`Ctx::handover`, chosen by
+//!   `Cached::hand_over_to`).
 //! - A block created before the destination's soft-delete period is not exported: the
 //!   destination would refuse its rows. It ends without them, reported on the activity, and
 //!   hands its turn on at once.

@@ -103,7 +103,8 @@ pub struct Ctx {
     pub owner: String,
     /// The short id of (job, activity, iteration): folders and tags derive from it.
     pub iteration_id: String,
-    /// The block this block's finished export starts (`number + export_slots`), if any.
+    /// The block this block's finished export starts (`number + export_slots`, or at the end of
+    /// that chain the last block not known to have started), if any.
     pub handover: Option<u64>,
     pub route: IngestRoute,
     /// What a block must show before it is moved (the job's `verify`).
