@@ -47,10 +47,6 @@ pub async fn run(state: &AppState, invocation: &super::Invocation) -> Result<Inv
         EngineError::Transient(m) => HandlerError::Transient(m),
         EngineError::Permanent(m) => HandlerError::Failed(m),
     })?;
-    // A job of one activity starts planning here: through the queue its first step would
-    // wait for the host's next look.
-    let delivery = crate::engine::Delivery { message_id: invocation.meta_string("Id"), dequeue_count: invocation.meta_u32("DequeueCount").unwrap_or(1) };
-    let outgoing = super::steps::run_soon_ones(state, outgoing, &delivery).await;
     emit(state, outgoing, &mut result).await?;
     result.return_value = json!({"jobId": job.id, "state": "Accepted"});
     Ok(result)

@@ -55,7 +55,7 @@ pub async fn run(state: &AppState, invocation: &super::Invocation) -> Result<Inv
 /// own message is deleted only once we answer, so a crash redelivers it and the engine sends
 /// its follow-ups again. A follow-up that fails here is sent through the queue as it would
 /// have been.
-pub(crate) async fn run_soon_ones(state: &AppState, mut outgoing: Vec<Outgoing>, delivery: &Delivery) -> Vec<Outgoing> {
+async fn run_soon_ones(state: &AppState, mut outgoing: Vec<Outgoing>, delivery: &Delivery) -> Vec<Outgoing> {
     let started = tokio::time::Instant::now();
     for round in 1..=INLINE_ROUNDS {
         let hand_over = outgoing.iter().position(|o| o.delay.is_zero() && o.message.step == "export");
