@@ -381,8 +381,9 @@ pub(super) struct Tail {
 
 type DoneCounter = Arc<tokio::sync::Mutex<Option<(Progress, ETag)>>>;
 
-/// Done records [`Cached::done`] holds at most (iterations copying at once in a process).
-const DONE_CACHED: usize = 64;
+/// Iterations [`Cached::done`] and [`Cached::tails`] each hold at most (iterations copying at
+/// once in a process); past it they start again empty.
+const ITERATIONS_CACHED: usize = 64;
 
 /// The first of an iteration's last blocks, where a slot whose chain ran out looks for one
 /// to take: three rounds of the slots (chains end at most a few blocks apart).
@@ -456,7 +457,7 @@ impl Cached {
             return;
         }
         let mut tails = self.tails.lock().unwrap();
-        if tails.len() >= DONE_CACHED && !tails.contains_key(iteration) {
+        if tails.len() >= ITERATIONS_CACHED && !tails.contains_key(iteration) {
             tails.clear();
         }
         let tail = tails.entry(iteration.to_owned()).or_default();
@@ -468,7 +469,7 @@ impl Cached {
 
     fn done_counter(&self, key: &str) -> DoneCounter {
         let mut done = self.done.lock().unwrap();
-        if done.len() >= DONE_CACHED && !done.contains_key(key) {
+        if done.len() >= ITERATIONS_CACHED && !done.contains_key(key) {
             done.clear();
         }
         done.entry(key.to_owned()).or_default().clone()

@@ -47,14 +47,14 @@ pub async fn run(state: &AppState, invocation: &super::Invocation) -> Result<Inv
     }
 }
 
-/// Runs here, up to [`INLINE_ROUNDS`] times within [`INLINE_BUDGET`], the follow-up that should not wait for the
-/// queue: an export start due now (a finished export handing its slot on: through the
-/// queue it would wait for the host's next look, up to `maxPollingInterval`, with the
-/// source's capacity idle), else the one follow-up due now, else the one due within
-/// [`INLINE_BELOW`], after its wait. Answers what is left to send. Safe against a crash at any point: this invocation's
-/// own message is deleted only once we answer, so a crash redelivers it and the engine sends
-/// its follow-ups again. A follow-up that fails here is sent through the queue as it would
-/// have been.
+/// Runs here, up to [`INLINE_ROUNDS`] times within [`INLINE_BUDGET`], the follow-up that
+/// should not wait for the queue: an export start due now (a finished export handing its
+/// slot on: through the queue it would wait for the host's next look, up to
+/// `maxPollingInterval`, with the source's capacity idle), else the one follow-up due now,
+/// else the one due within [`INLINE_BELOW`], after its wait. Answers what is left to send.
+/// Safe against a crash at any point: this invocation's own message is deleted only once we
+/// answer, so a crash redelivers it and the engine sends its follow-ups again. A follow-up
+/// that fails here is sent through the queue as it would have been.
 async fn run_soon_ones(state: &AppState, mut outgoing: Vec<Outgoing>, delivery: &Delivery) -> Vec<Outgoing> {
     let started = tokio::time::Instant::now();
     for round in 1..=INLINE_ROUNDS {
