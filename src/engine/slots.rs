@@ -88,19 +88,26 @@ pub async fn acquire_hinted(store: &dyn CheckpointStore, cluster: &str, capacity
             }
         }
     }
-    let mut free = None;
+    let mut free = Vec::new();
     for n in 0..capacity.max(1) {
         let key = slot_key(cluster, n);
         match checkpoint::read_json::<Claim>(store, &key).await.map_err(record_to_storage)? {
             Some((held, etag)) if held.owner == owner => return Ok(take(store, &key, &claim, Some(etag)).await?.map(|e| (n, e))),
-            Some((held, etag)) if held.expires_at <= now => free = free.or(Some((n, key, Some(etag)))),
+            Some((held, etag)) if held.expires_at <= now => free.push((n, key, Some(etag))),
             Some(_) => {}
-            None => free = free.or(Some((n, key, None))),
+            None => free.push((n, key, None)),
         }
     }
-    let Some((n, key, etag)) = free else { return Ok(None) };
-    // Lost the race for that slot: report busy; the export asks again shortly.
-    Ok(take(store, &key, &claim, etag).await?.map(|e| (n, e)))
+    // Every free slot in turn: exports that end together hand their slots on together, and
+    // their successors' scans see the same free slots in the same order. Reporting busy on
+    // the first lost race left a slot idle until the loser's next look (kc-bench: several
+    // seconds at a time with two or three slots free). Busy only when every one was taken.
+    for (n, key, etag) in free {
+        if let Some(written) = take(store, &key, &claim, etag).await? {
+            return Ok(Some((n, written)));
+        }
+    }
+    Ok(None)
 }
 
 /// Writes `claim` where no claim was (`etag` none) or over the one read at `etag`; the new
@@ -222,6 +229,63 @@ mod tests {
         assert!(acquire(&store, C, 2, "job2/a/1/1", T).await.unwrap());
         release_all(&store, C, 2, "job1/a/1/", T).await.unwrap();
         assert!(!acquire(&store, C, 2, "job3/a/1/0", T).await.unwrap(), "other owners' claims stay");
+    }
+
+    /// Writes a rival's claim into a slot just before this process's first write lands
+    /// there: the interleaving of two processes that scanned the same free slots.
+    struct Rival {
+        inner: MemoryCheckpointStore,
+        rival: std::sync::Mutex<Option<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl CheckpointStore for Rival {
+        async fn read(&self, key: &str) -> Result<Option<checkpoint::Versioned>, StorageError> {
+            self.inner.read(key).await
+        }
+        async fn create(&self, key: &str, value: &[u8]) -> Result<Written, StorageError> {
+            self.rival_first(key).await;
+            self.inner.create(key, value).await
+        }
+        async fn replace(&self, key: &str, value: &[u8], etag: &ETag) -> Result<Written, StorageError> {
+            self.rival_first(key).await;
+            self.inner.replace(key, value, etag).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.inner.delete(key).await
+        }
+    }
+
+    impl Rival {
+        async fn rival_first(&self, key: &str) {
+            let Some(owner) = self.rival.lock().unwrap().take() else { return };
+            let claim = Claim { owner, expires_at: T + CLAIM_TTL };
+            let body = serde_json::to_vec(&claim).unwrap();
+            match self.inner.read(key).await.unwrap() {
+                Some(v) => assert!(matches!(self.inner.replace(key, &body, &v.etag).await.unwrap(), Written::Done(_))),
+                None => assert!(matches!(self.inner.create(key, &body).await.unwrap(), Written::Done(_))),
+            }
+        }
+    }
+
+    /// Two exports ended together; both successors scan, see slots 0 and 1 free, and race
+    /// for slot 0. The loser takes slot 1 rather than report every slot busy.
+    #[tokio::test]
+    async fn a_lost_race_for_a_free_slot_takes_the_next_free_one() {
+        let store = Rival { inner: MemoryCheckpointStore::default(), rival: std::sync::Mutex::new(None) };
+        // Slot 0 was given up (expired), slot 1 never written: both free.
+        assert!(acquire(&store, C, 2, "job1/a/1/0", T).await.unwrap());
+        release(&store, C, 2, "job1/a/1/0", T).await.unwrap();
+        *store.rival.lock().unwrap() = Some("job1/a/1/8".into());
+        let (n, _) = acquire_hinted(&store, C, 2, "job1/a/1/9", T, Hints::default()).await.unwrap().expect("slot 1 was free");
+        assert_eq!(n, 1);
+        assert!(store.rival.lock().unwrap().is_none(), "the rival took its slot first");
+        assert!(!acquire(&store, C, 2, "job2/a/1/0", T).await.unwrap(), "both slots are held, once each");
+        release(&store, C, 2, "job1/a/1/8", T).await.unwrap();
+        assert!(acquire(&store, C, 2, "job2/a/1/0", T).await.unwrap(), "the rival held slot 0");
     }
 
     /// A hint's ETag is swapped at, never trusted: a slot written by anybody since this
