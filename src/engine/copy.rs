@@ -353,8 +353,10 @@ pub struct Cached {
     /// Which export slot each block of this process holds, with the ETag of this process's
     /// last write of its claim (a hint, see [`super::slots::Hints`]).
     pub(super) slots: Mutex<HashMap<String, (u64, ETag)>>,
-    /// Per source cluster, the slot this process last gave up, with the ETag of that release.
-    pub(super) free_slots: Mutex<HashMap<String, (u64, ETag)>>,
+    /// Per source cluster, the slots this process gave up and no block of it took since, with
+    /// the ETag of each release (exports that end at one look release several at once: one
+    /// remembered slot left the other successors to scan, and race, for theirs).
+    pub(super) free_slots: Mutex<HashMap<String, Vec<(u64, ETag)>>>,
     /// Each unfinished block record this process wrote last, with the ETag that write
     /// returned: the block's next step here decides on it instead of reading it again.
     /// A hint, never the truth: the step's first write is swapped at that ETag, so a record
@@ -1004,7 +1006,7 @@ impl CopyEngine {
                 // looking at every slot.
                 let first = block.export_attempt == 0 && block.unconfirmed_export.is_none();
                 let free = if first {
-                    let given_up = self.cached.free_slots.lock().unwrap().remove(cluster).map(|(n, etag)| (n, Some(etag)));
+                    let given_up = self.cached.free_slots.lock().unwrap().get_mut(cluster).and_then(|free| free.pop()).map(|(n, etag)| (n, Some(etag)));
                     [given_up, Some((block.number % capacity.max(1), None))]
                 } else {
                     [None, None]
@@ -1025,8 +1027,15 @@ impl CopyEngine {
             SlotAction::Release => {
                 let released = super::slots::release_hinted(store, cluster, capacity, &owner, now, hint).await.map_err(storage_err)?;
                 self.cached.slots.lock().unwrap().remove(&owner);
-                if let Some(seen) = released {
-                    self.cached.free_slots.lock().unwrap().insert(cluster.to_owned(), seen);
+                if let Some((n, etag)) = released {
+                    let mut free_slots = self.cached.free_slots.lock().unwrap();
+                    let free = free_slots.entry(cluster.to_owned()).or_default();
+                    // One entry per slot (its latest release), at most the capacity.
+                    free.retain(|(m, _)| *m != n);
+                    free.push((n, etag));
+                    if free.len() as u64 > capacity {
+                        free.remove(0);
+                    }
                 }
                 Ok(true)
             }
