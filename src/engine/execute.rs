@@ -80,12 +80,21 @@ impl CopyEngine {
     async fn block_step_on(&self, place: &Place, key: &str, mut record: BlockRecord, mut etag: checkpoint::ETag, step: Step, delivery: &Delivery, cached: bool) -> Result<Option<Vec<Outgoing>>, EngineError> {
         let block_no = record.number;
         let iteration = self.iteration_for_blocks(place).await?;
+        let (iteration_id, slots) = (place.id(), iteration.export_slots);
+        // An ingestion of the iteration's last round of blocks is looked at as eagerly as an
+        // export: nothing follows it, and its end is the copy's (kc-bench: the last ones
+        // were seen up to 0.3 s after they ended, looked at a deviation apart).
+        let last_round = block_no + slots.max(1) >= iteration.blocks;
+        let eager = match step {
+            Step::Export | Step::AwaitExport => true,
+            Step::Ingest | Step::AwaitIngest => last_round,
+            _ => false,
+        };
         let expected = match step {
-            Step::Export | Step::AwaitExport => self.learned.expected(&place.activity.source.cluster, "export", true),
-            Step::Ingest | Step::AwaitIngest => self.learned.expected(&place.activity.destination.cluster, "ingest", false),
+            Step::Export | Step::AwaitExport => self.learned.expected(&place.activity.source.cluster, "export", eager),
+            Step::Ingest | Step::AwaitIngest => self.learned.expected(&place.activity.destination.cluster, "ingest", eager),
             _ => None,
         };
-        let (iteration_id, slots) = (place.id(), iteration.export_slots);
         if !record.never_started() {
             self.cached.note_started(&iteration_id, block_no, None, iteration.blocks, slots);
         }
@@ -104,7 +113,7 @@ impl CopyEngine {
             soft_delete: iteration.destination_soft_delete(),
             redelivered: delivery.dequeue_count > 1,
             expected,
-            eager: matches!(step, Step::Export | Step::AwaitExport),
+            eager,
             rules: self.rules(),
         };
         match record.on_message(step, delivery.dequeue_count) {

@@ -38,8 +38,9 @@ pub struct Expected {
     /// The usual distance from the mean.
     pub deviation: Duration,
     /// Look early and often (an export, whose end hands its slot on: a late look idles the
-    /// source's capacity), rather than late and seldom (an ingestion: the destination's
-    /// capacity is not the bound, and each look costs requests).
+    /// source's capacity; an ingestion of the last round, whose end ends the copy), rather
+    /// than late and seldom (other ingestions: the destination's capacity is not the bound,
+    /// and each look costs requests).
     pub eager: bool,
 }
 
@@ -117,8 +118,9 @@ pub struct Ctx {
     /// How long the operation this step waits for usually takes on its cluster (learned from
     /// the ones that ended before), when known.
     pub expected: Option<Expected>,
-    /// The step waits for an export, whose end hands its slot on: looked at early and often
-    /// even before any export's duration was learned (a process's first exports).
+    /// The step waits for an export, whose end hands its slot on, or for an ingestion of the
+    /// iteration's last round: looked at early and often even before any duration of its
+    /// kind was learned (a process's first exports).
     pub eager: bool,
     pub rules: Rules,
 }
