@@ -109,6 +109,10 @@ impl RunStack {
         let t0 = (t0.unix_timestamp_nanos() / 100) as i64;
         self.source.with_state(|s| {
             let exports: Vec<_> = s.operations.records.iter().filter(|o| o.operation == "DataExportToFile").collect();
+            if let Ok(path) = std::env::var("KC_BENCH_EXPORTS") {
+                let lines: Vec<String> = exports.iter().map(|o| format!("{},{},{}", o.id, o.started_on - t0, o.last_updated_on - t0)).collect();
+                let _ = std::fs::write(path, lines.join("\n"));
+            }
             let first = exports.iter().map(|o| o.started_on).min().unwrap_or(t0);
             let last = exports.iter().map(|o| o.last_updated_on).max().unwrap_or(t0);
             let busy: i64 = exports.iter().map(|o| o.last_updated_on - o.started_on).sum();
