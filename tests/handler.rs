@@ -19,6 +19,20 @@ struct ScriptedEngine {
     steps: Mutex<Vec<(StepMessage, Delivery)>>,
     ticks: Mutex<Vec<Tick>>,
     started: Mutex<Vec<String>>,
+    /// The queue the handler sends delayed messages to, and how many it had been sent when
+    /// each `next-phase` step ran.
+    sender: Mutex<Option<Arc<RecordingSender>>>,
+    sent_before: Mutex<Vec<usize>>,
+    /// Two exports meet here: one run alone waits in vain.
+    pair: Pair,
+}
+
+struct Pair(tokio::sync::Barrier);
+
+impl Default for Pair {
+    fn default() -> Self {
+        Pair(tokio::sync::Barrier::new(2))
+    }
 }
 
 fn msg(job: &str, step: &str) -> StepMessage {
@@ -34,6 +48,23 @@ impl Engine for ScriptedEngine {
     async fn step(&self, message: &StepMessage, delivery: &Delivery) -> Result<Vec<Outgoing>, EngineError> {
         self.steps.lock().unwrap().push((message.clone(), delivery.clone()));
         match message.step.as_str() {
+            "export" if message.block >= Some(100) => match tokio::time::timeout(Duration::from_secs(5), self.pair.0.wait()).await {
+                Ok(_) => Ok(vec![]),
+                Err(_) => Err(EngineError::Transient(format!("export {:?} ran alone", message.block))),
+            },
+            "plan-two" => Ok([100, 101]
+                .into_iter()
+                .map(|b| Outgoing { message: StepMessage { block: Some(b), ..msg(&message.job, "export") }, delay: Duration::ZERO })
+                .collect()),
+            "look-later" => Ok(vec![
+                Outgoing { message: msg(&message.job, "await-look"), delay: Duration::from_secs(3) },
+                Outgoing { message: msg(&message.job, "next-phase"), delay: Duration::ZERO },
+            ]),
+            "next-phase" => {
+                let sent = self.sender.lock().unwrap().as_ref().map_or(0, |s| s.0.lock().unwrap().len());
+                self.sent_before.lock().unwrap().push(sent);
+                Ok(vec![])
+            }
             "export" => Ok(vec![
                 Outgoing { message: msg(&message.job, "await-export"), delay: Duration::from_secs(30) },
                 Outgoing { message: msg(&message.job, "export-next"), delay: Duration::ZERO },
@@ -81,6 +112,7 @@ async fn start_with(policy: kusto_copy::job::RequestPolicy) -> Harness {
     let store = Arc::new(MemoryCheckpointStore::default());
     let sender = Arc::new(RecordingSender::default());
     let engine = Arc::new(ScriptedEngine::default());
+    *engine.sender.lock().unwrap() = Some(sender.clone());
     let state = AppState { store: store.clone(), steps: sender.clone(), engine: engine.clone(), policy: Arc::new(policy), replications: Default::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -250,6 +282,41 @@ async fn a_step_reaches_the_engine_and_its_follow_ups_are_sent() {
     assert_eq!(sent[0].1, Duration::from_secs(30));
     let sent_msg: StepMessage = serde_json::from_str(&sent[0].0).unwrap();
     assert_eq!(sent_msg.step, "await-export");
+}
+
+/// The one follow-up due now runs in the invocation; one that waits is on the queue before
+/// it runs, not held until the invocation answers (a look at an export just started would
+/// wait for the whole chain run inline).
+#[tokio::test]
+async fn a_follow_up_that_waits_is_sent_before_the_invocation_runs_the_next() {
+    let h = start().await;
+    let step = json!({"job": "j1", "activity": "default", "iteration": 1, "block": 7, "step": "look-later"}).to_string();
+    let (code, answer) = h.invoke("steps", &queue_payload("step", &step, 1)).await;
+    assert_eq!(code, 200, "{answer}");
+    let ran: Vec<String> = h.engine.steps.lock().unwrap().iter().map(|(m, _)| m.step.clone()).collect();
+    assert_eq!(ran, ["look-later", "next-phase"], "the step due now ran in the invocation");
+    assert_eq!(*h.engine.sent_before.lock().unwrap(), [1], "the look was sent before it ran");
+    let sent = h.sender.0.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(serde_json::from_str::<StepMessage>(&sent[0].0).unwrap().step, "await-look");
+    assert_eq!(sent[0].1, Duration::from_secs(3));
+    assert!(answer["Outputs"]["next"].is_null(), "nothing left for the output binding: {answer}");
+}
+
+/// Exports due at once (planning's first ones, hand-overs seen by one look) run in the
+/// invocation side by side: each waits for the other, so one after the other both fail.
+#[tokio::test]
+async fn exports_due_together_run_side_by_side_in_the_invocation() {
+    let h = start().await;
+    let step = json!({"job": "j1", "activity": "default", "iteration": 1, "block": 0, "step": "plan-two"}).to_string();
+    let (code, answer) = h.invoke("steps", &queue_payload("step", &step, 1)).await;
+    assert_eq!(code, 200, "{answer}");
+    let ran: Vec<(Option<u64>, Option<String>)> = h.engine.steps.lock().unwrap().iter().filter(|(m, _)| m.step == "export").map(|(m, d)| (m.block, d.message_id.clone())).collect();
+    assert_eq!(ran.len(), 2, "{ran:?}");
+    assert!(ran.iter().all(|(_, id)| id.as_deref().is_some_and(|id| id.contains("/inline-"))), "both inline, each its own delivery: {ran:?}");
+    assert_ne!(ran[0].1, ran[1].1);
+    assert!(h.sender.0.lock().unwrap().is_empty(), "neither failed back to the queue");
+    assert!(answer["Outputs"]["next"].is_null(), "{answer}");
 }
 
 #[tokio::test]
