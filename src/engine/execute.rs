@@ -85,15 +85,10 @@ impl CopyEngine {
         // export: nothing follows it, and its end is the copy's (kc-bench: the last ones
         // were seen up to 0.3 s after they ended, looked at a deviation apart).
         let last_round = block_no + slots.max(1) >= iteration.blocks;
-        let eager = match step {
-            Step::Export | Step::AwaitExport => true,
-            Step::Ingest | Step::AwaitIngest => last_round,
-            _ => false,
-        };
-        let expected = match step {
-            Step::Export | Step::AwaitExport => self.learned.expected(&place.activity.source.cluster, "export", eager),
-            Step::Ingest | Step::AwaitIngest => self.learned.expected(&place.activity.destination.cluster, "ingest", eager),
-            _ => None,
+        let (eager, expected) = match step {
+            Step::Export | Step::AwaitExport => (true, self.learned.expected(&place.activity.source.cluster, "export", true)),
+            Step::Ingest | Step::AwaitIngest => (last_round, self.learned.expected(&place.activity.destination.cluster, "ingest", last_round)),
+            _ => (false, None),
         };
         if !record.never_started() {
             self.cached.note_started(&iteration_id, block_no, None, iteration.blocks, slots);

@@ -59,7 +59,7 @@ pub struct Rules {
     /// visibility is in whole seconds; the in-process driver can go lower).
     pub poll_floor: Duration,
     /// Where this process batches its looks at running exports (every look due at one tick
-    /// of this grid is one `.show operations`; `kc copy` 100 ms, `kc serve` 150 ms): an
+    /// of this grid is one `.show operations`; 100 ms in `kc copy` and `kc serve`): an
     /// export expected to end soon is looked at on every tick, from two deviations before
     /// its usual end. `None`: each look is its own request (see [`Ctx::poll_delay`]).
     pub poll_grid: Option<Duration>,

@@ -40,7 +40,7 @@ impl Measured {
 
 /// `KC_BENCH_LOG=<filter>`: the `kc` processes log at that filter (`RUST_LOG` syntax) into
 /// the work directory (`copy.log`, `serve-<i>.log`), to see where a run's time went.
-const LOG: &str = "KC_BENCH_LOG";
+pub const LOG: &str = "KC_BENCH_LOG";
 
 fn log_filter() -> String {
     std::env::var(LOG).unwrap_or_else(|_| "error".into())

@@ -250,7 +250,7 @@ async fn run(args: Args) -> Result<Value, String> {
         );
         out["cold_start"] = json!({"ms": c.ms, "idle_rss_mib": c.idle_rss_mib, "runs": c.runs, "baseline_ms": c.baseline_ms, "baseline_rss_mib": c.baseline_rss_mib});
     }
-    if std::env::var("KC_BENCH_LOG").is_ok() {
+    if std::env::var(drivers::LOG).is_ok() {
         eprintln!("kc-bench: the kc processes' logs are in {}", work.display());
     } else {
         let _ = std::fs::remove_dir_all(&work);
