@@ -147,3 +147,46 @@ async fn outputs_retries_delays_and_timers_flow_through_the_harness() {
     assert_eq!(host.fire_timer("scheduler", false).await, Outcome::Succeeded { function: "scheduler".into(), outputs: 1 });
     host.run_until(Duration::from_secs(10), |_| engine.seen.lock().unwrap().iter().any(|(s, _)| s == "t")).await;
 }
+
+/// The host's queue listener backs off while its queue is empty (100 ms, doubling up to
+/// `maxPollingInterval`), but a message an output binding of the same host adds wakes it at
+/// once (the queue extension's `SharedQueueWatcher`: `QueueListener.Notify`). The steps
+/// listener here has been idle long enough to be in a wait of 3.2 s or more; the request's
+/// output reaches it long before that wait ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_binding_wakes_the_listener_of_its_queue() {
+    let azurite = Azurite::start();
+    let clients = common::clients(&azurite);
+    let steps = StorageQueue::new(clients.queue("kc-steps").unwrap(), "kc-steps", MessageEncoding::None);
+    steps.ensure_exists().await.unwrap();
+    let engine = Arc::new(ChainEngine::default());
+    let state = AppState { store: Arc::new(MemoryCheckpointStore::default()), steps: Arc::new(steps), engine: engine.clone(), policy: Arc::new(kusto_copy::job::RequestPolicy::emulator()), replications: Default::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let mut host = Host::load(repo(), &url, common::host_queues(&azurite));
+    host.settings.max_polling_interval = Duration::from_secs(30);
+    let host = Arc::new(host);
+    host.queue("kc-requests").await;
+    host.queue("kc-steps").await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listening = tokio::spawn({
+        let (host, stop) = (host.clone(), stop.clone());
+        async move { host.listen(stop).await }
+    });
+    // Empty looks at 0, 0.1, 0.3, 0.7, 1.5 and 3.1 s: at 4 s both listeners wait until 6.3 s.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The request goes through one look of this test's own (the listeners sleep), and its
+    // output, the job's first step, is written to kc-steps by the binding.
+    host.queue("kc-requests").await.send(VALID, Duration::ZERO).await.unwrap();
+    let delivered = host.poll_once().await;
+    assert_eq!(delivered, vec![Outcome::Succeeded { function: "requests".into(), outputs: 1 }]);
+    let written = std::time::Instant::now();
+    while !engine.seen.lock().unwrap().iter().any(|(s, _)| s == "a") {
+        assert!(written.elapsed() < Duration::from_secs(2), "the steps listener slept through the binding's message (its back-off ends at 6.3 s)");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    listening.await.unwrap();
+}

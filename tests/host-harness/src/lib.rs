@@ -113,6 +113,9 @@ pub struct Host {
     pub app_settings: HashMap<String, String>,
     queues: tokio::sync::Mutex<HashMap<String, Arc<dyn HostQueue>>>,
     invocations: std::sync::atomic::AtomicU64,
+    /// Per queue, what wakes its listener from an empty-queue wait: the host's shared queue
+    /// watcher (see [`Host::listen`]).
+    watchers: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 /// A host.json TimeSpan, `hh:mm:ss` with an optional fraction of a second.
@@ -171,6 +174,7 @@ impl Host {
             app_settings: std::env::vars().collect(),
             queues: Default::default(),
             invocations: Default::default(),
+            watchers: Default::default(),
         }
     }
 
@@ -183,6 +187,12 @@ impl Host {
         let q = self.service.open(name, self.settings.encoding).await.unwrap_or_else(|e| panic!("open queue {name}: {e}"));
         queues.insert(name.to_owned(), q.clone());
         q
+    }
+
+    /// The watcher of queue `name`: notified when an output binding of this host adds a
+    /// message to it.
+    fn watcher(&self, name: &str) -> Arc<tokio::sync::Notify> {
+        self.watchers.lock().unwrap().entry(name.to_owned()).or_default().clone()
     }
 
     fn function(&self, name: &str) -> &Function {
@@ -215,7 +225,14 @@ impl Host {
     /// sum run at once; after a look that found the queue empty the next waits 100 ms,
     /// doubling up to `maxPollingInterval`, and a look that found messages resets the wait
     /// (the queue trigger's polling algorithm: azure-functions/functions-bindings-storage-
-    /// queue-trigger, "Polling algorithm" and "Concurrency"). Returns every outcome.
+    /// queue-trigger, "Polling algorithm" and "Concurrency"). That wait ends early when an
+    /// output binding of this host adds a message to the queue: the queue extension's
+    /// `QueueListener` registers with a `SharedQueueWatcher`, its output collectors call
+    /// `Notify(queueName)` after each add, and `Notify` completes the task the listener's
+    /// back-off waits on (Azure/azure-sdk-for-net, Microsoft.Azure.WebJobs.Extensions.Storage
+    /// queues, `QueueListener.Notify`, `CreateDelayWithNotificationTask`). Messages sent
+    /// otherwise (the handler's own queue client, `kc submit`) wake nothing. Returns every
+    /// outcome.
     pub async fn listen(self: &Arc<Self>, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<Outcome> {
         let mut listeners = Vec::new();
         for f in &self.functions {
@@ -238,15 +255,20 @@ impl Host {
         let finished = Arc::new(tokio::sync::Notify::new());
         let mut deliveries = tokio::task::JoinSet::new();
         let mut wait = FIRST_WAIT;
+        let watcher = self.watcher(q.name());
         while !stop.load(Ordering::SeqCst) {
             if running.load(Ordering::SeqCst) > self.settings.new_batch_threshold {
                 // Woken by a finished invocation; the timeout only re-checks `stop`.
                 let _ = tokio::time::timeout(Duration::from_millis(100), finished.notified()).await;
                 continue;
             }
+            // The host's listener waits on a notification made anew for each look: one from
+            // before this look is spent (the look sees that message anyway).
+            let _ = tokio::time::timeout(Duration::ZERO, watcher.notified()).await;
             let received = q.receive(self.settings.batch_size, Duration::from_secs(300)).await.unwrap();
             if received.is_empty() {
-                tokio::time::sleep(wait).await;
+                // A notification during the look ends the wait at once, as in the host.
+                let _ = tokio::time::timeout(wait, watcher.notified()).await;
                 wait = (wait * 2).min(self.settings.max_polling_interval.max(FIRST_WAIT));
                 continue;
             }
@@ -360,6 +382,7 @@ impl Host {
                 one => vec![one],
             };
             let q = self.queue(queue).await;
+            let added = items.len();
             for item in items {
                 let text = match item {
                     Value::String(s) => s.clone(),
@@ -367,6 +390,9 @@ impl Host {
                 };
                 q.send(&text, Duration::ZERO).await.unwrap();
                 written += 1;
+            }
+            if added > 0 {
+                self.watcher(queue).notify_one();
             }
         }
         written
