@@ -220,6 +220,10 @@ impl AppState {
             // export ends (fewer lone looks from the queue): 150 ms 1.11 at 10.6, 100 ms
             // 1.08 at 11.1.
             poll_grid: Some(std::time::Duration::from_millis(100)),
+            // Such a look waits in its invocation, not in the queue (whose delays are whole
+            // seconds): the floor can be a tick, as in `kc copy`. It sets how soon a
+            // process's first exports are looked at, before any duration is learned.
+            poll_floor: std::time::Duration::from_millis(100),
             ..EngineOptions::default()
         };
         let engine = Arc::new(CopyEngine::new(store.clone(), connections, options));
