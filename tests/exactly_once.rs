@@ -443,6 +443,25 @@ async fn stalled_job(store: &dyn CheckpointStore, id: &str, state: BlockState) -
     job
 }
 
+/// A program that asks often whether a job has finished reads its summaries only: the
+/// same states as the full status, without the running iteration's phases (a read per block).
+#[tokio::test]
+async fn a_job_summary_says_what_the_status_says_without_reading_blocks() {
+    use kusto_copy::engine::status::{job_status, job_summary};
+    let store = MemoryCheckpointStore::default();
+    let job = stalled_job(&store, "j-summary", BlockState::Planned).await;
+    let full = job_status(&store, &job, T0).await.unwrap();
+    let summary = job_summary(&store, &job, T0).await.unwrap();
+    let phases = full.activities[0].iterations[0].phases.as_ref().expect("a small running iteration shows its phases");
+    assert_eq!(phases.planned, 1);
+    assert_eq!(summary.activities[0].iterations[0].phases, None, "no block read");
+    let mut without = full.clone();
+    without.activities[0].iterations[0].phases = None;
+    without.activities[0].iterations[0].last_error = None;
+    assert_eq!(summary, without, "the rest is the same");
+    assert!(!summary.finished());
+}
+
 /// An engine on records alone: its clusters and accounts (127.0.0.1:2, :3) are unreachable,
 /// so the janitor, which would only find them so on every tick, is off (it has its own test).
 fn memory_engine(store: Arc<MemoryCheckpointStore>, clock: Arc<ManualClock>) -> CopyEngine {
