@@ -111,10 +111,9 @@ impl Engine for ChainEngine {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outputs_retries_delays_and_timers_flow_through_the_harness() {
-    let azurite = Azurite::start();
-    let clients = common::clients(&azurite);
+/// The handler serving a [`ChainEngine`] on a loopback port, and a harness host driving it.
+async fn chain_host(azurite: &Azurite) -> (Arc<ChainEngine>, Host) {
+    let clients = common::clients(azurite);
     let steps = StorageQueue::new(clients.queue("kc-steps").unwrap(), "kc-steps", MessageEncoding::None);
     steps.ensure_exists().await.unwrap();
     let engine = Arc::new(ChainEngine::default());
@@ -122,7 +121,13 @@ async fn outputs_retries_delays_and_timers_flow_through_the_harness() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    let mut host = Host::load(repo(), &url, common::host_queues(&azurite));
+    (engine, Host::load(repo(), &url, common::host_queues(azurite)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_retries_delays_and_timers_flow_through_the_harness() {
+    let azurite = Azurite::start();
+    let (engine, mut host) = chain_host(&azurite).await;
     host.settings.visibility_timeout = Duration::from_secs(1);
     host.app_settings.insert("KC_SCHEDULE".into(), "0 */1 * * * *".into());
     let host = Arc::new(host);
@@ -156,15 +161,7 @@ async fn outputs_retries_delays_and_timers_flow_through_the_harness() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_output_binding_wakes_the_listener_of_its_queue() {
     let azurite = Azurite::start();
-    let clients = common::clients(&azurite);
-    let steps = StorageQueue::new(clients.queue("kc-steps").unwrap(), "kc-steps", MessageEncoding::None);
-    steps.ensure_exists().await.unwrap();
-    let engine = Arc::new(ChainEngine::default());
-    let state = AppState { store: Arc::new(MemoryCheckpointStore::default()), steps: Arc::new(steps), engine: engine.clone(), policy: Arc::new(kusto_copy::job::RequestPolicy::emulator()), replications: Default::default() };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    let mut host = Host::load(repo(), &url, common::host_queues(&azurite));
+    let (engine, mut host) = chain_host(&azurite).await;
     host.settings.max_polling_interval = Duration::from_secs(30);
     let host = Arc::new(host);
     host.queue("kc-requests").await;
