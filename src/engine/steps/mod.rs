@@ -171,8 +171,9 @@ impl Ctx {
             // looks batched on the grid (one request a tick serves every export due then). A
             // process's first exports end unseen for an eighth of their age on average at a
             // quarter: kc-bench's first round handed its slots on 0.3 to 0.5 s late (0.09 s
-            // later on). An export of ten minutes costs about a hundred looks this way before
-            // its process has learned a duration, shared by the exports in flight with it.
+            // later on). An export of ten minutes costs about a hundred looks this way (25 at
+            // a quarter) before its process has learned a duration: one request each at
+            // most, fewer where looks land on the same tick of one process.
             _ if self.eager => match self.rules.poll_grid {
                 Some(grid) => self.on_grid((elapsed / 16).clamp(floor, max), grid),
                 None => (elapsed / 4).clamp(floor, max),
