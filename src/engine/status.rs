@@ -122,7 +122,7 @@ pub async fn job_status(store: &dyn CheckpointStore, job: &JobRecord, now: Offse
 /// The same from the summaries alone: a running iteration's phases and last error, which
 /// take a read of each of its blocks (up to [`PHASE_DETAIL_BLOCKS`]), are left out. For a
 /// program that asks often whether a job has finished ([`JobStatus::finished`] needs only
-/// the summaries): kc-bench asked every 20 ms, and its 200 block reads a look kept Azurite
+/// the summaries): kc-bench asked every 20 ms, and its 200 block reads per look kept Azurite
 /// busy under the engine it measured.
 pub async fn job_summary(store: &dyn CheckpointStore, job: &JobRecord, now: OffsetDateTime) -> Result<JobStatus, RecordError> {
     status_of(store, job, now, false).await
